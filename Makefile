@@ -1,0 +1,49 @@
+# purchase-segments: the two promised commands are `make demo` and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-unit lint typecheck services-up services-down services-status bench clean
+
+# Creates .venv and installs the locked dependencies plus the project (editable).
+# Idempotent: only re-runs when pyproject.toml or requirements.lock changed.
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock scripts/setup-venv.sh
+	bash scripts/setup-venv.sh
+	touch $(STAMP)
+
+services-up:
+	bash deploy/local/services.sh up
+
+services-down:
+	bash deploy/local/services.sh down
+
+services-status:
+	bash deploy/local/services.sh status
+
+# The main job on the embedded default (grows as the worker lands).
+demo: setup services-up
+	$(VENV)/bin/segments demo
+
+# The whole suite against real Kafka and Redis. pytest's exit 5 (no tests ran)
+# is a failure here, never a silent pass.
+test: setup services-up
+	$(PY) -m pytest tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran" >&2; exit 1; fi; exit $$rc
+
+test-unit: setup
+	$(PY) -m pytest tests -m "not integration"
+
+lint: setup
+	$(VENV)/bin/ruff check segments streams tests benchmarks
+	$(VENV)/bin/ruff format --check segments streams tests benchmarks
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+bench: setup
+	$(PY) benchmarks/replay_bench.py
+
+clean:
+	rm -rf $(VENV) .segments-data

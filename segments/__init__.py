@@ -1,0 +1,1 @@
+"""purchase-segments domain core: pure, deterministic, no I/O."""

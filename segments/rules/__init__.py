@@ -1,0 +1,1 @@
+"""The segment rule language: parsing, validation and compiled evaluation."""

@@ -1,0 +1,14 @@
+"""CLI entry point: `segments ...`. Each command is thin and lives beside what it drives."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group()
+@click.version_option(package_name="purchase-segments")
+def cli() -> None:
+    """purchase-segments: real-time customer segments from purchase events."""
+
+
+# Commands register themselves here, one line each, so modules stay independent.

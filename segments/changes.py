@@ -1,0 +1,57 @@
+"""Segment change events (SPEC section 4): what step() emits and every sink consumes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+ENTERED = "entered"
+EXITED = "exited"
+
+
+def format_instant(micros: int) -> str:
+    """Epoch microseconds -> ISO-8601 UTC with a Z, milliseconds shown when not whole seconds."""
+    seconds, micro = divmod(micros, 1_000_000)
+    base = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    if micro == 0:
+        return base + "Z"
+    if micro % 1000 == 0:
+        return f"{base}.{micro // 1000:03d}Z"
+    return f"{base}.{micro:06d}Z"
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    customer_id: str
+    segment: str
+    change: str  # ENTERED | EXITED
+    at: int  # epoch microseconds, UTC
+    cause: str  # purchase | return | time | definition
+    event_id: str | None
+    rules_version: int
+    seq: int
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def change_id(self) -> str:
+        return f"{self.customer_id}:{self.segment}:{self.seq}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "change_id": self.change_id,
+            "customer_id": self.customer_id,
+            "segment": self.segment,
+            "change": self.change,
+            "at": format_instant(self.at),
+            "cause": self.cause,
+            "event_id": self.event_id,
+            "rules_version": self.rules_version,
+            "seq": self.seq,
+            "metrics": self.metrics,
+        }
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())

@@ -12,3 +12,6 @@ def cli() -> None:
 
 
 # Commands register themselves here, one line each, so modules stay independent.
+from streams.replay_command import replay_command  # noqa: E402
+
+cli.add_command(replay_command)

@@ -1,0 +1,233 @@
+"""Per-customer purchase aggregates: order records inside the horizon, lifetime totals, seen ids.
+
+The state keeps one compact record per order (not one bucket per day) for
+orders inside the rule set's longest window: a return must find the order it
+refunds, and an order counts only while its net total is above zero, which a
+per-day sum cannot tell. Unwindowed metrics read lifetime accumulators that
+survive the pruning of old records. See docs/decisions/0002-customer-state.md.
+"""
+
+from __future__ import annotations
+
+from bisect import insort
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from segments.clock import month_day
+
+ZERO = Decimal(0)
+
+# (channel, category, season) of an unwindowed metric; None means "any".
+FilterKey = tuple[str | None, str | None, tuple[int, int, int, int] | None]
+
+
+@dataclass(slots=True)
+class Order:
+    """One purchase, amounts in base currency; `net` falls as returns refund it."""
+
+    event_id: str
+    day: int
+    channel: str
+    net: Decimal
+    discounted: bool
+    units: int
+    # category -> [amount, units]; only the categories the rule set needs (None: none kept)
+    categories: dict[str, list[Decimal | int]] | None = None
+
+    def __lt__(self, other: Order) -> bool:  # insort keeps records ordered by day
+        return self.day < other.day
+
+
+@dataclass(slots=True)
+class Adjustment:
+    """A return whose purchase is unknown: it lowers spend on its own day only (SPEC section 1)."""
+
+    event_id: str
+    day: int
+    channel: str
+    amount: Decimal  # negative
+
+    def __lt__(self, other: Adjustment) -> bool:
+        return self.day < other.day
+
+
+@dataclass(slots=True)
+class Lifetime:
+    """All-history totals for one filter key, kept while old order records are pruned."""
+
+    orders: int = 0
+    spend: Decimal = ZERO
+    units: int = 0
+    discounted: int = 0
+    first_day: int | None = None
+    last_day: int | None = None
+    categories: dict[str, int] | None = None  # category -> number of counted orders
+
+
+@dataclass(slots=True)
+class Membership:
+    member: bool
+    seq: int
+    since: int  # instant of the last transition (entry while a member, exit otherwise)
+
+
+@dataclass(slots=True)
+class CustomerState:
+    customer_id: str
+    rules_version: int = 0  # 0: never evaluated
+    orders: list[Order] = field(default_factory=list)
+    adjustments: list[Adjustment] = field(default_factory=list)
+    returns_seen: list[tuple[str, int]] = field(default_factory=list)  # (event_id, day)
+    lifetime: dict[FilterKey, Lifetime] = field(default_factory=dict)
+    memberships: dict[str, Membership] = field(default_factory=dict)
+    due: int | None = None  # next instant at which time alone may change a segment
+
+    def has_seen(self, event_id: str) -> bool:
+        for order in self.orders:
+            if order.event_id == event_id:
+                return True
+        for seen_id, _ in self.returns_seen:
+            if seen_id == event_id:
+                return True
+        return False
+
+    def find_order(self, event_id: str) -> Order | None:
+        for order in self.orders:
+            if order.event_id == event_id:
+                return order
+        return None
+
+
+def matches(order: Order, key: FilterKey) -> bool:
+    channel, category, season = key
+    if channel is not None and order.channel != channel:
+        return False
+    if category is not None and (order.categories is None or category not in order.categories):
+        return False
+    return season is None or in_season(order.day, season)
+
+
+def in_season(day: int, season: tuple[int, int, int, int]) -> bool:
+    start = season[0] * 100 + season[1]
+    end = season[2] * 100 + season[3]
+    md = month_day(day)
+    if start <= end:
+        return start <= md <= end
+    return md >= start or md <= end  # wraps the new year
+
+
+def _contribute(lifetime: Lifetime, key: FilterKey, order: Order, sign: int) -> None:
+    """Add (sign=1) or remove (sign=-1) a counted order's share of one lifetime key."""
+    category = key[1]
+    if category is not None:
+        assert order.categories is not None
+        amount, units = order.categories[category]
+        lifetime.spend += sign * amount  # type: ignore[operator]
+        lifetime.units += sign * units  # type: ignore[operator]
+    else:
+        lifetime.spend += sign * order.net
+        lifetime.units += sign * order.units
+    lifetime.orders += sign
+    if order.discounted:
+        lifetime.discounted += sign
+    if lifetime.categories is not None and order.categories:
+        for name in order.categories:
+            count = lifetime.categories.get(name, 0) + sign
+            if count:
+                lifetime.categories[name] = count
+            else:
+                lifetime.categories.pop(name, None)
+    if sign > 0:
+        if lifetime.first_day is None or order.day < lifetime.first_day:
+            lifetime.first_day = order.day
+        if lifetime.last_day is None or order.day > lifetime.last_day:
+            lifetime.last_day = order.day
+
+
+def add_order(state: CustomerState, order: Order) -> None:
+    insort(state.orders, order)
+    if order.net > 0:
+        for key, lifetime in state.lifetime.items():
+            if matches(order, key):
+                _contribute(lifetime, key, order, 1)
+
+
+def refund_order(state: CustomerState, order: Order, amount: Decimal,
+                 lines: list[tuple[str, Decimal, int]]) -> None:
+    """Lower a known order's net by `amount` (base currency) and its categories by `lines`."""
+    counted_keys = [key for key in state.lifetime if order.net > 0 and matches(order, key)]
+    for key in counted_keys:
+        _contribute(state.lifetime[key], key, order, -1)
+    order.net = max(ZERO, order.net - amount)
+    if order.categories:
+        for category, line_amount, line_units in lines:
+            bucket = order.categories.get(category)
+            if bucket is not None:
+                bucket[0] = max(ZERO, bucket[0] - line_amount)  # type: ignore[operator]
+                bucket[1] = max(0, bucket[1] - line_units)  # type: ignore[operator]
+    if order.net > 0:
+        for key in counted_keys:
+            _contribute(state.lifetime[key], key, order, 1)
+    else:
+        for key in counted_keys:
+            _recompute_first_last(state, key, order.day)
+
+
+def _recompute_first_last(state: CustomerState, key: FilterKey, refunded_day: int) -> None:
+    # When the refunded order was the first or last one, the next one is found
+    # among the retained records; older history beyond the horizon is not kept,
+    # so a first or last order that was pruned stays as it was.
+    lifetime = state.lifetime[key]
+    if lifetime.orders == 0:
+        lifetime.first_day = lifetime.last_day = None
+        return
+    days = [o.day for o in state.orders if o.net > 0 and matches(o, key)]
+    if not days:
+        return
+    if lifetime.last_day == refunded_day:
+        lifetime.last_day = max(days)
+    if lifetime.first_day == refunded_day:
+        lifetime.first_day = min(days)
+
+
+def ensure_lifetime_keys(state: CustomerState, keys: tuple[FilterKey, ...],
+                         with_categories: bool) -> None:
+    """Give the state an accumulator per key the rule set needs, built from retained orders."""
+    for key in keys:
+        if key in state.lifetime:
+            continue
+        lifetime = Lifetime(categories={} if with_categories else None)
+        for order in state.orders:
+            if order.net > 0 and matches(order, key):
+                _contribute(lifetime, key, order, 1)
+        for adjustment in state.adjustments:
+            if _adjustment_matches(adjustment, key):
+                lifetime.spend += adjustment.amount
+        state.lifetime[key] = lifetime
+
+
+def add_adjustment(state: CustomerState, adjustment: Adjustment) -> None:
+    insort(state.adjustments, adjustment)
+    for key, lifetime in state.lifetime.items():
+        if _adjustment_matches(adjustment, key):
+            lifetime.spend += adjustment.amount
+
+
+def _adjustment_matches(adjustment: Adjustment, key: FilterKey) -> bool:
+    # An adjustment has no lines, so a category-filtered spend never sees it.
+    channel, category, season = key
+    return (
+        category is None
+        and (channel is None or channel == adjustment.channel)
+        and (season is None or in_season(adjustment.day, season))
+    )
+
+
+def prune(state: CustomerState, oldest_order_day: int, oldest_seen_day: int) -> None:
+    """Drop records no window can see any more; lifetime totals already hold them."""
+    if state.orders and state.orders[0].day < oldest_order_day:
+        state.orders = [o for o in state.orders if o.day >= oldest_order_day]
+    if state.adjustments and state.adjustments[0].day < oldest_order_day:
+        state.adjustments = [a for a in state.adjustments if a.day >= oldest_order_day]
+    if state.returns_seen:
+        state.returns_seen = [r for r in state.returns_seen if r[1] >= oldest_seen_day]

@@ -1,0 +1,256 @@
+"""Segment membership: step(state, input) -> (state, changes), and the next time-driven deadline.
+
+`segments replay` and the streaming worker both call step(); it owns every
+rule of SPEC sections 2 to 4: dedupe, lateness, time-driven transitions due
+before an event, event-driven transitions at max(event time, clock), change
+sequence numbers, min_dwell and exit_when, and re-evaluation on a new version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from segments.aggregates import (
+    Adjustment,
+    CustomerState,
+    Membership,
+    Order,
+    add_adjustment,
+    add_order,
+    ensure_lifetime_keys,
+    prune,
+    refund_order,
+)
+from segments.changes import ENTERED, EXITED, Change
+from segments.clock import MICROS_PER_DAY
+from segments.events import Event, Purchase, Rejection, Return
+from segments.money import to_base
+from segments.rules.evaluator import CompiledRules
+
+ZERO = Decimal(0)
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """The clock reached `at`: time-driven transitions due at or before it happen."""
+
+    at: int
+
+
+class DuplicateEvent(Exception):
+    """The event id was already applied to this customer; applying it again changes nothing."""
+
+
+Input = Purchase | Return | Tick
+
+
+def new_state(customer_id: str, rules: CompiledRules) -> CustomerState:
+    state = CustomerState(customer_id=customer_id, rules_version=rules.ruleset.version)
+    ensure_lifetime_keys(state, rules.lifetime_keys, rules.lifetime_categories)
+    return state
+
+
+def step(
+    state: CustomerState | None,
+    item: Input,
+    rules: CompiledRules,
+    now: int,
+    customer_id: str | None = None,
+) -> tuple[CustomerState, list[Change]]:
+    """Apply one input at clock `now` (for an event: max(event time, clock)).
+
+    Takes ownership of `state` (it is updated in place and returned). Raises
+    DuplicateEvent or Rejection (reason too_late) without touching the state.
+    """
+    if state is None:
+        if isinstance(item, Tick):
+            raise ValueError("a tick needs an existing customer state")
+        state = new_state(customer_id or item.customer_id, rules)
+    changes: list[Change] = []
+    if isinstance(item, Tick):
+        _advance(state, rules, item.at, changes)
+        return state, changes
+
+    if state.has_seen(item.event_id):
+        raise DuplicateEvent(item.event_id)
+    if item.occurred_at < now - rules.ruleset.max_lateness:
+        raise Rejection(
+            "too_late",
+            f"occurred_at is older than max_lateness "
+            f"({rules.ruleset.max_lateness // MICROS_PER_DAY}d) behind the clock",
+        )
+    _advance(state, rules, now, changes)
+    if isinstance(item, Purchase):
+        _apply_purchase(state, item, rules)
+        cause = "purchase"
+    else:
+        _apply_return(state, item, rules)
+        cause = "return"
+    _evaluate(state, rules, now, cause, item.event_id, changes)
+    state.due = next_deadline(state, rules, now)
+    today = rules.calendar.day_of(now)
+    prune(state, today - rules.horizon_days + 1, today - rules.seen_days)
+    return state, changes
+
+
+def _advance(state: CustomerState, rules: CompiledRules, now: int, changes: list[Change]) -> None:
+    """Bring the state to `now`: a new rule version first, then every deadline due by `now`."""
+    if state.rules_version != rules.ruleset.version:
+        ensure_lifetime_keys(state, rules.lifetime_keys, rules.lifetime_categories)
+        state.rules_version = rules.ruleset.version
+        _evaluate(state, rules, now, "definition", None, changes)
+        state.due = next_deadline(state, rules, now)
+    while state.due is not None and state.due <= now:
+        due = state.due
+        _evaluate(state, rules, due, "time", None, changes)
+        state.due = next_deadline(state, rules, due)
+
+
+def _evaluate(
+    state: CustomerState,
+    rules: CompiledRules,
+    at: int,
+    cause: str,
+    event_id: str | None,
+    changes: list[Change],
+) -> None:
+    flags, values = rules.evaluate(state, rules.calendar.day_of(at))
+    memberships = state.memberships
+    for index, segment in enumerate(rules.ruleset.segments):
+        current = memberships.get(segment.name)
+        if current is None or not current.member:
+            if not flags[2 * index]:
+                continue
+            seq = current.seq + 1 if current is not None else 1
+            kind = ENTERED
+            memberships[segment.name] = Membership(True, seq, at)
+        else:
+            if segment.exit_when is not None:
+                leaving = flags[2 * index + 1]
+            else:
+                leaving = not flags[2 * index]
+            if not leaving:
+                continue
+            if segment.min_dwell is not None and at < current.since + segment.min_dwell:
+                continue  # the dwell expiry is a deadline of its own
+            seq = current.seq + 1
+            kind = EXITED
+            memberships[segment.name] = Membership(False, seq, at)
+        changes.append(
+            Change(
+                customer_id=state.customer_id,
+                segment=segment.name,
+                change=kind,
+                at=at,
+                cause=cause,
+                event_id=event_id,
+                rules_version=rules.ruleset.version,
+                seq=seq,
+                metrics=rules.metrics_of(index, values),
+            )
+        )
+
+
+def _apply_purchase(state: CustomerState, event: Purchase, rules: CompiledRules) -> None:
+    ruleset = rules.ruleset
+    keep = rules.keep_categories
+    categories: dict[str, list[Decimal | int]] | None = None
+    discounted = event.discount_total > ZERO
+    units = 0
+    for line in event.lines:
+        units += line.quantity
+        if line.discount > ZERO:
+            discounted = True
+        if keep is None or line.category in keep:
+            if categories is None:
+                categories = {}
+            amount = to_base(line.amount, event.currency, ruleset.base_currency, ruleset.rates)
+            bucket = categories.get(line.category)
+            if bucket is None:
+                categories[line.category] = [amount, line.quantity]
+            else:
+                bucket[0] += amount  # type: ignore[operator]
+                bucket[1] += line.quantity  # type: ignore[operator]
+    order = Order(
+        event_id=event.event_id,
+        day=rules.calendar.day_of(event.occurred_at),
+        channel=event.channel,
+        net=to_base(event.total, event.currency, ruleset.base_currency, ruleset.rates),
+        discounted=discounted,
+        units=units,
+        categories=categories,
+    )
+    add_order(state, order)
+
+
+def _apply_return(state: CustomerState, event: Return, rules: CompiledRules) -> None:
+    ruleset = rules.ruleset
+    day = rules.calendar.day_of(event.occurred_at)
+    amount = to_base(event.total, event.currency, ruleset.base_currency, ruleset.rates)
+    original = state.find_order(event.original_event_id) if event.original_event_id else None
+    if original is not None:
+        lines = [
+            (
+                line.category,
+                to_base(line.amount, event.currency, ruleset.base_currency, ruleset.rates),
+                line.quantity,
+            )
+            for line in event.lines
+        ]
+        refund_order(state, original, amount, lines)
+    else:
+        add_adjustment(state, Adjustment(event.event_id, day, event.channel, -amount))
+    state.returns_seen.append((event.event_id, day))
+
+
+def next_deadline(state: CustomerState, rules: CompiledRules, now: int) -> int | None:
+    """The next instant after `now` at which time alone may change a segment, or None.
+
+    Candidates are exact instants: 00:00 of the day a counted order leaves a
+    window, 00:00 of the day a days-since value crosses a number it is compared
+    with, and the instant a min_dwell expires. Between candidates no metric
+    changes, so no transition can be missed; at a candidate step() evaluates
+    and emits only what really changed.
+    """
+    today = rules.calendar.day_of(now)
+    best: int | None = None
+    orders = state.orders
+    for window in rules.windows:
+        for order in orders:
+            if order.net > ZERO:
+                day = order.day + window
+                if day > today:
+                    if best is None or day < best:
+                        best = day
+                    break  # records are ordered by day: later ones leave later
+        for adjustment in state.adjustments:
+            day = adjustment.day + window
+            if day > today:
+                if best is None or day < best:
+                    best = day
+                break
+    for index, number in rules.day_thresholds:
+        spec = rules.specs[index]
+        if spec.within_days is None:
+            lifetime = state.lifetime[spec.key]
+            base = (
+                lifetime.last_day if spec.name == "days_since_last_purchase" else lifetime.first_day
+            )
+            bases = () if base is None else (base,)
+        else:
+            bases = tuple(o.day for o in orders if o.net > ZERO)
+        for base in bases:
+            for day in (base + number, base + number + 1):
+                if day > today and (best is None or day < best):
+                    best = day
+    instant = rules.calendar.midnight(best) if best is not None else None
+    for segment in rules.ruleset.segments:
+        if segment.min_dwell is None:
+            continue
+        current = state.memberships.get(segment.name)
+        if current is not None and current.member:
+            expiry = current.since + segment.min_dwell
+            if expiry > now and (instant is None or expiry < instant):
+                instant = expiry
+    return instant

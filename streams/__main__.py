@@ -1,0 +1,5 @@
+"""`python -m streams ...` is the `segments` command."""
+
+from streams.main import cli
+
+cli()

@@ -1,0 +1,8 @@
+"""Data files shipped in the package: the example rule set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+EXAMPLE_RULES: Path = Path(__file__).with_name("example_rules.yaml")
+"""SPEC §3's example rule set, the default when SEGMENTS_RULES is unset."""

@@ -15,3 +15,6 @@ def cli() -> None:
 from streams.replay_command import replay_command  # noqa: E402
 
 cli.add_command(replay_command)
+from segments.rules.validate import validate_command  # noqa: E402
+
+cli.add_command(validate_command)

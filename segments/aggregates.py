@@ -12,6 +12,9 @@ from __future__ import annotations
 from bisect import insort
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
+
+import orjson
 
 from segments.clock import month_day
 
@@ -62,6 +65,7 @@ class Lifetime:
     first_day: int | None = None
     last_day: int | None = None
     categories: dict[str, int] | None = None  # category -> number of counted orders
+    pruned_last_day: int | None = None  # newest counted order already pruned from records
 
 
 @dataclass(slots=True)
@@ -159,6 +163,7 @@ def refund_order(state: CustomerState, order: Order, amount: Decimal,
     for key in counted_keys:
         _contribute(state.lifetime[key], key, order, -1)
     order.net = max(ZERO, order.net - amount)
+    order.units = max(0, order.units - sum(units for _, _, units in lines))
     if order.categories:
         for category, line_amount, line_units in lines:
             bucket = order.categories.get(category)
@@ -174,20 +179,20 @@ def refund_order(state: CustomerState, order: Order, amount: Decimal,
 
 
 def _recompute_first_last(state: CustomerState, key: FilterKey, refunded_day: int) -> None:
-    # When the refunded order was the first or last one, the next one is found
-    # among the retained records; older history beyond the horizon is not kept,
-    # so a first or last order that was pruned stays as it was.
+    # Pruned orders can no longer be refunded (a return of one is an adjustment),
+    # so they stay counted: the newest of them bounds the last day from below,
+    # and any of them is older than the refunded order, which therefore was the
+    # first order only when nothing was pruned.
     lifetime = state.lifetime[key]
     if lifetime.orders == 0:
         lifetime.first_day = lifetime.last_day = None
         return
     days = [o.day for o in state.orders if o.net > 0 and matches(o, key)]
-    if not days:
-        return
     if lifetime.last_day == refunded_day:
-        lifetime.last_day = max(days)
-    if lifetime.first_day == refunded_day:
-        lifetime.first_day = min(days)
+        candidates = days if lifetime.pruned_last_day is None else [*days, lifetime.pruned_last_day]
+        lifetime.last_day = max(candidates) if candidates else None
+    if lifetime.first_day == refunded_day and lifetime.pruned_last_day is None:
+        lifetime.first_day = min(days) if days else None
 
 
 def ensure_lifetime_keys(state: CustomerState, keys: tuple[FilterKey, ...],
@@ -226,8 +231,95 @@ def _adjustment_matches(adjustment: Adjustment, key: FilterKey) -> bool:
 def prune(state: CustomerState, oldest_order_day: int, oldest_seen_day: int) -> None:
     """Drop records no window can see any more; lifetime totals already hold them."""
     if state.orders and state.orders[0].day < oldest_order_day:
+        for order in state.orders:
+            if order.day >= oldest_order_day:
+                break
+            if order.net > 0:
+                for key, lifetime in state.lifetime.items():
+                    if matches(order, key) and (
+                        lifetime.pruned_last_day is None or order.day > lifetime.pruned_last_day
+                    ):
+                        lifetime.pruned_last_day = order.day
         state.orders = [o for o in state.orders if o.day >= oldest_order_day]
     if state.adjustments and state.adjustments[0].day < oldest_order_day:
         state.adjustments = [a for a in state.adjustments if a.day >= oldest_order_day]
     if state.returns_seen:
         state.returns_seen = [r for r in state.returns_seen if r[1] >= oldest_seen_day]
+
+
+# Serialized form (the streaming table's value): compact positional JSON arrays,
+# amounts as decimal strings, so a customer with a handful of orders fits in a
+# few hundred bytes. FORMAT bumps when the layout changes.
+FORMAT = 1
+_CHANNEL_CODE = {"pos": 0, "online": 1}
+_CHANNELS = ("pos", "online")
+
+
+def _key_text(key: FilterKey) -> str:
+    channel, category, season = key
+    season_text = "%02d%02d%02d%02d" % season if season is not None else ""
+    return f"{channel or ''}|{season_text}|{category or ''}"
+
+
+def _key_of(text: str) -> FilterKey:
+    channel, season_text, category = text.split("|", 2)
+    season = None
+    if season_text:
+        season = (int(season_text[0:2]), int(season_text[2:4]),
+                  int(season_text[4:6]), int(season_text[6:8]))
+    return (channel or None, category or None, season)
+
+
+def _categories_out(categories: dict[str, list[Decimal | int]] | None) -> Any:
+    if not categories:
+        return 0
+    return {name: [str(amount), units] for name, (amount, units) in categories.items()}
+
+
+def state_to_bytes(state: CustomerState) -> bytes:
+    orders = [
+        [o.event_id, o.day, _CHANNEL_CODE[o.channel], str(o.net), int(o.discounted), o.units,
+         _categories_out(o.categories)]
+        for o in state.orders
+    ]
+    adjustments = [
+        [a.event_id, a.day, _CHANNEL_CODE[a.channel], str(a.amount)] for a in state.adjustments
+    ]
+    lifetime = [
+        [_key_text(key), lt.orders, str(lt.spend), lt.units, lt.discounted, lt.first_day,
+         lt.last_day, lt.pruned_last_day, lt.categories]
+        for key, lt in state.lifetime.items()
+    ]
+    memberships = {
+        name: [int(m.member), m.seq, m.since] for name, m in state.memberships.items()
+    }
+    return orjson.dumps([
+        FORMAT, state.rules_version, state.due, orders, adjustments,
+        state.returns_seen, lifetime, memberships,
+    ])
+
+
+def state_from_bytes(customer_id: str, data: bytes) -> CustomerState:
+    (fmt, rules_version, due, orders, adjustments, returns_seen, lifetime,
+     memberships) = orjson.loads(data)
+    if fmt != FORMAT:
+        raise ValueError(f"customer state format {fmt} is not {FORMAT}")
+    state = CustomerState(customer_id=customer_id, rules_version=rules_version, due=due)
+    state.orders = [
+        Order(event_id, day, _CHANNELS[channel], Decimal(net), bool(discounted), units,
+              {name: [Decimal(amount), n] for name, (amount, n) in cats.items()} if cats else None)
+        for event_id, day, channel, net, discounted, units, cats in orders
+    ]
+    state.adjustments = [
+        Adjustment(event_id, day, _CHANNELS[channel], Decimal(amount))
+        for event_id, day, channel, amount in adjustments
+    ]
+    state.returns_seen = [(event_id, day) for event_id, day in returns_seen]
+    state.lifetime = {
+        _key_of(key): Lifetime(n, Decimal(spend), units, discounted, first, last, cats, pruned)
+        for key, n, spend, units, discounted, first, last, pruned, cats in lifetime
+    }
+    state.memberships = {
+        name: Membership(bool(member), seq, since) for name, (member, seq, since) in memberships.items()
+    }
+    return state

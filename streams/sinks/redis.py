@@ -1,0 +1,224 @@
+"""The Redis membership cache (SPEC section 5): versioned writes through Lua, lookups, paging."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+SHARDS = 16
+_LUA = Path(__file__).with_name("lua")
+CUSTOMER_SCRIPT = (_LUA / "customer.lua").read_text()
+MEMBERS_SCRIPT = (_LUA / "members.lua").read_text()
+
+
+def shard_of(customer_id: str) -> int:
+    """The member-set shard of a customer: crc32 of its UTF-8 id, mod 16."""
+    return zlib.crc32(customer_id.encode()) % SHARDS
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Key names under one prefix; the `{...}` hash tag keeps a shard's two keys in one slot."""
+
+    prefix: str = ""
+
+    def customer(self, customer_id: str) -> str:
+        return f"{self.prefix}cust:{customer_id}"
+
+    def members(self, segment: str, shard: int) -> str:
+        return f"{self.prefix}segm:{{{segment}:{shard}}}"
+
+    def seqs(self, segment: str, shard: int) -> str:
+        return f"{self.prefix}segq:{{{segment}:{shard}}}"
+
+    def patterns(self) -> list[str]:
+        """SCAN patterns covering every key this cache owns (for a prefix-scoped flush)."""
+        return [f"{_glob_escape(self.prefix)}{kind}:*" for kind in ("cust", "segm", "segq")]
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheWrite:
+    """One membership fact to apply: the customer is (or is not) in the segment as of seq."""
+
+    customer_id: str
+    segment: str
+    seq: int
+    member: bool
+    since: str  # ISO-8601 UTC instant of the change that made this fact true
+
+    @classmethod
+    def from_change(cls, change: dict[str, Any]) -> CacheWrite:
+        """From a decoded SPEC section 4 change event."""
+        return cls(
+            customer_id=change["customer_id"],
+            segment=change["segment"],
+            seq=int(change["seq"]),
+            member=change["change"] == "entered",
+            since=change["at"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """Outcome of one write: whether it was newer, and the customer field it replaced."""
+
+    write: CacheWrite
+    applied: bool
+    previous: str | None  # "seq|member|since" before this write, when applied
+
+
+def parse_field(value: str) -> tuple[int, bool, str]:
+    """A `<P>cust:` hash value "seq|member|since" -> (seq, member, since)."""
+    seq, member, since = value.split("|", 2)
+    return int(seq), member == "1", since
+
+
+def decode_change(raw: bytes) -> dict[str, Any]:
+    """A segment-changes message -> dict; raises ValueError when it is not a usable change."""
+    try:
+        change = orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise ValueError(f"not JSON: {error}") from error
+    if not isinstance(change, dict):
+        raise ValueError("not a JSON object")
+    for name in ("customer_id", "segment", "change", "at", "seq"):
+        if name not in change:
+            raise ValueError(f"missing field {name!r}")
+    if change["change"] not in ("entered", "exited"):
+        raise ValueError(f"unknown change kind {change['change']!r}")
+    if not isinstance(change["seq"], int) or change["seq"] < 1:
+        raise ValueError("seq must be a positive integer")
+    if "|" in str(change["segment"]) or "|" in str(change["at"]):
+        raise ValueError("segment and at must not contain '|'")
+    return change
+
+
+class RedisCache:
+    """Seq-checked membership writes and the reads the lookup API needs.
+
+    Works with a redis.asyncio client (decode_responses=True) or a cluster client: every
+    script call touches keys of one hash slot only.
+    """
+
+    def __init__(self, client: aioredis.Redis, prefix: str = "") -> None:
+        self.client = client
+        self.keys = Keys(prefix)
+        self._customer_script = client.register_script(CUSTOMER_SCRIPT)
+        self._members_script = client.register_script(MEMBERS_SCRIPT)
+
+    async def apply(self, writes: Sequence[CacheWrite]) -> list[Applied]:
+        """Applies writes in one pipeline (two script calls each, no MULTI): at-least-once safe."""
+        if not writes:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for write in writes:
+            member = "1" if write.member else "0"
+            shard = shard_of(write.customer_id)
+            await self._customer_script(
+                keys=[self.keys.customer(write.customer_id)],
+                args=[write.segment, write.seq, member, write.since],
+                client=pipe,
+            )
+            await self._members_script(
+                keys=[
+                    self.keys.members(write.segment, shard),
+                    self.keys.seqs(write.segment, shard),
+                ],
+                args=[write.customer_id, write.seq, member],
+                client=pipe,
+            )
+        replies = await pipe.execute()
+        results = []
+        for index, write in enumerate(writes):
+            applied, previous = replies[2 * index]
+            results.append(Applied(write, bool(applied), previous if applied else None))
+        return results
+
+    async def customer_segments(self, customer_id: str) -> list[tuple[str, str]]:
+        """[(segment, since)] the customer is in now, sorted by name: one HGETALL."""
+        fields = await self.client.hgetall(self.keys.customer(customer_id))
+        return member_segments(fields)
+
+    async def segment_sizes(self, segments: Iterable[str]) -> dict[str, int]:
+        """Members per segment: the sum of its shards' SCARD, one pipeline for all."""
+        names = list(segments)
+        pipe = self.client.pipeline(transaction=False)
+        for name in names:
+            for shard in range(SHARDS):
+                pipe.scard(self.keys.members(name, shard))
+        counts = await pipe.execute()
+        return {name: sum(counts[i * SHARDS : (i + 1) * SHARDS]) for i, name in enumerate(names)}
+
+    async def members_page(
+        self, segment: str, cursor: str = "0", count: int = 100
+    ) -> tuple[list[str], str]:
+        """One page of a segment's members and the cursor of the next ("0" when done).
+
+        The cursor is "<shard>:<SSCAN cursor>"; SSCAN's guarantees hold per shard: a member
+        present for the whole scan is returned at least once (rarely twice).
+        """
+        shard, scan_cursor = parse_cursor(cursor)
+        members: list[str] = []
+        while shard < SHARDS and len(members) < count:
+            scan_cursor, batch = await self.client.sscan(
+                self.keys.members(segment, shard), cursor=scan_cursor, count=count - len(members)
+            )
+            members.extend(batch)
+            if int(scan_cursor) == 0:
+                shard, scan_cursor = shard + 1, 0
+        if shard >= SHARDS:
+            return members, "0"
+        return members, f"{shard}:{scan_cursor}"
+
+    async def delete_all(self) -> int:
+        """Deletes every key under this cache's prefix (SCAN + UNLINK); returns how many."""
+        deleted = 0
+        for pattern in self.keys.patterns():
+            batch: list[str] = []
+            async for key in self.client.scan_iter(match=pattern, count=1000):
+                batch.append(key)
+                if len(batch) >= 1000:
+                    deleted += await self.client.unlink(*batch)
+                    batch = []
+            if batch:
+                deleted += await self.client.unlink(*batch)
+        return deleted
+
+
+def member_segments(fields: dict[str, str]) -> list[tuple[str, str]]:
+    """HGETALL of a customer hash -> [(segment, since)] where member is 1, sorted by name."""
+    out = []
+    for segment, value in fields.items():
+        _seq, member, since = parse_field(value)
+        if member:
+            out.append((segment, since))
+    out.sort()
+    return out
+
+
+def parse_cursor(cursor: str | None) -> tuple[int, int]:
+    """ "<shard>:<scan cursor>" (or "0"/empty for the start) -> (shard, scan cursor)."""
+    if not cursor or cursor == "0":
+        return 0, 0
+    shard_text, sep, scan_text = cursor.partition(":")
+    if not sep:
+        raise ValueError("cursor must be '0' or '<shard>:<cursor>'")
+    shard, scan = int(shard_text), int(scan_text)
+    if not 0 <= shard < SHARDS or scan < 0:
+        raise ValueError("cursor out of range")
+    return shard, scan
+
+
+def connect(url: str) -> aioredis.Redis:
+    """An asyncio Redis client for the cache (str replies, hiredis when installed)."""
+    return aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=0)

@@ -1,0 +1,134 @@
+"""The Redis cache against the real local Redis: seq-checked writes, sizes, member paging."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import uuid
+
+import pytest
+
+from streams.sinks.redis import SHARDS, CacheWrite, RedisCache, connect, shard_of
+
+pytestmark = pytest.mark.integration
+
+REDIS_URL = os.environ.get("SEGMENTS_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def run(coro_fn):
+    """Runs coro_fn(cache) with a fresh prefix, deleting that prefix's keys afterwards."""
+
+    async def main():
+        client = connect(REDIS_URL)
+        cache = RedisCache(client, prefix=f"test-{uuid.uuid4().hex[:8]}:")
+        try:
+            return await coro_fn(cache)
+        finally:
+            await cache.delete_all()
+            await client.aclose()
+
+    return asyncio.run(main())
+
+
+def w(customer, segment, seq, member, since="2026-11-20T14:03:11.120Z"):
+    return CacheWrite(customer, segment, seq, member, since)
+
+
+def test_enter_then_lookup_and_exit_keeps_seq():
+    async def body(cache):
+        await cache.apply([w("c-1", "vip", 1, True, "2026-01-01T00:00:00Z")])
+        assert await cache.customer_segments("c-1") == [("vip", "2026-01-01T00:00:00Z")]
+        await cache.apply([w("c-1", "vip", 2, False, "2026-02-01T00:00:00Z")])
+        assert await cache.customer_segments("c-1") == []
+        raw = await cache.client.hget(cache.keys.customer("c-1"), "vip")
+        assert raw == "2|0|2026-02-01T00:00:00Z"
+        assert await cache.customer_segments("unknown") == []
+
+    run(body)
+
+
+def test_old_entered_never_resurrects_an_exit():
+    async def body(cache):
+        await cache.apply([w("c-1", "vip", 2, False)])
+        results = await cache.apply([w("c-1", "vip", 1, True)])
+        assert [r.applied for r in results] == [False]
+        assert await cache.customer_segments("c-1") == []
+        assert await cache.segment_sizes(["vip"]) == {"vip": 0}
+
+    run(body)
+
+
+def test_repeated_and_out_of_order_writes_converge_to_the_newest():
+    async def body(cache):
+        rng = random.Random(7)
+        customers = [f"c-{i}" for i in range(300)]
+        final: dict[tuple[str, str], int] = {}
+        writes = []
+        for customer in customers:
+            for segment in ("vip", "win_back"):
+                n = rng.randint(1, 5)
+                final[(customer, segment)] = n
+                # seq odd = entered, even = exited, like a real alternating history
+                writes += [w(customer, segment, s, s % 2 == 1) for s in range(1, n + 1)]
+        writes += rng.sample(writes, len(writes) // 2)  # repeats
+        rng.shuffle(writes)
+        for start in range(0, len(writes), 97):
+            await cache.apply(writes[start : start + 97])
+        for customer in customers:
+            expected = sorted(seg for (c, seg), n in final.items() if c == customer and n % 2)
+            got = [name for name, _since in await cache.customer_segments(customer)]
+            assert got == expected, customer
+        sizes = await cache.segment_sizes(["vip", "win_back"])
+        for segment in ("vip", "win_back"):
+            members = {c for (c, seg), n in final.items() if seg == segment and n % 2}
+            assert sizes[segment] == len(members)
+            paged, cursor, pages = [], "0", 0
+            while True:
+                page, cursor = await cache.members_page(segment, cursor, count=17)
+                paged += page
+                pages += 1
+                if cursor == "0":
+                    break
+            assert set(paged) == members
+            assert pages > 1
+
+    run(body)
+
+
+def test_segment_size_is_the_sum_of_shard_cardinalities():
+    async def body(cache):
+        customers = [f"cust-{i}" for i in range(200)]
+        await cache.apply([w(c, "runner", 1, True) for c in customers])
+        shards = {shard_of(c) for c in customers}
+        assert len(shards) == SHARDS  # 200 ids spread over every shard
+        total = 0
+        for shard in range(SHARDS):
+            total += await cache.client.scard(cache.keys.members("runner", shard))
+        assert total == 200
+        assert await cache.segment_sizes(["runner", "empty"]) == {"runner": 200, "empty": 0}
+
+    run(body)
+
+
+def test_keys_of_one_shard_share_a_cluster_slot():
+    from redis.crc import key_slot
+
+    async def body(cache):
+        for segment in ("vip", "a:b", "x{y}"):
+            for shard in range(SHARDS):
+                assert key_slot(cache.keys.members(segment, shard).encode()) == key_slot(
+                    cache.keys.seqs(segment, shard).encode()
+                )
+
+    run(body)
+
+
+def test_applied_reports_the_previous_value_for_time_in_segment():
+    async def body(cache):
+        await cache.apply([w("c-9", "vip", 1, True, "2026-01-01T00:00:00Z")])
+        (result,) = await cache.apply([w("c-9", "vip", 2, False, "2026-01-03T00:00:00Z")])
+        assert result.applied
+        assert result.previous == "1|1|2026-01-01T00:00:00Z"
+
+    run(body)

@@ -37,7 +37,9 @@ class RuleFileError(Exception):
     """A rule file is invalid; errors lists every problem found, in file order."""
 
     def __init__(self, errors: Iterable[RuleError]) -> None:
-        self.errors: list[RuleError] = sorted(errors, key=lambda e: (e.line, e.col))
+        # dict.fromkeys drops repeats, e.g. of a rule that a YAML alias uses twice.
+        unique = dict.fromkeys(errors)
+        self.errors: list[RuleError] = sorted(unique, key=lambda e: (e.line, e.col))
         if not self.errors:
             raise ValueError("RuleFileError needs at least one RuleError")
         super().__init__(self.__str__())

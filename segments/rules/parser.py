@@ -41,6 +41,7 @@ CHANNELS: tuple[str, ...] = ("pos", "online")
 COMPARE_OPS: tuple[str, ...] = ("<", "<=", ">", ">=", "==", "!=")
 KEYWORDS = frozenset({"and", "or", "not", "between"})
 MAX_WINDOW_DAYS = 36_500  # 100 years: keeps date arithmetic far from date.min
+MAX_NESTING = 50  # of '(' and 'not': deeper is a mistake, and would exhaust Python's stack
 
 Position = tuple[int, int]
 
@@ -297,6 +298,7 @@ class _Parser:
         self.problems = problems
         # Stand-ins for unknown metric names already reported; no second error about them.
         self.reported: set[int] = set()
+        self.depth = 0
 
     # token helpers
 
@@ -312,6 +314,14 @@ class _Parser:
         if token.kind != "end":
             self.index += 1
         return token
+
+    def enter(self, token: _Token) -> None:
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise _syntax(
+                (token.line, token.col),
+                f"the rule nests '(' and 'not' more than {MAX_NESTING} deep",
+            )
 
     def problem(self, line: int, col: int, message: str, code: str) -> None:
         self.problems.append(_Problem(line, col, message, code))
@@ -363,7 +373,9 @@ class _Parser:
     def not_expr(self) -> Expr:
         if self.token.is_keyword("not"):
             op = self.advance()
+            self.enter(op)
             operand = self.not_expr()
+            self.depth -= 1
             self.require_condition(operand)
             return Not(operand, op.line, op.col)
         return self.comparison()
@@ -426,7 +438,9 @@ class _Parser:
             return String(token.value, token.line, token.col)
         if token.is_op("("):
             self.advance()
+            self.enter(token)
             inner = self.or_expr()
+            self.depth -= 1
             closing = self.token
             if not closing.is_op(")"):
                 raise _syntax(

@@ -140,6 +140,9 @@ class _RuleFileReader:
         self.text = text
         self.source_name = source_name
         self.errors: list[RuleError] = []
+        # Every well-formed segment name, even of a segment with a broken rule: a trigger
+        # naming it must not get a second, misleading "unknown segment" error.
+        self.segment_names: list[str] = []
 
     # errors
 
@@ -178,12 +181,16 @@ class _RuleFileReader:
             line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
             self.error_at(line, col, f"invalid YAML: {problem}", "yaml")
             return None
-        except yaml.YAMLError as error:  # e.g. a control character (ReaderError)
-            position = getattr(error, "position", 0)
-            before = self.text[:position]
+        except RecursionError:
+            self.error_at(1, 1, "invalid YAML: nested too deeply", "yaml")
+            return None
+        except yaml.reader.ReaderError as error:  # a character YAML does not allow
+            before = self.text[: error.position]
             line = before.count("\n") + 1
             col = len(before) - (before.rfind("\n") + 1) + 1
-            self.error_at(line, col, f"invalid YAML: {error}", "yaml")
+            character = error.character
+            code = character if isinstance(character, int) else ord(character)
+            self.error_at(line, col, f"invalid YAML: character U+{code:04X} is not allowed", "yaml")
             return None
         if root is None:
             self.error_at(
@@ -207,7 +214,7 @@ class _RuleFileReader:
         )
         rates = self.rates(fields["rates"], base_currency) if "rates" in fields else {}
         segments = self.segments(fields["segments"]) if "segments" in fields else ()
-        triggers = self.triggers(fields["triggers"], segments) if "triggers" in fields else ()
+        triggers = self.triggers(fields["triggers"]) if "triggers" in fields else ()
         max_lateness = self.duration(fields["max_lateness"]) if "max_lateness" in fields else None
         max_future_skew = (
             self.duration(fields["max_future_skew"]) if "max_future_skew" in fields else None
@@ -404,7 +411,8 @@ class _RuleFileReader:
         segments: list[Segment] = []
         names: dict[str, yaml.Node] = {}
         for item in node.value:
-            fields = self.mapping(item, "a segment", SEGMENT_KEYS, required=("name", "when"))
+            what = _label(item, "segment")
+            fields = self.mapping(item, what, SEGMENT_KEYS, required=("name", "when"))
             if fields is None:
                 continue
             name = self.segment_name(fields["name"], names) if "name" in fields else None
@@ -441,6 +449,7 @@ class _RuleFileReader:
             )
             return None
         names[name] = node
+        self.segment_names.append(name)
         return name
 
     def description(self, node: yaml.Node) -> str:
@@ -495,27 +504,25 @@ class _RuleFileReader:
         value = str(node.value)
         return value, [(node.start_mark.line + 1, node.start_mark.column + 1)] * (len(value) + 1)
 
-    def triggers(self, node: yaml.Node, segments: tuple[Segment, ...]) -> tuple[Trigger, ...]:
+    def triggers(self, node: yaml.Node) -> tuple[Trigger, ...]:
         if isinstance(node, yaml.ScalarNode) and _is_null(node):
             return ()
         if not isinstance(node, yaml.SequenceNode):
             self.error(node, f"expected a list of triggers, found {_kind(node)}", "bad-value")
             return ()
-        segment_names = [segment.name for segment in segments]
         triggers: list[Trigger] = []
         names: dict[str, yaml.Node] = {}
         for item in node.value:
             fields = self.mapping(
-                item, "a trigger", TRIGGER_KEYS, required=("name", "segment", "on", "webhook")
+                item,
+                _label(item, "trigger"),
+                TRIGGER_KEYS,
+                required=("name", "segment", "on", "webhook"),
             )
             if fields is None:
                 continue
             name = self.trigger_name(fields["name"], names) if "name" in fields else None
-            segment = (
-                self.trigger_segment(fields["segment"], segment_names)
-                if "segment" in fields
-                else None
-            )
+            segment = self.trigger_segment(fields["segment"]) if "segment" in fields else None
             on = self.trigger_event(fields["on"]) if "on" in fields else None
             webhook = self.webhook(fields["webhook"]) if "webhook" in fields else None
             cooldown = self.duration(fields["cooldown"], "cooldown") if "cooldown" in fields else 0
@@ -547,12 +554,12 @@ class _RuleFileReader:
         names[name] = node
         return name
 
-    def trigger_segment(self, node: yaml.Node, segment_names: list[str]) -> str | None:
+    def trigger_segment(self, node: yaml.Node) -> str | None:
         name = self.string(node, "a trigger's segment")
         if name is None:
             return None
-        if name not in segment_names:
-            suggestion = closest(name, segment_names)
+        if name not in self.segment_names:
+            suggestion = closest(name, self.segment_names)
             hint = f"; did you mean '{suggestion}'?" if suggestion else ""
             self.error(node, f"unknown segment '{name}'{hint}", "unknown-segment")
             return None
@@ -591,6 +598,21 @@ class _RuleFileReader:
             )
             return None
         return url
+
+
+def _label(item: yaml.Node, kind: str) -> str:
+    """ "segment 'vip'" when the item has a usable name, else "a segment" (for messages)."""
+    if isinstance(item, yaml.MappingNode):
+        for key, value in item.value:
+            if (
+                isinstance(key, yaml.ScalarNode)
+                and key.value == "name"
+                and isinstance(value, yaml.ScalarNode)
+                and value.value
+                and not _is_null(value)
+            ):
+                return f"{kind} '{value.value}'"
+    return f"a {kind}"
 
 
 def _is_null(node: yaml.ScalarNode) -> bool:

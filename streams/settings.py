@@ -1,0 +1,276 @@
+"""The worker's configuration: SEGMENTS_* environment variables (and `.env`), validated once.
+
+`load_settings()` is the one entry point: it returns a frozen `Settings` or raises
+`SettingsError` whose message names each bad variable, what it must be and what it got.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from dotenv import dotenv_values
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from segments.data import EXAMPLE_RULES
+
+ENV_PREFIX = "SEGMENTS_"
+DEFAULT_ENV_FILE = ".env"
+
+# Kafka's own rule for topic names (and so for everything that becomes part of one).
+_KAFKA_NAME = re.compile(r"^[A-Za-z0-9._-]*$")
+# Room left for the longest topic name we derive, e.g. "<app_id>-customers-changelog".
+_MAX_PREFIX = 150
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Every topic of SPEC section 6, each with the configured prefix."""
+
+    prefix: str = ""
+
+    @property
+    def purchases(self) -> str:
+        """Canonical purchase events (SPEC section 1), key = customer id."""
+        return f"{self.prefix}purchases"
+
+    @property
+    def purchases_pos(self) -> str:
+        """Native POS receipts, turned into canonical events by the adapter agent."""
+        return f"{self.prefix}purchases.pos"
+
+    @property
+    def purchases_online(self) -> str:
+        """Native online-shop order webhooks, turned into canonical events by the adapter."""
+        return f"{self.prefix}purchases.online"
+
+    @property
+    def purchases_dlq(self) -> str:
+        """Rejected input: original bytes with a machine-readable reason."""
+        return f"{self.prefix}purchases.dlq"
+
+    @property
+    def segment_changes(self) -> str:
+        """Entered/exited events (SPEC section 4), key = customer id."""
+        return f"{self.prefix}segment-changes"
+
+    @property
+    def segment_memberships(self) -> str:
+        """Compacted current membership, key = `customer_id|segment`, tombstone on exit."""
+        return f"{self.prefix}segment-memberships"
+
+    @property
+    def ticks(self) -> str:
+        """Clock ticks that wake each partition's time-driven transitions."""
+        return f"{self.prefix}ticks"
+
+    def all(self) -> tuple[str, ...]:
+        """All topic names, in the order data flows through them."""
+        return (
+            self.purchases_pos,
+            self.purchases_online,
+            self.purchases,
+            self.ticks,
+            self.segment_changes,
+            self.segment_memberships,
+            self.purchases_dlq,
+        )
+
+
+class Settings(BaseSettings):
+    """SPEC section 6's configuration table; each field is SEGMENTS_<FIELD NAME>."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=DEFAULT_ENV_FILE,
+        env_file_encoding="utf-8",
+        case_sensitive=False,
+        extra="ignore",  # unknown SEGMENTS_* names are reported by load_settings()
+        frozen=True,
+    )
+
+    kafka_bootstrap: str = Field(
+        "127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port...]"
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis of the membership cache")
+    rules: Path = Field(EXAMPLE_RULES, description="Rule file (YAML, SPEC section 3)")
+    clock: Literal["wall", "event"] = Field(
+        "wall", description="wall: the wall clock; event: per-partition event time"
+    )
+    topic_prefix: str = Field("", description="Prefix of every topic name")
+    redis_prefix: str = Field("", description="Prefix of every Redis key")
+    app_id: str = Field(
+        "purchase-segments", description="Faust app id: consumer group and changelog names"
+    )
+    partitions: int = Field(8, gt=0, description="Partitions of every topic keyed by customer")
+    data_dir: Path = Field(Path("./.segments-data"), description="RocksDB tables and local state")
+    web_host: str = Field("127.0.0.1", description="Address the worker's HTTP server binds")
+    web_port: int = Field(6066, ge=1, le=65535, description="Port of the worker's HTTP server")
+    api_token: SecretStr | None = Field(
+        None, description="When set, HTTP requests need `Authorization: Bearer <token>`"
+    )
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _check_bootstrap(cls, value: str) -> str:
+        servers = [server.strip() for server in value.split(",")]
+        for server in servers:
+            host, _, port = server.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError("must be host:port[,host:port...]")
+        return ",".join(servers)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("redis", "rediss", "unix") or not (parts.netloc or parts.path):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("rules")
+    @classmethod
+    def _check_rules(cls, value: Path) -> Path:
+        path = value.expanduser()
+        if not path.is_file():
+            raise ValueError("must name an existing rule file")
+        return path
+
+    @field_validator("topic_prefix", "app_id")
+    @classmethod
+    def _check_kafka_name(cls, value: str) -> str:
+        if not _KAFKA_NAME.match(value) or len(value) > _MAX_PREFIX:
+            raise ValueError(
+                f"must be at most {_MAX_PREFIX} letters, digits, '.', '_' or '-'"
+                " (it becomes part of Kafka topic names)"
+            )
+        return value
+
+    @field_validator("app_id")
+    @classmethod
+    def _check_app_id_not_empty(cls, value: str) -> str:
+        if not value:
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("redis_prefix")
+    @classmethod
+    def _check_redis_prefix(cls, value: str) -> str:
+        # A brace would become the key's hash tag and move keys across cluster slots.
+        if "{" in value or "}" in value:
+            raise ValueError("must not contain '{' or '}' (keys use them as hash tags)")
+        return value
+
+    @field_validator("web_host")
+    @classmethod
+    def _check_web_host(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must be a host name or address")
+        return value.strip()
+
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _empty_token_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand_data_dir(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @property
+    def topics(self) -> Topics:
+        """Topic names with this configuration's prefix."""
+        return Topics(self.topic_prefix)
+
+    @property
+    def faust_broker(self) -> str:
+        """`kafka_bootstrap` as Faust's broker setting: `kafka://host:port;kafka://...`."""
+        return ";".join(f"kafka://{server}" for server in self.kafka_bootstrap.split(","))
+
+
+# What each variable must be, for errors whose pydantic wording would be about Python types.
+_EXPECTED = {
+    "clock": "'wall' or 'event'",
+    "partitions": "a positive integer",
+    "web_port": "a TCP port number (1-65535)",
+}
+
+
+class SettingsError(ValueError):
+    """Invalid configuration; `problems` holds one line per bad variable."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a Settings field: `partitions` -> `SEGMENTS_PARTITIONS`."""
+    return ENV_PREFIX + field.upper()
+
+
+def setting_names() -> frozenset[str]:
+    """Every SEGMENTS_* variable that Settings reads."""
+    return frozenset(env_name(field) for field in Settings.model_fields)
+
+
+def load_settings(env_file: str | Path | None = DEFAULT_ENV_FILE, **overrides: Any) -> Settings:
+    """Reads and validates the configuration: environment over `.env` over defaults.
+
+    `overrides` (field names) win over both. Raises SettingsError naming every bad or
+    unknown SEGMENTS_* variable, so a typo never silently falls back to a default.
+    """
+    file_values = _read_env_file(env_file)
+    problems = _unknown_variables([*os.environ, *file_values])
+    try:
+        settings = Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+    except ValidationError as error:
+        problems += _describe(error)
+        raise SettingsError(problems) from None
+    if problems:
+        raise SettingsError(problems)
+    return settings
+
+
+def _read_env_file(env_file: str | Path | None) -> Mapping[str, str | None]:
+    if env_file is None or not Path(env_file).is_file():
+        return {}
+    return dotenv_values(env_file)
+
+
+def _unknown_variables(names: list[str]) -> list[str]:
+    known = setting_names()
+    problems = []
+    for name in sorted({name.upper() for name in names if name.upper().startswith(ENV_PREFIX)}):
+        if name in known:
+            continue
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean {close[0]}?" if close else f"known: {', '.join(sorted(known))}"
+        problems.append(f"{name}: unknown setting; {hint}")
+    return problems
+
+
+def _describe(error: ValidationError) -> list[str]:
+    problems = []
+    for detail in error.errors():
+        field = str(detail["loc"][0]) if detail["loc"] else "?"
+        if detail["type"] == "value_error":
+            reason = str(detail["ctx"]["error"])
+        else:
+            reason = f"must be {_EXPECTED.get(field, detail['msg'].lower())}"
+        value = detail.get("input")
+        got = (
+            "<hidden>"
+            if field == "api_token"
+            else repr(str(value) if isinstance(value, Path) else value)
+        )
+        problems.append(f"{env_name(field)}: {reason}, got {got}")
+    return problems

@@ -1,0 +1,220 @@
+"""Settings: SPEC section 6 defaults, env and .env precedence, one clear error per variable."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from segments.data import EXAMPLE_RULES
+from streams.settings import Settings, SettingsError, Topics, load_settings, setting_names
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No SEGMENTS_* from the caller's shell, and a working directory without a .env."""
+    for name in list(os.environ):
+        if name.upper().startswith("SEGMENTS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def problems_of(excinfo: pytest.ExceptionInfo[SettingsError]) -> list[str]:
+    return excinfo.value.problems
+
+
+def test_defaults_are_the_spec_table() -> None:
+    settings = load_settings()
+
+    assert settings.kafka_bootstrap == "127.0.0.1:9092"
+    assert settings.redis_url == "redis://127.0.0.1:6379/0"
+    assert settings.rules == EXAMPLE_RULES
+    assert settings.rules.is_file()
+    assert settings.clock == "wall"
+    assert settings.topic_prefix == ""
+    assert settings.redis_prefix == ""
+    assert settings.app_id == "purchase-segments"
+    assert settings.partitions == 8
+    assert settings.data_dir == Path("./.segments-data")
+    assert settings.web_host == "127.0.0.1"
+    assert settings.web_port == 6066
+    assert settings.api_token is None
+
+
+def test_every_spec_variable_is_a_setting() -> None:
+    spec_variables = {
+        "SEGMENTS_KAFKA_BOOTSTRAP",
+        "SEGMENTS_REDIS_URL",
+        "SEGMENTS_RULES",
+        "SEGMENTS_CLOCK",
+        "SEGMENTS_TOPIC_PREFIX",
+        "SEGMENTS_REDIS_PREFIX",
+        "SEGMENTS_APP_ID",
+        "SEGMENTS_PARTITIONS",
+        "SEGMENTS_DATA_DIR",
+        "SEGMENTS_WEB_HOST",
+        "SEGMENTS_WEB_PORT",
+        "SEGMENTS_API_TOKEN",
+    }
+    assert spec_variables <= setting_names()
+
+
+def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("version: 1\n")
+    monkeypatch.setenv("SEGMENTS_KAFKA_BOOTSTRAP", "k1:9092, k2:9093")
+    monkeypatch.setenv("SEGMENTS_RULES", str(rules))
+    monkeypatch.setenv("SEGMENTS_CLOCK", "event")
+    monkeypatch.setenv("SEGMENTS_PARTITIONS", "3")
+    monkeypatch.setenv("SEGMENTS_WEB_PORT", "8080")
+    monkeypatch.setenv("segments_topic_prefix", "t1.")  # names are case-insensitive
+
+    settings = load_settings()
+
+    assert settings.kafka_bootstrap == "k1:9092,k2:9093"
+    assert settings.faust_broker == "kafka://k1:9092;kafka://k2:9093"
+    assert settings.rules == rules
+    assert settings.clock == "event"
+    assert settings.partitions == 3
+    assert settings.web_port == 8080
+    assert settings.topic_prefix == "t1."
+
+
+def test_dot_env_is_read_and_the_environment_wins(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / ".env").write_text("SEGMENTS_PARTITIONS=4\nSEGMENTS_APP_ID=from-file\n")
+    monkeypatch.setenv("SEGMENTS_APP_ID", "from-env")
+
+    settings = load_settings()
+
+    assert settings.partitions == 4
+    assert settings.app_id == "from-env"
+
+
+def test_overrides_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEGMENTS_PARTITIONS", "4")
+    assert load_settings(partitions=2).partitions == 2
+
+
+def test_an_explicit_env_file_is_read(tmp_path: Path) -> None:
+    env_file = tmp_path / "other.env"
+    env_file.write_text("SEGMENTS_REDIS_PREFIX=test:\n")
+    assert load_settings(env_file=env_file).redis_prefix == "test:"
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-1", "2.5"])
+def test_partitions_must_be_a_positive_integer(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("SEGMENTS_PARTITIONS", value)
+    with pytest.raises(SettingsError) as excinfo:
+        load_settings()
+    assert problems_of(excinfo) == [
+        f"SEGMENTS_PARTITIONS: must be a positive integer, got '{value}'"
+    ]
+    assert f"SEGMENTS_PARTITIONS: must be a positive integer, got '{value}'" in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("SEGMENTS_CLOCK", "stream", "must be 'wall' or 'event'"),
+        ("SEGMENTS_WEB_PORT", "70000", "must be a TCP port number (1-65535)"),
+        ("SEGMENTS_WEB_PORT", "http", "must be a TCP port number (1-65535)"),
+        ("SEGMENTS_KAFKA_BOOTSTRAP", "localhost", "must be host:port[,host:port...]"),
+        ("SEGMENTS_KAFKA_BOOTSTRAP", "a:9092,b:x", "must be host:port[,host:port...]"),
+        (
+            "SEGMENTS_REDIS_URL",
+            "http://127.0.0.1:6379",
+            "must be a redis://, rediss:// or unix:// URL",
+        ),
+        ("SEGMENTS_RULES", "/does/not/exist.yaml", "must name an existing rule file"),
+        ("SEGMENTS_TOPIC_PREFIX", "bad prefix/", "must be at most 150 letters, digits"),
+        ("SEGMENTS_APP_ID", "", "must not be empty"),
+        ("SEGMENTS_REDIS_PREFIX", "seg{x}:", "must not contain '{' or '}'"),
+    ],
+)
+def test_invalid_values_name_the_variable_and_the_value(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as excinfo:
+        load_settings()
+    [problem] = problems_of(excinfo)
+    assert problem.startswith(f"{variable}: {expected}")
+    assert problem.endswith(f"got {value!r}")
+
+
+def test_every_problem_is_reported_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEGMENTS_PARTITIONS", "many")
+    monkeypatch.setenv("SEGMENTS_CLOCK", "sundial")
+    with pytest.raises(SettingsError) as excinfo:
+        load_settings()
+    assert [p.split(":")[0] for p in problems_of(excinfo)] == [
+        "SEGMENTS_CLOCK",
+        "SEGMENTS_PARTITIONS",
+    ]
+
+
+def test_a_misspelt_variable_is_an_error_with_a_suggestion(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEGMENTS_PARTITON", "4")
+    with pytest.raises(SettingsError) as excinfo:
+        load_settings()
+    assert problems_of(excinfo) == [
+        "SEGMENTS_PARTITON: unknown setting; did you mean SEGMENTS_PARTITIONS?"
+    ]
+
+
+def test_a_misspelt_variable_in_dot_env_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("SEGMENTS_REDIS_URI=redis://x:6379/0\n")
+    with pytest.raises(SettingsError, match="SEGMENTS_REDIS_URI: unknown setting"):
+        load_settings()
+
+
+def test_the_api_token_is_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEGMENTS_API_TOKEN", "s3cret-token")
+    settings = load_settings()
+    assert settings.api_token is not None
+    assert settings.api_token.get_secret_value() == "s3cret-token"
+    assert "s3cret-token" not in repr(settings)
+    assert "s3cret-token" not in str(settings.model_dump())
+
+
+def test_an_empty_api_token_means_no_auth(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEGMENTS_API_TOKEN", "")
+    assert load_settings().api_token is None
+
+
+def test_settings_are_immutable() -> None:
+    settings = load_settings()
+    with pytest.raises(ValueError, match="frozen"):
+        settings.partitions = 3  # type: ignore[misc]
+
+
+def test_topic_names_carry_the_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEGMENTS_TOPIC_PREFIX", "test-1.")
+    topics = load_settings().topics
+
+    assert topics == Topics("test-1.")
+    assert topics.purchases == "test-1.purchases"
+    assert topics.purchases_pos == "test-1.purchases.pos"
+    assert topics.purchases_online == "test-1.purchases.online"
+    assert topics.purchases_dlq == "test-1.purchases.dlq"
+    assert topics.segment_changes == "test-1.segment-changes"
+    assert topics.segment_memberships == "test-1.segment-memberships"
+    assert topics.ticks == "test-1.ticks"
+    assert len(set(topics.all())) == 7
+    assert all(name.startswith("test-1.") for name in topics.all())
+
+
+def test_unprefixed_topic_names_are_the_spec_names() -> None:
+    assert Settings().topics.all() == (
+        "purchases.pos",
+        "purchases.online",
+        "purchases",
+        "ticks",
+        "segment-changes",
+        "segment-memberships",
+        "purchases.dlq",
+    )

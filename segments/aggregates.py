@@ -25,6 +25,14 @@ FilterKey = tuple[str | None, str | None, tuple[int, int, int, int] | None]
 
 
 @dataclass(slots=True)
+class CategoryTotal:
+    """What one order bought in one category, base currency."""
+
+    amount: Decimal
+    units: int
+
+
+@dataclass(slots=True)
 class Order:
     """One purchase, amounts in base currency; `net` falls as returns refund it."""
 
@@ -34,8 +42,8 @@ class Order:
     net: Decimal
     discounted: bool
     units: int
-    # category -> [amount, units]; only the categories the rule set needs (None: none kept)
-    categories: dict[str, list[Decimal | int]] | None = None
+    # only the categories the rule set needs (None: none kept)
+    categories: dict[str, CategoryTotal] | None = None
 
     def __lt__(self, other: Order) -> bool:  # insort keeps records ordered by day
         return self.day < other.day
@@ -90,10 +98,7 @@ class CustomerState:
         for order in self.orders:
             if order.event_id == event_id:
                 return True
-        for seen_id, _ in self.returns_seen:
-            if seen_id == event_id:
-                return True
-        return False
+        return any(seen_id == event_id for seen_id, _ in self.returns_seen)
 
     def find_order(self, event_id: str) -> Order | None:
         for order in self.orders:
@@ -125,9 +130,9 @@ def _contribute(lifetime: Lifetime, key: FilterKey, order: Order, sign: int) -> 
     category = key[1]
     if category is not None:
         assert order.categories is not None
-        amount, units = order.categories[category]
-        lifetime.spend += sign * amount  # type: ignore[operator]
-        lifetime.units += sign * units  # type: ignore[operator]
+        bucket = order.categories[category]
+        lifetime.spend += sign * bucket.amount
+        lifetime.units += sign * bucket.units
     else:
         lifetime.spend += sign * order.net
         lifetime.units += sign * order.units
@@ -156,8 +161,9 @@ def add_order(state: CustomerState, order: Order) -> None:
                 _contribute(lifetime, key, order, 1)
 
 
-def refund_order(state: CustomerState, order: Order, amount: Decimal,
-                 lines: list[tuple[str, Decimal, int]]) -> None:
+def refund_order(
+    state: CustomerState, order: Order, amount: Decimal, lines: list[tuple[str, Decimal, int]]
+) -> None:
     """Lower a known order's net by `amount` (base currency) and its categories by `lines`."""
     counted_keys = [key for key in state.lifetime if order.net > 0 and matches(order, key)]
     for key in counted_keys:
@@ -168,8 +174,8 @@ def refund_order(state: CustomerState, order: Order, amount: Decimal,
         for category, line_amount, line_units in lines:
             bucket = order.categories.get(category)
             if bucket is not None:
-                bucket[0] = max(ZERO, bucket[0] - line_amount)  # type: ignore[operator]
-                bucket[1] = max(0, bucket[1] - line_units)  # type: ignore[operator]
+                bucket.amount = max(ZERO, bucket.amount - line_amount)
+                bucket.units = max(0, bucket.units - line_units)
     if order.net > 0:
         for key in counted_keys:
             _contribute(state.lifetime[key], key, order, 1)
@@ -195,8 +201,9 @@ def _recompute_first_last(state: CustomerState, key: FilterKey, refunded_day: in
         lifetime.first_day = min(days) if days else None
 
 
-def ensure_lifetime_keys(state: CustomerState, keys: tuple[FilterKey, ...],
-                         with_categories: bool) -> None:
+def ensure_lifetime_keys(
+    state: CustomerState, keys: tuple[FilterKey, ...], with_categories: bool
+) -> None:
     """Give the state an accumulator per key the rule set needs, built from retained orders."""
     for key in keys:
         if key in state.lifetime:
@@ -257,7 +264,7 @@ _CHANNELS = ("pos", "online")
 
 def _key_text(key: FilterKey) -> str:
     channel, category, season = key
-    season_text = "%02d%02d%02d%02d" % season if season is not None else ""
+    season_text = "".join(f"{part:02d}" for part in season) if season is not None else ""
     return f"{channel or ''}|{season_text}|{category or ''}"
 
 
@@ -265,49 +272,85 @@ def _key_of(text: str) -> FilterKey:
     channel, season_text, category = text.split("|", 2)
     season = None
     if season_text:
-        season = (int(season_text[0:2]), int(season_text[2:4]),
-                  int(season_text[4:6]), int(season_text[6:8]))
+        season = (
+            int(season_text[0:2]),
+            int(season_text[2:4]),
+            int(season_text[4:6]),
+            int(season_text[6:8]),
+        )
     return (channel or None, category or None, season)
 
 
-def _categories_out(categories: dict[str, list[Decimal | int]] | None) -> Any:
+def _categories_out(categories: dict[str, CategoryTotal] | None) -> Any:
     if not categories:
         return 0
-    return {name: [str(amount), units] for name, (amount, units) in categories.items()}
+    return {name: [str(total.amount), total.units] for name, total in categories.items()}
 
 
 def state_to_bytes(state: CustomerState) -> bytes:
     orders = [
-        [o.event_id, o.day, _CHANNEL_CODE[o.channel], str(o.net), int(o.discounted), o.units,
-         _categories_out(o.categories)]
+        [
+            o.event_id,
+            o.day,
+            _CHANNEL_CODE[o.channel],
+            str(o.net),
+            int(o.discounted),
+            o.units,
+            _categories_out(o.categories),
+        ]
         for o in state.orders
     ]
     adjustments = [
         [a.event_id, a.day, _CHANNEL_CODE[a.channel], str(a.amount)] for a in state.adjustments
     ]
     lifetime = [
-        [_key_text(key), lt.orders, str(lt.spend), lt.units, lt.discounted, lt.first_day,
-         lt.last_day, lt.pruned_last_day, lt.categories]
+        [
+            _key_text(key),
+            lt.orders,
+            str(lt.spend),
+            lt.units,
+            lt.discounted,
+            lt.first_day,
+            lt.last_day,
+            lt.pruned_last_day,
+            lt.categories,
+        ]
         for key, lt in state.lifetime.items()
     ]
-    memberships = {
-        name: [int(m.member), m.seq, m.since] for name, m in state.memberships.items()
-    }
-    return orjson.dumps([
-        FORMAT, state.rules_version, state.due, orders, adjustments,
-        state.returns_seen, lifetime, memberships,
-    ])
+    memberships = {name: [int(m.member), m.seq, m.since] for name, m in state.memberships.items()}
+    return orjson.dumps(
+        [
+            FORMAT,
+            state.rules_version,
+            state.due,
+            orders,
+            adjustments,
+            state.returns_seen,
+            lifetime,
+            memberships,
+        ]
+    )
 
 
 def state_from_bytes(customer_id: str, data: bytes) -> CustomerState:
-    (fmt, rules_version, due, orders, adjustments, returns_seen, lifetime,
-     memberships) = orjson.loads(data)
+    (fmt, rules_version, due, orders, adjustments, returns_seen, lifetime, memberships) = (
+        orjson.loads(data)
+    )
     if fmt != FORMAT:
         raise ValueError(f"customer state format {fmt} is not {FORMAT}")
     state = CustomerState(customer_id=customer_id, rules_version=rules_version, due=due)
     state.orders = [
-        Order(event_id, day, _CHANNELS[channel], Decimal(net), bool(discounted), units,
-              {name: [Decimal(amount), n] for name, (amount, n) in cats.items()} if cats else None)
+        Order(
+            event_id,
+            day,
+            _CHANNELS[channel],
+            Decimal(net),
+            bool(discounted),
+            units,
+            {name: CategoryTotal(Decimal(amount), n) for name, (amount, n) in cats.items()}
+            if cats
+            else None,
+        )
         for event_id, day, channel, net, discounted, units, cats in orders
     ]
     state.adjustments = [
@@ -320,6 +363,7 @@ def state_from_bytes(customer_id: str, data: bytes) -> CustomerState:
         for key, n, spend, units, discounted, first, last, pruned, cats in lifetime
     }
     state.memberships = {
-        name: Membership(bool(member), seq, since) for name, (member, seq, since) in memberships.items()
+        name: Membership(bool(member), seq, since)
+        for name, (member, seq, since) in memberships.items()
     }
     return state

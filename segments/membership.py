@@ -13,6 +13,7 @@ from decimal import Decimal
 
 from segments.aggregates import (
     Adjustment,
+    CategoryTotal,
     CustomerState,
     Membership,
     Order,
@@ -24,7 +25,7 @@ from segments.aggregates import (
 )
 from segments.changes import ENTERED, EXITED, Change
 from segments.clock import MICROS_PER_DAY
-from segments.events import Event, Purchase, Rejection, Return
+from segments.events import Purchase, Rejection, Return
 from segments.money import to_base
 from segments.rules.evaluator import CompiledRules
 
@@ -155,7 +156,7 @@ def _evaluate(
 def _apply_purchase(state: CustomerState, event: Purchase, rules: CompiledRules) -> None:
     ruleset = rules.ruleset
     keep = rules.keep_categories
-    categories: dict[str, list[Decimal | int]] | None = None
+    categories: dict[str, CategoryTotal] | None = None
     discounted = event.discount_total > ZERO
     units = 0
     for line in event.lines:
@@ -168,10 +169,10 @@ def _apply_purchase(state: CustomerState, event: Purchase, rules: CompiledRules)
             amount = to_base(line.amount, event.currency, ruleset.base_currency, ruleset.rates)
             bucket = categories.get(line.category)
             if bucket is None:
-                categories[line.category] = [amount, line.quantity]
+                categories[line.category] = CategoryTotal(amount, line.quantity)
             else:
-                bucket[0] += amount  # type: ignore[operator]
-                bucket[1] += line.quantity  # type: ignore[operator]
+                bucket.amount += amount
+                bucket.units += line.quantity
     order = Order(
         event_id=event.event_id,
         day=rules.calendar.day_of(event.occurred_at),
@@ -237,9 +238,9 @@ def next_deadline(state: CustomerState, rules: CompiledRules, now: int) -> int |
             base = (
                 lifetime.last_day if spec.name == "days_since_last_purchase" else lifetime.first_day
             )
-            bases = () if base is None else (base,)
+            bases: list[int] = [] if base is None else [base]
         else:
-            bases = tuple(o.day for o in orders if o.net > ZERO)
+            bases = [o.day for o in orders if o.net > ZERO]
         for base in bases:
             for day in (base + number, base + number + 1):
                 if day > today and (best is None or day < best):

@@ -1,4 +1,4 @@
-"""The whole pipeline over a file, no infrastructure: decode, order by time, step(), write results."""
+"""The whole pipeline over a file, no infrastructure: decode, order by time, step(), write."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
 
+from segments import events as _events
 from segments.aggregates import CustomerState
 from segments.changes import Change
-from segments import events as _events
 from segments.events import ClockMark, Event, Rejection
 from segments.membership import DuplicateEvent, Tick, step
 from segments.rules.evaluator import CompiledRules
@@ -120,9 +120,12 @@ def read_lines(source: str | Path) -> Iterator[bytes]:
         yield from sys.stdin.buffer
         return
     path = Path(source)
-    opener: Callable[..., IO[bytes]] = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        yield from handle
+    if path.suffix == ".gz":
+        with gzip.open(path, "rb") as compressed:
+            yield from compressed
+    else:
+        with path.open("rb") as plain:
+            yield from plain
 
 
 def replay(

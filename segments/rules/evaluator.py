@@ -55,7 +55,8 @@ class MetricSpec:
         if self.category is not None:
             parts.append("".join(c if c.isalnum() else "_" for c in self.category.lower()))
         if self.season is not None:
-            parts.append("%02d%02d_%02d%02d" % self.season)
+            start_month, start_day, end_month, end_day = self.season
+            parts.append(f"{start_month:02d}{start_day:02d}_{end_month:02d}{end_day:02d}")
         return "_".join(parts)
 
 
@@ -79,9 +80,8 @@ class CompiledRules:
         result: dict[str, Any] = {}
         for index in self.segment_metrics[segment_index]:
             value = values[index]
-            if isinstance(value, Decimal):
-                value = str(value.quantize(_CENT))
-            result[self.specs[index].label] = value
+            label = self.specs[index].label
+            result[label] = str(value.quantize(_CENT)) if isinstance(value, Decimal) else value
         return result
 
 

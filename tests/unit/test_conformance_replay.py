@@ -25,11 +25,22 @@ def test_replay_conforms(case: Case, tmp_path: Path) -> None:
     out = tmp_path / "out"
     completed = subprocess.run(
         [
-            sys.executable, "-m", "streams", "replay",
-            "--rules", str(RULES), "--input", str(case.events),
-            "--as-of", case.as_of, "--out", str(out),
+            sys.executable,
+            "-m",
+            "streams",
+            "replay",
+            "--rules",
+            str(RULES),
+            "--input",
+            str(case.events),
+            "--as-of",
+            case.as_of,
+            "--out",
+            str(out),
         ],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert completed.returncode == 0, completed.stderr
     assert (out / "rejected.jsonl").read_text() == ""

@@ -1,0 +1,198 @@
+"""Property: the replay engine agrees with the naive reference on random purchase histories."""
+
+from __future__ import annotations
+
+from contextlib import suppress
+from dataclasses import replace
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from segments.clock import to_micros
+from segments.events import Event, Line, Purchase, Return
+from segments.replay import Engine
+from segments.rules.evaluator import compile_rules
+from segments.rules.ruleset import RuleSet, parse_ruleset
+from tests.conformance_cases import RULES
+from tests.reference import reference_replay
+
+pytestmark = pytest.mark.unit
+
+RICH_RULES = """
+version: 3
+base_currency: USD
+rates: {EUR: "1.10"}
+segments:
+  - name: vip
+    when: orders(within="182d") >= 3
+    exit_when: orders(within="182d") < 2
+  - name: lapsed
+    when: days_since_last_purchase() > 90
+    min_dwell: 10d
+  - name: big_spender
+    when: avg_order_value(within="365d") > 50
+  - name: runner
+    when: orders(category="Running Shoes", within="365d") >= 1
+  - name: runner_spend
+    when: spend(category="Running Shoes", within="90d") >= 30 or units(category="Music") >= 3
+  - name: online_only
+    when: orders(channel="online") >= 1 and orders(channel="pos") == 0
+  - name: sleeper
+    when: >
+      days_since_last_purchase() > 60
+      and orders(within="200d") between 2 and 4
+      and discounted_orders(within="200d") >= 1
+  - name: new_customer
+    when: days_since_first_purchase() <= 30
+  - name: winter
+    when: orders(season="12-15..01-10", within="365d") >= 1
+  - name: broad
+    when: distinct_categories(within="60d") >= 2 and not spend() < 40
+  - name: pos_quiet
+    when: days_since_last_purchase(channel="pos", within="120d") >= 45
+  - name: heavy_units
+    when: units(within="30d") > 4 or spend(channel="online") > 300
+"""
+
+START = to_micros(datetime(1997, 1, 1, tzinfo=UTC))
+SPAN_DAYS = 540
+CATEGORIES = ("Music", "Running Shoes", "Books")
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> tuple[list[Event], int]:
+    customers = [f"c{i}" for i in range(draw(st.integers(1, 3)))]
+    events: list[Event] = []
+    purchases: list[Purchase] = []
+    for n in range(draw(st.integers(1, 14))):
+        customer = draw(st.sampled_from(customers))
+        day = draw(st.integers(0, SPAN_DAYS))
+        # whole days, noon, and exact midnights collide with deadlines on purpose
+        seconds = draw(st.sampled_from([0, 0, 43_200, 86_399, 3_600]))
+        at = START + day * 86_400_000_000 + seconds * 1_000_000
+        kind = draw(st.sampled_from(["purchase"] * 6 + ["return", "duplicate"]))
+        channel = draw(st.sampled_from(["pos", "online"]))
+        currency = draw(st.sampled_from(["USD", "USD", "EUR"]))
+        if kind == "duplicate" and events:
+            events.append(draw(st.sampled_from(events)))
+            continue
+        if kind == "return":
+            own = [p for p in purchases if p.customer_id == customer]
+            if own and draw(st.booleans()):
+                original = draw(st.sampled_from(own))
+                at = original.occurred_at + draw(st.integers(0, 20)) * 86_400_000_000
+                original_id: str | None = original.event_id
+            else:
+                original_id = f"unknown-{n}"
+            lines = tuple(
+                Line(
+                    "sku",
+                    draw(st.sampled_from(CATEGORIES)),
+                    draw(st.integers(1, 2)),
+                    Decimal(draw(st.sampled_from(["5.00", "20.00"]))),
+                    Decimal(0),
+                )
+                for _ in range(draw(st.integers(0, 1)))
+            )
+            events.append(
+                Return(
+                    f"e{n}",
+                    customer,
+                    at,
+                    channel,
+                    currency,
+                    Decimal(draw(st.sampled_from(["5.00", "10.00", "60.00"]))),
+                    Decimal(0),
+                    original_id,
+                    lines,
+                )
+            )
+            continue
+        lines = tuple(
+            Line(
+                "sku",
+                draw(st.sampled_from(CATEGORIES)),
+                draw(st.integers(1, 3)),
+                Decimal(draw(st.sampled_from(["0.00", "9.99", "25.00", "80.00"]))),
+                Decimal(draw(st.sampled_from(["0", "0", "1.00"]))),
+            )
+            for _ in range(draw(st.integers(0, 3)))
+        )
+        total = Decimal(
+            draw(st.sampled_from(["0.00", "0.01", "10.00", "45.50", "60.00", "250.00"]))
+        )
+        discount = Decimal(draw(st.sampled_from(["0", "0", "5.00"])))
+        purchase = Purchase(f"e{n}", customer, at, channel, currency, total, discount, lines)
+        purchases.append(purchase)
+        events.append(purchase)
+    as_of = START + draw(st.integers(SPAN_DAYS, SPAN_DAYS + 700)) * 86_400_000_000
+    return events, as_of
+
+
+def _engine_run(events: list[Event], ruleset: RuleSet, as_of: int) -> tuple[list[Any], Any]:
+    from segments.membership import DuplicateEvent
+
+    rules = compile_rules(ruleset)
+    engine = Engine(rules)
+    out: list[Any] = []
+
+    def emit(changes: Any) -> None:
+        out.extend(changes)
+
+    for event in sorted(events, key=lambda e: e.occurred_at):
+        with suppress(DuplicateEvent):
+            engine.apply(event, emit)
+    engine.advance(as_of, emit)
+    instants = [c.at for c in out]
+    assert instants == sorted(instants), "changes must come out in `at` order"
+    return out, engine.memberships()
+
+
+def _key(change: Any) -> tuple[Any, ...]:
+    if isinstance(change, dict):
+        return (
+            change["customer_id"],
+            change["segment"],
+            change["change"],
+            change["at"],
+            change["cause"],
+            change["seq"],
+            change["event_id"],
+        )
+    return (
+        change.customer_id,
+        change.segment,
+        change.change,
+        change.at,
+        change.cause,
+        change.seq,
+        change.event_id,
+    )
+
+
+def _check(events: list[Event], ruleset: RuleSet, as_of: int) -> None:
+    actual, actual_members = _engine_run(events, ruleset, as_of)
+    expected, expected_members = reference_replay(events, ruleset, as_of)
+    assert sorted(map(_key, actual)) == sorted(map(_key, expected))
+    assert actual_members == expected_members
+
+
+CONFORMANCE = replace(parse_ruleset(RULES.read_text(), str(RULES)), rates={"EUR": Decimal("1.10")})
+RICH = parse_ruleset(RICH_RULES, "rich.yaml")
+SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@SETTINGS
+@given(histories())
+def test_conformance_rules_agree_with_reference(history: tuple[list[Event], int]) -> None:
+    _check(history[0], CONFORMANCE, history[1])
+
+
+@SETTINGS
+@given(histories())
+def test_rich_rules_agree_with_reference(history: tuple[list[Event], int]) -> None:
+    _check(history[0], RICH, history[1])

@@ -1,0 +1,289 @@
+"""A deliberately naive reference of SPEC sections 2 to 4 for property tests.
+
+It shares nothing with segments/ but the input types and the AST: at every
+instant where anything can change (every event, every local midnight, every
+min_dwell expiry) it recomputes every metric from the customer's full history
+by brute force. Slow and obviously right is the point.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from segments.events import Event, Purchase, Return
+from segments.rules.ast import And, Between, Compare, Expr, Metric, Not, Number, Or
+from segments.rules.ruleset import RuleSet
+
+MICROS_PER_DAY = 86_400_000_000
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _local_date(instant: int, zone: ZoneInfo) -> Any:
+    return (EPOCH + timedelta(microseconds=instant)).astimezone(zone).date()
+
+
+def _midnight_after(instant: int, zone: ZoneInfo) -> int:
+    day = _local_date(instant, zone) + timedelta(days=1)
+    local = datetime(day.year, day.month, day.day, tzinfo=zone)
+    delta = local - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _rate(currency: str, ruleset: RuleSet) -> Decimal:
+    return Decimal(1) if currency == ruleset.base_currency else ruleset.rates[currency]
+
+
+def _base(amount: Decimal, currency: str, ruleset: RuleSet) -> Decimal:
+    if currency == ruleset.base_currency:
+        return amount
+    return (amount * _rate(currency, ruleset)).quantize(Decimal("0.0001"))
+
+
+@dataclass
+class _Order:
+    event_id: str
+    date: Any
+    channel: str
+    net: Decimal
+    discounted: bool
+    units: int
+    lines: list[list[Any]]  # [category, amount, units]
+
+
+@dataclass
+class _History:
+    orders: dict[str, _Order] = field(default_factory=dict)
+    adjustments: list[tuple[Any, str, Decimal]] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+
+
+def _apply(history: _History, event: Event, ruleset: RuleSet, zone: ZoneInfo) -> None:
+    date = _local_date(event.occurred_at, zone)
+    if isinstance(event, Purchase):
+        history.orders[event.event_id] = _Order(
+            event.event_id,
+            date,
+            event.channel,
+            _base(event.total, event.currency, ruleset),
+            event.discount_total > 0 or any(line.discount > 0 for line in event.lines),
+            sum(line.quantity for line in event.lines),
+            _merge_lines(
+                (line.category, _base(line.amount, event.currency, ruleset), line.quantity)
+                for line in event.lines
+            ),
+        )
+        return
+    assert isinstance(event, Return)
+    original = history.orders.get(event.original_event_id or "")
+    amount = _base(event.total, event.currency, ruleset)
+    if original is None:
+        history.adjustments.append((date, event.channel, -amount))
+        return
+    original.net = max(Decimal(0), original.net - amount)
+    original.units = max(0, original.units - sum(line.quantity for line in event.lines))
+    for line in event.lines:
+        for entry in original.lines:
+            if entry[0] == line.category:
+                entry[1] = max(Decimal(0), entry[1] - _base(line.amount, event.currency, ruleset))
+                entry[2] = max(0, entry[2] - line.quantity)
+                break
+
+
+def _merge_lines(lines: Any) -> list[list[Any]]:
+    merged: dict[str, list[Any]] = {}
+    for category, amount, units in lines:
+        entry = merged.setdefault(category, [category, Decimal(0), 0])
+        entry[1] += amount
+        entry[2] += units
+    return list(merged.values())
+
+
+def _in_season(date: Any, season: tuple[int, int, int, int] | None) -> bool:
+    if season is None:
+        return True
+    md = (date.month, date.day)
+    start, end = (season[0], season[1]), (season[2], season[3])
+    return start <= md <= end if start <= end else (md >= start or md <= end)
+
+
+def _metric(metric: Metric, history: _History, today: Any) -> Any:
+    def in_window(date: Any) -> bool:
+        if date > today:
+            return False
+        return metric.within_days is None or (today - date).days < metric.within_days
+
+    orders = [
+        o
+        for o in history.orders.values()
+        if o.net > 0
+        and in_window(o.date)
+        and (metric.channel is None or o.channel == metric.channel)
+        and (metric.category is None or any(line[0] == metric.category for line in o.lines))
+        and _in_season(o.date, metric.season)
+    ]
+    if metric.category is None:
+        spend = sum((o.net for o in orders), Decimal(0))
+        spend += sum(
+            (
+                amount
+                for date, channel, amount in history.adjustments
+                if in_window(date)
+                and (metric.channel is None or channel == metric.channel)
+                and _in_season(date, metric.season)
+            ),
+            Decimal(0),
+        )
+        units = sum(o.units for o in orders)
+    else:
+        chosen = [line for o in orders for line in o.lines if line[0] == metric.category]
+        spend = sum((line[1] for line in chosen), Decimal(0))
+        units = sum(line[2] for line in chosen)
+    name = metric.name
+    if name == "orders":
+        return len(orders)
+    if name == "spend":
+        return spend
+    if name == "avg_order_value":
+        return spend / len(orders) if orders else None
+    if name == "units":
+        return units
+    if name == "discounted_orders":
+        return sum(1 for o in orders if o.discounted)
+    if name == "distinct_categories":
+        names = {line[0] for o in orders for line in o.lines}
+        if metric.category is not None:
+            names &= {metric.category}
+        return len(names)
+    if name == "days_since_last_purchase":
+        return (today - max(o.date for o in orders)).days if orders else None
+    if name == "days_since_first_purchase":
+        return (today - min(o.date for o in orders)).days if orders else None
+    raise ValueError(name)
+
+
+def _value(expr: Expr, history: _History, today: Any) -> Any:
+    if isinstance(expr, Metric):
+        return _metric(expr, history, today)
+    if isinstance(expr, Number):
+        return expr.value
+    raise TypeError(expr)
+
+
+def holds(expr: Expr, history: _History, today: Any) -> bool:
+    if isinstance(expr, And):
+        return holds(expr.left, history, today) and holds(expr.right, history, today)
+    if isinstance(expr, Or):
+        return holds(expr.left, history, today) or holds(expr.right, history, today)
+    if isinstance(expr, Not):
+        return not holds(expr.operand, history, today)
+    if isinstance(expr, Between):
+        value = _value(expr.operand, history, today)
+        low, high = _value(expr.low, history, today), _value(expr.high, history, today)
+        return value is not None and low <= value <= high
+    if isinstance(expr, Compare):
+        left, right = _value(expr.left, history, today), _value(expr.right, history, today)
+        if left is None or right is None:
+            return False
+        return {
+            "<": left < right,
+            "<=": left <= right,
+            ">": left > right,
+            ">=": left >= right,
+            "==": left == right,
+            "!=": left != right,
+        }[expr.op]
+    raise TypeError(expr)
+
+
+def reference_replay(
+    events: list[Event], ruleset: RuleSet, as_of: int | None
+) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
+    """Changes (as dicts without metrics) and memberships, customer by customer."""
+    zone = ZoneInfo(ruleset.timezone)
+    ordered = sorted(enumerate(events), key=lambda pair: (pair[1].occurred_at, pair[0]))
+    end = max([e.occurred_at for _, e in ordered] + ([as_of] if as_of is not None else []))
+    by_customer: dict[str, list[Event]] = {}
+    for _, event in ordered:
+        by_customer.setdefault(event.customer_id, []).append(event)
+    changes: list[dict[str, Any]] = []
+    memberships: dict[str, list[str]] = {s.name: [] for s in ruleset.segments}
+    for customer_id, customer_events in by_customer.items():
+        state: dict[str, tuple[bool, int, int]] = {}
+        history = _History()
+        # (instant, kind, order, payload): checks (kind 0) come before events (kind 1)
+        queue: list[tuple[int, int, int, Any]] = []
+        for n, event in enumerate(customer_events):
+            queue.append((event.occurred_at, 1, n, event))
+        midnight = _midnight_after(customer_events[0].occurred_at, zone)
+        while midnight <= end:
+            queue.append((midnight, 0, 0, None))
+            midnight = _midnight_after(midnight, zone)
+        heapq.heapify(queue)
+
+        def evaluate(
+            at: int,
+            cause: str,
+            event_id: str | None,
+            customer_id: str = customer_id,
+            state: dict[str, tuple[bool, int, int]] = state,
+            history: _History = history,
+            queue: list[tuple[int, int, int, Any]] = queue,
+        ) -> None:
+            today = _local_date(at, zone)
+            for segment in ruleset.segments:
+                member, seq, since = state.get(segment.name, (False, 0, 0))
+                if not member:
+                    if not holds(segment.when, history, today):
+                        continue
+                    state[segment.name] = (True, seq + 1, at)
+                    kind = "entered"
+                    if segment.min_dwell is not None:
+                        heapq.heappush(queue, (at + segment.min_dwell, 0, 0, None))
+                else:
+                    if segment.exit_when is not None:
+                        leaving = holds(segment.exit_when, history, today)
+                    else:
+                        leaving = not holds(segment.when, history, today)
+                    if not leaving:
+                        continue
+                    if segment.min_dwell is not None and at < since + segment.min_dwell:
+                        continue
+                    state[segment.name] = (False, seq + 1, at)
+                    kind = "exited"
+                changes.append(
+                    {
+                        "customer_id": customer_id,
+                        "segment": segment.name,
+                        "change": kind,
+                        "at": at,
+                        "cause": cause,
+                        "event_id": event_id,
+                        "seq": state[segment.name][1],
+                    }
+                )
+
+        while queue:
+            at, kind, _, payload = heapq.heappop(queue)
+            if at > end:
+                break
+            if kind == 0:
+                evaluate(at, "time", None)
+                continue
+            if payload.event_id in history.seen:
+                continue
+            history.seen.add(payload.event_id)
+            _apply(history, payload, ruleset, zone)
+            evaluate(
+                at, "purchase" if isinstance(payload, Purchase) else "return", payload.event_id
+            )
+        for name, (member, _, _) in state.items():
+            if member:
+                memberships[name].append(customer_id)
+    for members in memberships.values():
+        members.sort()
+    return changes, memberships

@@ -18,3 +18,9 @@ cli.add_command(replay_command)
 from segments.rules.validate import validate_command  # noqa: E402
 
 cli.add_command(validate_command)
+from streams.produce import produce_command  # noqa: E402
+
+cli.add_command(produce_command)
+from streams.worker import worker_command  # noqa: E402
+
+cli.add_command(worker_command)

@@ -1,0 +1,346 @@
+"""The segment agent: decode -> step() -> persist state and outbox -> publish; the adapter agent.
+
+Everything a segment means lives in segments/; this module only moves bytes
+between Kafka, the `customers` table and step(), and owns delivery: the
+table value carries the customer's unpublished changes (an outbox) so a crash
+between the table write and the publish re-publishes the same changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from segments.aggregates import state_from_bytes, state_to_bytes
+from segments.changes import ENTERED
+from segments.events import ClockMark, Purchase, Rejection, Return, decode_event
+from segments.membership import DuplicateEvent, Tick, step
+from segments.rules.evaluator import CompiledRules
+from streams.app import SegmentsApp
+from streams.dlq import dead_letter
+from streams.timers import TICK, PartitionTime, wall_now
+
+log = logging.getLogger(__name__)
+
+RECORD_FORMAT = 1
+CLOCK_KEY = b"\x00clock:"  # + partition number; never a customer id (ids are text)
+
+
+@dataclass
+class CustomerRecord:
+    """The table value: header [format, clock, due, outbox] newline serialized CustomerState.
+
+    `due` is copied out of the state so the deadline index is rebuilt without
+    decoding states; `clock` is the partition clock when it was written, so
+    the largest one restores the partition's event clock after a restart.
+    """
+
+    clock: int | None
+    due: int | None
+    outbox: list[dict[str, Any]]  # Change.to_dict() of changes not yet acknowledged by Kafka
+    state: bytes
+
+    def to_bytes(self) -> bytes:
+        header = orjson.dumps([RECORD_FORMAT, self.clock, self.due, self.outbox])
+        return header + b"\n" + self.state
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> CustomerRecord:
+        header, _, state = data.partition(b"\n")
+        fmt, clock, due, outbox = orjson.loads(header)
+        if fmt != RECORD_FORMAT:
+            raise ValueError(f"customer record format {fmt} is not {RECORD_FORMAT}")
+        return cls(clock, due, outbox, state)
+
+
+def membership_value(change: dict[str, Any]) -> bytes | None:
+    """The compacted `segment-memberships` value: a record on entry, a tombstone on exit."""
+    if change["change"] != ENTERED:
+        return None
+    return orjson.dumps(
+        {
+            "customer_id": change["customer_id"],
+            "segment": change["segment"],
+            "since": change["at"],
+            "seq": change["seq"],
+            "change_id": change["change_id"],
+            "rules_version": change["rules_version"],
+        }
+    )
+
+
+class SegmentProcessor:
+    """Handles one message of `purchases` or of the ticks topic, inside the agent's stream."""
+
+    def __init__(self, segments_app: SegmentsApp, rules: CompiledRules) -> None:
+        self.segments_app = segments_app
+        self.names = segments_app.names
+        self.table = segments_app.customers
+        self.rules = rules
+        self.event_clock = segments_app.config.clock == "event"
+        ruleset = rules.ruleset
+        self.currencies = frozenset((ruleset.base_currency, *ruleset.rates))
+        self.partitions: dict[int, PartitionTime] = {}
+        self.counts: Counter[str] = Counter()
+
+    @property
+    def producer(self) -> Any:
+        return self.segments_app.app.producer
+
+    def keep_only(self, partitions: set[int]) -> None:
+        """After a rebalance: forget partitions no longer owned (rebuilt if they come back)."""
+        for partition in list(self.partitions):
+            if partition not in partitions:
+                del self.partitions[partition]
+
+    async def handle(self, topic: str, partition: int, offset: int, key: Any, value: Any) -> None:
+        part = self.partitions.get(partition)
+        if part is None:
+            part = await self._open(partition)
+        if part.acked:
+            self._clear_acked(part)
+        source = (topic, partition, offset)
+        if topic == self.names.ticks:
+            self.counts["ticks"] += 1
+            if not self.event_clock:
+                await self._advance(part, wall_now())
+            return
+        self.counts["messages"] += 1
+        try:
+            item = decode_event(value or b"", self.currencies)
+            if not isinstance(item, ClockMark):
+                self._check_key(item, key)
+        except Rejection as rejection:
+            await self._reject(key, value, rejection, source)
+            return
+        if isinstance(item, ClockMark):
+            self.counts["clock_marks"] += 1
+            if self.event_clock:
+                await self._advance(part, item.at)
+                self._persist_clock(part)
+            return
+        if self.event_clock:
+            now = item.occurred_at if part.clock is None else max(item.occurred_at, part.clock)
+        else:
+            now = wall_now()
+            if item.occurred_at > now + self.rules.ruleset.max_future_skew:
+                rejection = Rejection(
+                    "too_far_ahead", "occurred_at is more than max_future_skew ahead of the clock"
+                )
+                await self._reject(key, value, rejection, source)
+                return
+        # Time-driven changes of every customer here come before this event.
+        await self._advance(part, now)
+        await self._apply(part, item, now, key, value, source)
+        if self.event_clock:
+            self._persist_clock(part)
+
+    def _check_key(self, event: Purchase | Return, key: Any) -> None:
+        # State lives in the partition of the message; a wrongly keyed event would
+        # split a customer over two partitions.
+        if key != event.customer_id.encode():
+            raise Rejection("wrong_key", "the message key is not the event's customer_id")
+
+    async def _apply(
+        self,
+        part: PartitionTime,
+        event: Purchase | Return,
+        now: int,
+        key: Any,
+        value: Any,
+        source: tuple[str, int, int],
+    ) -> None:
+        customer_id = event.customer_id
+        record = self._load(customer_id)
+        state = state_from_bytes(customer_id, record.state) if record is not None else None
+        previous_due = record.due if record is not None else None
+        try:
+            state, changes = step(state, event, self.rules, now)
+        except DuplicateEvent:
+            self.counts["duplicates"] += 1
+            log.debug("duplicate_event partition=%d offset=%d", source[1], source[2])
+            return
+        except Rejection as rejection:
+            await self._reject(key, value, rejection, source)
+            return
+        self.counts["applied"] += 1
+        await self._save(part, customer_id, record, state, changes)
+        if state.due != previous_due:
+            part.schedule(state.due, customer_id)
+
+    async def _advance(self, part: PartitionTime, to: int) -> None:
+        """Apply every deadline of this partition due at or before `to`, in `at` order."""
+        for due, customer_id in part.pop_due(to):
+            record = self._load(customer_id)
+            if record is None or record.due != due:
+                continue  # superseded: the customer's deadline moved after this entry
+            part.advance_clock(due)
+            state = state_from_bytes(customer_id, record.state)
+            state, changes = step(state, Tick(due), self.rules, due)
+            await self._save(part, customer_id, record, state, changes)
+            part.schedule(state.due, customer_id)
+        part.advance_clock(to)
+
+    def _load(self, customer_id: str) -> CustomerRecord | None:
+        data = self.table.get(customer_id.encode())
+        return CustomerRecord.from_bytes(data) if data is not None else None
+
+    async def _save(
+        self,
+        part: PartitionTime,
+        customer_id: str,
+        record: CustomerRecord | None,
+        state: Any,
+        changes: list[Any],
+    ) -> None:
+        outbox = record.outbox if record is not None else []
+        acked = part.acked.pop(customer_id, None)
+        if acked:
+            outbox = [change for change in outbox if change["change_id"] not in acked]
+        new = [change.to_dict() for change in changes]
+        self.table[customer_id.encode()] = CustomerRecord(
+            part.clock, state.due, outbox + new, state_to_bytes(state)
+        ).to_bytes()
+        part.persisted_clock = part.clock
+        if new:
+            await self._publish(part, customer_id, new)
+
+    async def _publish(
+        self, part: PartitionTime, customer_id: str, changes: list[dict[str, Any]]
+    ) -> None:
+        """Send changes and membership records; once Kafka acknowledges all, mark them acked."""
+        send = self.producer.send
+        key = customer_id.encode()
+        futures = []
+        for change in changes:
+            self.counts["changes"] += 1
+            futures.append(
+                await send(self.names.segment_changes, key, orjson.dumps(change), None, None, None)
+            )
+            membership_key = f"{customer_id}|{change['segment']}".encode()
+            futures.append(
+                await send(
+                    self.names.segment_memberships,
+                    membership_key,
+                    membership_value(change),
+                    None,
+                    None,
+                    None,
+                )
+            )
+        ids = {change["change_id"] for change in changes}
+
+        def on_sent(result: asyncio.Future[Any]) -> None:
+            if result.cancelled() or result.exception() is not None:
+                log.error("publish_failed customer_changes=%d kept_in_outbox", len(ids))
+                return
+            part.acked.setdefault(customer_id, set()).update(ids)
+
+        asyncio.gather(*futures).add_done_callback(on_sent)
+
+    def _clear_acked(self, part: PartitionTime) -> None:
+        """Drop acknowledged changes from outboxes (a table write needs this partition's event)."""
+        acked, part.acked = part.acked, {}
+        for customer_id, ids in acked.items():
+            record = self._load(customer_id)
+            if record is None or not record.outbox:
+                continue
+            outbox = [change for change in record.outbox if change["change_id"] not in ids]
+            if len(outbox) != len(record.outbox):
+                record.outbox = outbox
+                self.table[customer_id.encode()] = record.to_bytes()
+
+    def _persist_clock(self, part: PartitionTime) -> None:
+        """Write the clock when no customer record carried it (a mark, a duplicate)."""
+        if part.clock is not None and part.clock != part.persisted_clock:
+            self.table[CLOCK_KEY + str(part.partition).encode()] = str(part.clock).encode()
+            part.persisted_clock = part.clock
+
+    async def _open(self, partition: int) -> PartitionTime:
+        """Rebuild a partition's deadline index and clock from the table; republish outboxes."""
+        part = PartitionTime(partition)
+        # Faust's RocksDB store keeps one database per partition; reading it
+        # directly is the only way to list one partition's keys.
+        db = self.table.data._db_for_partition(partition)
+        pending: list[tuple[str, list[dict[str, Any]]]] = []
+        customers = 0
+        for key, value in db.items():
+            if key.startswith(CLOCK_KEY):
+                part.advance_clock(int(value))
+                continue
+            record = CustomerRecord.from_bytes(value)
+            customer_id = key.decode()
+            customers += 1
+            if record.due is not None:
+                part.deadlines.append((record.due, customer_id))
+            if record.clock is not None:
+                part.advance_clock(record.clock)
+            if record.outbox:
+                pending.append((customer_id, record.outbox))
+        heapq.heapify(part.deadlines)
+        part.persisted_clock = part.clock
+        self.partitions[partition] = part
+        log.info(
+            "partition_opened partition=%d customers=%d deadlines=%d clock=%s republish=%d",
+            partition,
+            customers,
+            len(part.deadlines),
+            part.clock,
+            sum(len(outbox) for _, outbox in pending),
+        )
+        for customer_id, outbox in pending:
+            await self._publish(part, customer_id, outbox)
+        return part
+
+    async def _reject(
+        self, key: Any, value: Any, rejection: Rejection, source: tuple[str, int, int]
+    ) -> None:
+        self.counts[f"rejected.{rejection.reason}"] += 1
+        await dead_letter(
+            self.producer,
+            self.names.purchases_dlq,
+            key,
+            value,
+            rejection.reason,
+            rejection.message,
+            source,
+        )
+
+
+def register_agents(segments_app: SegmentsApp, processor: SegmentProcessor) -> None:
+    """Attach the agents, the tick timer and the rebalance hook to the app."""
+    app = segments_app.app
+    names = segments_app.names
+    interval = segments_app.config.tick_interval
+
+    @app.agent(segments_app.events, concurrency=1, name="segments")
+    async def segment_agent(stream: Any) -> None:
+        async for event in stream.events():
+            message = event.message
+            await processor.handle(
+                message.topic, message.partition, message.offset, event.key, event.value
+            )
+
+    @app.timer(interval=interval)
+    async def send_ticks() -> None:
+        for tp in app.consumer.assignment():
+            if tp.topic == names.purchases:
+                await app.producer.send(names.ticks, None, TICK, tp.partition, None, None)
+
+    @app.timer(interval=10.0)
+    async def log_counts() -> None:
+        if processor.counts:
+            log.info(
+                "worker_counts %s",
+                " ".join(f"{k}={v}" for k, v in sorted(processor.counts.items())),
+            )
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(app_: Any, assigned: set[Any], **kwargs: Any) -> None:
+        processor.keep_only({tp.partition for tp in assigned if tp.topic == names.purchases})

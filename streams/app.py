@@ -1,0 +1,82 @@
+"""The Faust app: its topics and the one `customers` table, built from the worker config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+
+from streams.config import WorkerConfig
+from streams.settings import Topics
+
+# RocksDB per table partition, sized for a 2-core / 24 GiB machine running
+# SEGMENTS_PARTITIONS partitions: small memtables and a shared-size block cache
+# per partition keep the whole store well under a gigabyte.
+ROCKSDB_OPTIONS: dict[str, Any] = {
+    "driver": "rocksdict",
+    "write_buffer_size": 16 * 1024 * 1024,
+    "max_write_buffer_number": 2,
+    "target_file_size_base": 32 * 1024 * 1024,
+    "block_cache_size": 32 * 1024 * 1024,
+    "max_open_files": 256,
+}
+
+
+def raw_schema() -> faust.Schema:
+    """Bytes in, bytes out: decoding is the core's job (segments.events), not Faust's."""
+    return faust.Schema(
+        key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+    )
+
+
+@dataclass
+class SegmentsApp:
+    """The app and everything agents need, passed explicitly instead of module globals."""
+
+    config: WorkerConfig
+    names: Topics
+    app: faust.App
+    events: faust.TopicT  # `purchases` and the ticks topic, read by one agent
+    ticks: faust.TopicT
+    native: faust.TopicT  # `purchases.pos` and `purchases.online`
+    customers: faust.Table
+
+
+def create_app(config: WorkerConfig) -> SegmentsApp:
+    names = config.names
+    app = faust.App(
+        config.app_id,
+        broker=f"kafka://{config.kafka_bootstrap}",
+        store="rocksdb://",
+        datadir=str(config.data_dir),
+        topic_partitions=config.partitions,
+        topic_replication_factor=1,
+        # At-least-once on purpose: Faust's exactly_once has open bugs; effects
+        # are idempotent instead (docs/worker.md).
+        processing_guarantee="at_least_once",
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        producer_linger=0.005,
+        broker_commit_every=1000,
+        broker_commit_interval=1.0,
+        table_standby_replicas=0,
+        stream_buffer_maxsize=1024,
+        web_host=config.web_host,
+        web_port=config.web_port,
+        web_in_thread=False,
+    )
+    # purchases and ticks share partition numbers: one agent reads both, so a
+    # tick for partition p is handled in the same stream, in order, as p's events.
+    events = app.topic(names.purchases, names.ticks, schema=raw_schema())
+    ticks = app.topic(names.ticks, partitions=config.partitions, schema=raw_schema())
+    native = app.topic(names.purchases_pos, names.purchases_online, schema=raw_schema())
+    customers = app.Table(
+        "customers",
+        default=None,
+        partitions=config.partitions,
+        options=ROCKSDB_OPTIONS,
+        key_type=bytes,  # bytes types make Faust's table serializers "raw"
+        value_type=bytes,
+    )
+    return SegmentsApp(config, names, app, events, ticks, native, customers)

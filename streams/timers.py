@@ -1,0 +1,60 @@
+"""Per-partition clocks and deadline indexes, and the ticks that drive time-driven changes.
+
+Faust timers cannot write tables, so a timer only sends a tick message to the
+ticks topic, one per owned partition with an explicit partition number; the
+segment agent reads ticks in the same stream as that partition's events and
+does the table work there.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+TICK = b"{}"
+
+
+def wall_now() -> int:
+    """The wall clock in epoch microseconds (the shell owns time; the core is given it)."""
+    return time.time_ns() // 1000
+
+
+@dataclass
+class PartitionTime:
+    """One table partition's clock and its index of (due, customer) deadlines.
+
+    The heap may hold stale entries (a customer's `due` moved after it was
+    pushed); whoever pops one compares it with the stored state's `due` and
+    skips it, so a tick costs O(due customers * log n), never a table scan.
+    """
+
+    partition: int
+    clock: int | None = None
+    persisted_clock: int | None = None  # the largest clock already written to the table
+    deadlines: list[tuple[int, str]] = field(default_factory=list)
+    acked: dict[str, set[str]] = field(default_factory=dict)  # customer -> published change ids
+
+    def schedule(self, due: int | None, customer_id: str) -> None:
+        if due is not None:
+            heapq.heappush(self.deadlines, (due, customer_id))
+
+    def pop_due(self, upto: int) -> Iterator[tuple[int, str]]:
+        """Entries due at or before `upto`, earliest first (ties by customer id)."""
+        deadlines = self.deadlines
+        while deadlines and deadlines[0][0] <= upto:
+            yield heapq.heappop(deadlines)
+
+    def advance_clock(self, to: int) -> int:
+        """The clock never goes back; returns the clock after the move."""
+        if self.clock is None or to > self.clock:
+            self.clock = to
+        return self.clock
+
+    @property
+    def next_due(self) -> int | None:
+        return self.deadlines[0][0] if self.deadlines else None

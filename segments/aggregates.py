@@ -283,38 +283,59 @@ def _key_of(text: str) -> FilterKey:
 
 def _categories_out(categories: dict[str, CategoryTotal] | None) -> Any:
     if not categories:
-        return 0
+        return None
     return {name: [str(total.amount), total.units] for name, total in categories.items()}
+
+
+def _categories_in(data: Any) -> dict[str, CategoryTotal] | None:
+    if not data:
+        return None
+    return {name: CategoryTotal(Decimal(amount), units) for name, (amount, units) in data.items()}
+
+
+def _trimmed(row: list[Any]) -> list[Any]:
+    """Drop trailing None fields: most records leave their last fields unused."""
+    while row and row[-1] is None:
+        row.pop()
+    return row
+
+
+def _padded(row: list[Any], size: int) -> list[Any]:
+    return row + [None] * (size - len(row))
 
 
 def state_to_bytes(state: CustomerState) -> bytes:
     orders = [
-        [
-            o.event_id,
-            o.day,
-            _CHANNEL_CODE[o.channel],
-            str(o.net),
-            int(o.discounted),
-            o.units,
-            _categories_out(o.categories),
-        ]
+        _trimmed(
+            [
+                o.event_id,
+                o.day,
+                _CHANNEL_CODE[o.channel],
+                str(o.net),
+                int(o.discounted),
+                o.units,
+                _categories_out(o.categories),
+            ]
+        )
         for o in state.orders
     ]
     adjustments = [
         [a.event_id, a.day, _CHANNEL_CODE[a.channel], str(a.amount)] for a in state.adjustments
     ]
     lifetime = [
-        [
-            _key_text(key),
-            lt.orders,
-            str(lt.spend),
-            lt.units,
-            lt.discounted,
-            lt.first_day,
-            lt.last_day,
-            lt.pruned_last_day,
-            lt.categories,
-        ]
+        _trimmed(
+            [
+                _key_text(key),
+                lt.orders,
+                str(lt.spend),
+                lt.units,
+                lt.discounted,
+                lt.first_day,
+                lt.last_day,
+                lt.pruned_last_day,
+                lt.categories,
+            ]
+        )
         for key, lt in state.lifetime.items()
     ]
     memberships = {name: [int(m.member), m.seq, m.since] for name, m in state.memberships.items()}
@@ -339,6 +360,8 @@ def state_from_bytes(customer_id: str, data: bytes) -> CustomerState:
     if fmt != FORMAT:
         raise ValueError(f"customer state format {fmt} is not {FORMAT}")
     state = CustomerState(customer_id=customer_id, rules_version=rules_version, due=due)
+    orders = [_padded(row, 7) for row in orders]
+    lifetime = [_padded(row, 9) for row in lifetime]
     state.orders = [
         Order(
             event_id,
@@ -347,9 +370,7 @@ def state_from_bytes(customer_id: str, data: bytes) -> CustomerState:
             Decimal(net),
             bool(discounted),
             units,
-            {name: CategoryTotal(Decimal(amount), n) for name, (amount, n) in cats.items()}
-            if cats
-            else None,
+            _categories_in(cats),
         )
         for event_id, day, channel, net, discounted, units, cats in orders
     ]

@@ -265,8 +265,8 @@ def _generate(specs: list[MetricSpec], flags: list[str]) -> tuple[str, dict[str,
 
 
 def _window_body(i: int, name: str, category: str | None) -> tuple[list[str], list[str]]:
-    amount = f"cats[{category!r}][0]" if category is not None else "net"
-    units = f"cats[{category!r}][1]" if category is not None else "o.units"
+    amount = f"cats[{category!r}].amount" if category is not None else "net"
+    units = f"cats[{category!r}].units" if category is not None else "o.units"
     if name == "orders":
         return [f"c{i} = 0"], [f"c{i} += 1"]
     if name == "spend":

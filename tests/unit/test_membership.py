@@ -1,0 +1,349 @@
+"""step() and next_deadline(): window edges, deadlines, returns, dedupe, guards, versions."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from segments.aggregates import state_from_bytes, state_to_bytes
+from segments.changes import Change
+from segments.clock import parse_instant
+from segments.events import Line, Purchase, Rejection, Return
+from segments.membership import DuplicateEvent, Tick, next_deadline, step
+from segments.replay import Engine
+from segments.rules.evaluator import CompiledRules, compile_rules
+from segments.rules.ruleset import load_ruleset, parse_ruleset
+
+pytestmark = pytest.mark.unit
+
+
+def t(text: str) -> int:
+    return parse_instant(text.replace("Z", "+00:00"))
+
+
+def rules_of(segments_yaml: str, **extra: str) -> CompiledRules:
+    head = "".join(f"{k}: {v}\n" for k, v in extra.items())
+    text = (
+        f"version: 1\nbase_currency: EUR\nrates: {{USD: '0.5'}}\n{head}segments:\n{segments_yaml}"
+    )
+    return compile_rules(parse_ruleset(text, "test.yaml"))
+
+
+def buy(
+    event_id: str,
+    at: str,
+    total: str = "10.00",
+    *,
+    customer: str = "c1",
+    channel: str = "pos",
+    currency: str = "EUR",
+    discount: str = "0",
+    lines: tuple[Line, ...] = (),
+) -> Purchase:
+    return Purchase(
+        event_id, customer, t(at), channel, currency, Decimal(total), Decimal(discount), lines
+    )
+
+
+def refund(
+    event_id: str, at: str, total: str, original: str | None, lines: tuple[Line, ...] = ()
+) -> Return:
+    return Return(event_id, "c1", t(at), "pos", "EUR", Decimal(total), Decimal(0), original, lines)
+
+
+def run(rules: CompiledRules, events: list[Purchase | Return], as_of: str) -> list[Change]:
+    engine = Engine(rules)
+    out: list[Change] = []
+    for event in sorted(events, key=lambda e: e.occurred_at):
+        engine.apply(event, out.extend)
+    engine.advance(t(as_of), out.extend)
+    return out
+
+
+def brief(changes: list[Change]) -> list[tuple[str, str, str, str]]:
+    from segments.changes import format_instant
+
+    return [(c.segment, c.change, format_instant(c.at), c.cause) for c in changes]
+
+
+WINDOW = rules_of('  - name: recent\n    when: orders(within="7d") >= 1\n')
+
+
+def test_an_order_counts_on_the_last_day_of_its_window_and_leaves_at_the_next_midnight() -> None:
+    changes = run(WINDOW, [buy("e1", "2024-03-01T23:59:59Z")], "2024-03-20T00:00:00Z")
+    assert brief(changes) == [
+        ("recent", "entered", "2024-03-01T23:59:59Z", "purchase"),
+        # covered days 03-01 .. 03-07; 03-08 is the first day without it
+        ("recent", "exited", "2024-03-08T00:00:00Z", "time"),
+    ]
+
+
+def test_as_of_is_inclusive_and_one_microsecond_earlier_is_not() -> None:
+    events = [buy("e1", "2024-03-01T12:00:00Z")]
+    assert len(run(WINDOW, events, "2024-03-08T00:00:00Z")) == 2
+    assert len(run(WINDOW, events, "2024-03-07T23:59:59.999999Z")) == 1
+
+
+def test_next_deadline_is_the_exact_window_edge() -> None:
+    state, _ = step(None, buy("e1", "2024-03-01T12:00:00Z"), WINDOW, t("2024-03-01T12:00:00Z"))
+    assert next_deadline(state, WINDOW, t("2024-03-01T12:00:00Z")) == t("2024-03-08T00:00:00Z")
+    assert state.due == t("2024-03-08T00:00:00Z")
+
+
+def test_a_tick_before_the_deadline_changes_nothing_and_at_it_exits() -> None:
+    state, _ = step(None, buy("e1", "2024-03-01T12:00:00Z"), WINDOW, t("2024-03-01T12:00:00Z"))
+    state, early = step(state, Tick(t("2024-03-07T23:59:59Z")), WINDOW, t("2024-03-07T23:59:59Z"))
+    assert early == []
+    state, due = step(state, Tick(t("2024-03-09T05:00:00Z")), WINDOW, t("2024-03-09T05:00:00Z"))
+    # the change carries the due instant, not the moment the tick noticed it
+    assert brief(due) == [("recent", "exited", "2024-03-08T00:00:00Z", "time")]
+
+
+def test_season_filter_wraps_the_new_year() -> None:
+    rules = rules_of(
+        '  - name: winter\n    when: orders(season="12-20..01-05", within="400d") >= 1\n'
+    )
+    inside = run(rules, [buy("e1", "2023-01-05T10:00:00Z")], "2023-01-06T00:00:00Z")
+    also_inside = run(rules, [buy("e1", "2023-12-20T10:00:00Z")], "2023-12-21T00:00:00Z")
+    outside = run(rules, [buy("e1", "2023-01-06T10:00:00Z")], "2023-01-07T00:00:00Z")
+    assert [c.change for c in inside] == ["entered"]
+    assert [c.change for c in also_inside] == ["entered"]
+    assert outside == []
+
+
+def test_a_return_that_zeroes_an_order_makes_it_stop_counting() -> None:
+    rules = rules_of("  - name: buyer\n    when: orders() >= 1\n")
+    changes = run(
+        rules,
+        [
+            buy("e1", "2024-01-01T10:00:00Z", "30.00"),
+            refund("r1", "2024-01-03T10:00:00Z", "30.00", "e1"),
+        ],
+        "2024-01-04T00:00:00Z",
+    )
+    assert brief(changes) == [
+        ("buyer", "entered", "2024-01-01T10:00:00Z", "purchase"),
+        ("buyer", "exited", "2024-01-03T10:00:00Z", "return"),
+    ]
+    assert changes[1].event_id == "r1"
+
+
+def test_a_partial_return_lowers_spend_and_keeps_the_order() -> None:
+    rules = rules_of(
+        "  - name: big\n    when: spend() >= 50\n  - name: buyer\n    when: orders() >= 1\n"
+    )
+    changes = run(
+        rules,
+        [
+            buy("e1", "2024-01-01T10:00:00Z", "60.00"),
+            refund("r1", "2024-01-02T10:00:00Z", "20.00", "e1"),
+        ],
+        "2024-01-03T00:00:00Z",
+    )
+    assert [(c.segment, c.change) for c in changes] == [
+        ("big", "entered"),
+        ("buyer", "entered"),
+        ("big", "exited"),
+    ]
+
+
+def test_a_return_of_an_unknown_order_lowers_spend_on_its_own_day_only() -> None:
+    rules = rules_of('  - name: big\n    when: spend(within="2d") >= 50\n')
+    changes = run(
+        rules,
+        [
+            buy("e1", "2024-01-01T10:00:00Z", "60.00"),
+            refund("r1", "2024-01-05T10:00:00Z", "20.00", "nope"),
+            buy("e2", "2024-01-06T10:00:00Z", "60.00"),
+        ],
+        "2024-01-10T00:00:00Z",
+    )
+    # day 05: -20; day 06: +60 -> 40 over 05..06 (not big); day 07 covers 06..07 -> 60
+    assert brief(changes) == [
+        ("big", "entered", "2024-01-01T10:00:00Z", "purchase"),
+        ("big", "exited", "2024-01-03T00:00:00Z", "time"),
+        ("big", "entered", "2024-01-07T00:00:00Z", "time"),
+        ("big", "exited", "2024-01-08T00:00:00Z", "time"),
+    ]
+
+
+def test_category_spend_and_units_count_only_that_categorys_lines_and_returns_lower_them() -> None:
+    rules = rules_of(
+        '  - name: runner\n    when: spend(category="Running Shoes") >= 100\n'
+        "  - name: many\n    when: units() >= 3\n"
+    )
+    shoes = Line("s1", "Running Shoes", 1, Decimal("120.00"), Decimal("0"))
+    socks = Line("s2", "Socks", 2, Decimal("5.00"), Decimal("0"))
+    changes = run(
+        rules,
+        [
+            buy("e1", "2024-01-01T10:00:00Z", "130.00", lines=(shoes, socks)),
+            refund("r1", "2024-01-02T10:00:00Z", "120.00", "e1", lines=(shoes,)),
+        ],
+        "2024-01-03T00:00:00Z",
+    )
+    assert [(c.segment, c.change, c.cause) for c in changes] == [
+        ("runner", "entered", "purchase"),
+        ("many", "entered", "purchase"),
+        ("runner", "exited", "return"),
+        ("many", "exited", "return"),
+    ]
+
+
+def test_currency_is_converted_with_the_rate_table() -> None:
+    rules = rules_of("  - name: big\n    when: spend() >= 50\n")
+    assert (
+        run(
+            rules,
+            [buy("e1", "2024-01-01T10:00:00Z", "99.98", currency="USD")],
+            "2024-01-02T00:00:00Z",
+        )
+        == []
+    )
+    assert (
+        len(
+            run(
+                rules,
+                [buy("e1", "2024-01-01T10:00:00Z", "100.00", currency="USD")],
+                "2024-01-02T00:00:00Z",
+            )
+        )
+        == 1
+    )
+
+
+def test_a_duplicate_event_id_raises_and_changes_nothing() -> None:
+    rules = rules_of("  - name: two\n    when: orders() >= 2\n")
+    now = t("2024-01-01T10:00:00Z")
+    state, _ = step(None, buy("e1", "2024-01-01T10:00:00Z"), rules, now)
+    before = state_to_bytes(state)
+    with pytest.raises(DuplicateEvent):
+        step(state, buy("e1", "2024-01-01T10:00:00Z", channel="online"), rules, now)
+    assert state_to_bytes(state) == before
+    state, _changes = step(state, refund("r1", "2024-01-01T11:00:00Z", "1.00", "e1"), rules, now)
+    with pytest.raises(DuplicateEvent):
+        step(state, refund("r1", "2024-01-01T11:00:00Z", "1.00", "e1"), rules, now)
+
+
+def test_an_event_older_than_max_lateness_is_rejected() -> None:
+    rules = rules_of("  - name: buyer\n    when: orders() >= 1\n", max_lateness="2d")
+    with pytest.raises(Rejection) as raised:
+        step(None, buy("e1", "2024-01-01T10:00:00Z"), rules, t("2024-01-03T10:00:01Z"))
+    assert raised.value.reason == "too_late"
+
+
+def test_a_late_event_is_applied_to_its_own_day_and_evaluated_at_the_clock() -> None:
+    now = t("2024-03-10T12:00:00Z")
+    state, changes = step(None, buy("e1", "2024-03-05T12:00:00Z"), WINDOW, now)
+    assert brief(changes) == [("recent", "entered", "2024-03-10T12:00:00Z", "purchase")]
+    assert state.due == t("2024-03-12T00:00:00Z")  # 03-05 leaves the 7-day window
+    state, changes = step(state, buy("e0", "2024-03-02T12:00:00Z"), WINDOW, now)
+    assert changes == []  # already outside the window at the clock
+
+
+def test_min_dwell_holds_an_exit_until_it_expires() -> None:
+    rules = rules_of('  - name: recent\n    when: orders(within="2d") >= 1\n    min_dwell: 5d\n')
+    changes = run(rules, [buy("e1", "2024-01-01T10:00:00Z")], "2024-01-10T00:00:00Z")
+    assert brief(changes) == [
+        ("recent", "entered", "2024-01-01T10:00:00Z", "purchase"),
+        ("recent", "exited", "2024-01-06T10:00:00Z", "time"),
+    ]
+
+
+def test_exit_when_gives_hysteresis() -> None:
+    rules = rules_of(
+        '  - name: vip\n    when: orders(within="10d") >= 2\n'
+        '    exit_when: orders(within="10d") == 0\n'
+    )
+    changes = run(
+        rules,
+        [buy("e1", "2024-01-01T10:00:00Z"), buy("e2", "2024-01-05T10:00:00Z")],
+        "2024-02-01T00:00:00Z",
+    )
+    # with a plain rule it would leave on 01-11 (one order left); it stays until none
+    assert brief(changes) == [
+        ("vip", "entered", "2024-01-05T10:00:00Z", "purchase"),
+        ("vip", "exited", "2024-01-15T00:00:00Z", "time"),
+    ]
+
+
+def test_days_since_uses_local_midnights_of_the_rule_sets_timezone() -> None:
+    rules = rules_of(
+        "  - name: quiet\n    when: days_since_last_purchase() > 1\n", timezone="Europe/Berlin"
+    )
+    # 23:30Z on 01-01 is 00:30 on 01-02 in Berlin: quiet from Berlin 01-04 00:00 = 01-03T23:00Z
+    changes = run(rules, [buy("e1", "2024-01-01T23:30:00Z")], "2024-01-05T00:00:00Z")
+    assert brief(changes) == [("quiet", "entered", "2024-01-03T23:00:00Z", "time")]
+
+
+def test_a_new_rule_version_re_evaluates_with_cause_definition() -> None:
+    v1 = rules_of("  - name: buyer\n    when: orders() >= 2\n")
+    state, changes = step(None, buy("e1", "2024-01-01T10:00:00Z"), v1, t("2024-01-01T10:00:00Z"))
+    assert changes == []
+    v2_text = (
+        "version: 2\nbase_currency: EUR\nsegments:\n  - name: buyer\n    when: orders() >= 1\n"
+    )
+    v2 = compile_rules(parse_ruleset(v2_text, "v2.yaml"))
+    now = t("2024-01-02T09:00:00Z")
+    state, changes = step(state, Tick(now), v2, now)
+    assert [(c.change, c.cause, c.rules_version, c.at) for c in changes] == [
+        ("entered", "definition", 2, now)
+    ]
+
+
+def test_seq_and_change_id_count_transitions_per_customer_and_segment() -> None:
+    changes = run(
+        WINDOW,
+        [buy("e1", "2024-01-01T10:00:00Z"), buy("e2", "2024-02-01T10:00:00Z")],
+        "2024-03-01T00:00:00Z",
+    )
+    assert [c.change_id for c in changes] == [
+        "c1:recent:1",
+        "c1:recent:2",
+        "c1:recent:3",
+        "c1:recent:4",
+    ]
+
+
+EXAMPLE = compile_rules(load_ruleset("segments/data/example_rules.yaml"))
+
+
+def _five_order_customer() -> tuple[object, int]:
+    state = None
+    now = 0
+    for n, (day, category) in enumerate(
+        [
+            ("01", "Running Shoes"),
+            ("09", "Books"),
+            ("17", "Music"),
+            ("20", "Books"),
+            ("28", "Music"),
+        ]
+    ):
+        event = buy(
+            f"pos-0001-{n:06d}",
+            f"2024-01-{day}T12:00:00Z",
+            "54.99",
+            customer="cust-000042",
+            discount="5.00" if n == 2 else "0",
+            lines=(Line(f"sku-{n}", category, 1, Decimal("54.99"), Decimal("0")),),
+        )
+        now = event.occurred_at
+        state, _ = step(state, event, EXAMPLE, now)
+    return state, now
+
+
+def test_state_round_trips_through_bytes() -> None:
+    state, now = _five_order_customer()
+    data = state_to_bytes(state)  # type: ignore[arg-type]
+    again = state_from_bytes("cust-000042", data)
+    assert again == state
+    assert state_to_bytes(again) == data
+    assert next_deadline(again, EXAMPLE, now) == next_deadline(state, EXAMPLE, now)  # type: ignore[arg-type]
+
+
+def test_five_order_customer_fits_in_512_bytes_under_the_example_rules() -> None:
+    state, _ = _five_order_customer()
+    size = len(state_to_bytes(state))  # type: ignore[arg-type]
+    assert size <= 512, size

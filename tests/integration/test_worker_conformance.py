@@ -1,0 +1,48 @@
+"""(a) The worker on real Kafka, event clock: the conformance cases end exactly like replay.
+
+Each case: `segments produce --as-of` into a one-partition sandbox, one worker,
+drained; the published changes and memberships must conform to the case and
+equal `segments replay` of the same file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conformance_cases import RULES, Case, all_cases, assert_conforms
+from tests.integration.worker_harness import (
+    assert_equals_replay,
+    produce,
+    read_published,
+    replay_reference,
+    running_workers,
+    wait_drained,
+)
+
+pytestmark = pytest.mark.slow
+
+CASES = all_cases()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_conformance_case_through_kafka(
+    case: Case, segments_env: dict[str, str], topics: object, tmp_path: Path
+) -> None:
+    env = {
+        **segments_env,
+        "SEGMENTS_CLOCK": "event",
+        "SEGMENTS_RULES": str(RULES),
+        "SEGMENTS_PARTITIONS": "1",  # one partition: the whole change stream is ordered by `at`
+    }
+    reference = replay_reference(RULES, case.events, tmp_path / "replay", case.as_of)
+    produce(env, case.events, case.as_of)
+    with running_workers(env, tmp_path) as (worker,):
+        worker.wait_ready()
+        wait_drained(env["SEGMENTS_KAFKA_BOOTSTRAP"], env["SEGMENTS_APP_ID"], topics.purchases)
+        segments = list(reference.memberships)
+        published = read_published(env["SEGMENTS_KAFKA_BOOTSTRAP"], topics, segments)
+        assert worker.stop() == 0
+    assert_conforms(case, published.changes, published.memberships)
+    assert_equals_replay(published, reference)

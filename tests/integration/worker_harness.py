@@ -1,0 +1,311 @@
+"""Real `segments worker` subprocesses for integration tests: start, wait ready, kill, drain, read.
+
+Everything waits on a condition with a deadline (tests.helpers.wait_until); no sleeps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+from segments.clock import parse_instant
+from segments.replay import read_lines, replay
+from segments.rules.evaluator import compile_rules
+from segments.rules.ruleset import load_ruleset
+from tests.helpers import wait_until
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class WorkerProcess:
+    """One `segments worker` subprocess with its own web port; its log goes to a file."""
+
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    port: int = field(default_factory=free_port)
+
+    def start(self) -> WorkerProcess:
+        env = {**os.environ, **self.env, "SEGMENTS_WEB_PORT": str(self.port)}
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "streams", "worker"],
+            env=env,
+            cwd=REPO_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"worker exited with {self.process.returncode}:\n{self.tail()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=1) as r:
+                return bool(r.status == 200)
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        try:
+            wait_until(self.ready, timeout, interval=0.2, what="worker /readyz")
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n{self.tail()}") from None
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, like a crashed machine."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(30)
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM and wait for a clean exit; returns the exit code."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(30)
+                raise AssertionError(f"worker ignored SIGTERM for {timeout}s") from None
+        return int(self.process.returncode)
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def running_workers(env: Mapping[str, str], log_dir: Path, count: int = 1) -> Iterator[list[Any]]:
+    """Start `count` workers and yield them; whatever is still running at the end is killed."""
+    workers = [
+        WorkerProcess(dict(env), log_dir / f"worker-{index}.log").start() for index in range(count)
+    ]
+    try:
+        yield workers
+    finally:
+        for worker in workers:
+            worker.kill()
+
+
+def run_cli(env: Mapping[str, str], *args: str, timeout: float = 300) -> str:
+    """Run `segments ARGS` as a subprocess; fail with its output when it fails."""
+    result = subprocess.run(
+        [sys.executable, "-m", "streams", *args],
+        env={**os.environ, **env},
+        cwd=REPO_ROOT,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise AssertionError(
+            f"segments {' '.join(args)} exited {result.returncode}:\n"
+            f"{result.stdout.decode(errors='replace')}{result.stderr.decode(errors='replace')}"
+        )
+    return result.stderr.decode(errors="replace")
+
+
+def produce(env: Mapping[str, str], events: Path, as_of: str | None = None) -> str:
+    args = ["produce", "--input", str(events)]
+    if as_of is not None:
+        args += ["--as-of", as_of]
+    return run_cli(env, *args)
+
+
+def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        ends = consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
+        return {tp.partition: offset for tp, offset in ends.items()}
+    finally:
+        consumer.close()
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        offsets = admin.list_consumer_group_offsets(group)
+    finally:
+        admin.close()
+    return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
+
+
+def wait_drained(bootstrap: str, group: str, topic: str, timeout: float = 120) -> None:
+    """Until the worker group has committed every message of `topic`.
+
+    Faust flushes its producer before committing offsets, so once the input is
+    committed every change it caused is in Kafka.
+    """
+    ends = end_offsets(bootstrap, topic)
+
+    def drained() -> bool:
+        committed = committed_offsets(bootstrap, group, topic)
+        return all(committed.get(p, -1) >= end for p, end in ends.items() if end > 0)
+
+    wait_until(drained, timeout, interval=0.5, what=f"group {group} committed all of {topic}")
+
+
+@dataclass(frozen=True)
+class Record:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+
+
+def read_topic(bootstrap: str, topic: str) -> list[Record]:
+    """Every record now in `topic`, in partition then offset order."""
+    ends = end_offsets(bootstrap, topic)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for p, end in ends.items() if end > 0]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        records: list[Record] = []
+        remaining = {tp for tp in tps}
+        while remaining:
+            batch = consumer.poll(timeout_ms=1000)
+            for tp, messages in batch.items():
+                for m in messages:
+                    records.append(
+                        Record(m.partition, m.offset, m.key, m.value, tuple(m.headers or ()))
+                    )
+                if consumer.position(tp) >= ends[tp.partition]:
+                    remaining.discard(tp)
+        return sorted(records, key=lambda r: (r.partition, r.offset))
+    finally:
+        consumer.close()
+
+
+@dataclass
+class Published:
+    """What the workers published: changes deduped by change_id, memberships from the topic."""
+
+    changes: list[dict[str, Any]]  # first occurrence of each change_id, in partition order
+    by_partition: dict[int, list[dict[str, Any]]]
+    copies: int  # how many change messages were published in all
+    memberships: dict[str, list[str]]
+
+
+def read_published(bootstrap: str, topics: Any, segments: list[str]) -> Published:
+    seen: dict[str, dict[str, Any]] = {}
+    by_partition: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    records = read_topic(bootstrap, topics.segment_changes)
+    for record in records:
+        assert record.value is not None
+        change = orjson.loads(record.value)
+        first = seen.get(change["change_id"])
+        if first is None:
+            seen[change["change_id"]] = change
+            by_partition[record.partition].append(change)
+        else:
+            assert first == change, f"change {change['change_id']} published with two contents"
+    current: dict[bytes, bytes | None] = {}
+    for record in read_topic(bootstrap, topics.segment_memberships):
+        assert record.key is not None
+        current[record.key] = record.value
+    memberships: dict[str, list[str]] = {name: [] for name in segments}
+    for key, value in current.items():
+        if value is not None:
+            customer_id, _, segment = key.decode().rpartition("|")
+            memberships.setdefault(segment, []).append(customer_id)
+    for members in memberships.values():
+        members.sort()
+    return Published(list(seen.values()), dict(by_partition), len(records), memberships)
+
+
+def memberships_from_changes(
+    changes: list[dict[str, Any]], segments: list[str]
+) -> dict[str, list[str]]:
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for change in changes:
+        key = (change["customer_id"], change["segment"])
+        if key not in latest or change["seq"] > latest[key]["seq"]:
+            latest[key] = change
+    result: dict[str, list[str]] = {name: [] for name in segments}
+    for (customer_id, segment), change in latest.items():
+        if change["change"] == "entered":
+            result.setdefault(segment, []).append(customer_id)
+    for members in result.values():
+        members.sort()
+    return result
+
+
+@dataclass
+class Reference:
+    changes: list[dict[str, Any]]
+    memberships: dict[str, list[str]]
+    summary: dict[str, Any]
+
+
+def replay_reference(rules: Path, events: Path, out: Path, as_of: str | None) -> Reference:
+    """`segments replay` of the same input: what the worker must end in."""
+    compiled = compile_rules(load_ruleset(rules))
+    as_of_instant = parse_instant(as_of.replace("Z", "+00:00")) if as_of else None
+    replay(read_lines(events), compiled, out, as_of=as_of_instant)
+    changes = [orjson.loads(line) for line in (out / "changes.jsonl").read_bytes().splitlines()]
+    return Reference(
+        changes,
+        orjson.loads((out / "memberships.json").read_bytes()),
+        orjson.loads((out / "summary.json").read_bytes()),
+    )
+
+
+def instant(change: dict[str, Any]) -> int:
+    return parse_instant(change["at"].replace("Z", "+00:00"))
+
+
+def assert_equals_replay(published: Published, reference: Reference, ordered: bool = True) -> None:
+    """Same changes (whole records) and memberships as replay; per partition `at` never drops."""
+    by_id = {change["change_id"]: change for change in published.changes}
+    expected = {change["change_id"]: change for change in reference.changes}
+    missing = sorted(set(expected) - set(by_id))
+    extra = sorted(set(by_id) - set(expected))
+    assert not missing and not extra, f"missing {missing[:10]} ({len(missing)}), extra {extra[:10]}"
+    differing = [cid for cid in expected if by_id[cid] != expected[cid]]
+    assert not differing, f"{len(differing)} changes differ, e.g. {by_id[differing[0]]} != " + (
+        f"{expected[differing[0]]}" if differing else ""
+    )
+    assert published.memberships == reference.memberships
+    if ordered:
+        for partition, changes in published.by_partition.items():
+            instants = [instant(change) for change in changes]
+            assert instants == sorted(instants), f"`at` decreases on partition {partition}"

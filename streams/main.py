@@ -24,3 +24,12 @@ cli.add_command(produce_command)
 from streams.worker import worker_command  # noqa: E402
 
 cli.add_command(worker_command)
+from streams.resync import resync_command  # noqa: E402
+
+cli.add_command(resync_command)
+from streams.lookup import lookup_command  # noqa: E402
+
+cli.add_command(lookup_command)
+from streams.triggers import triggers_command  # noqa: E402
+
+cli.add_command(triggers_command)

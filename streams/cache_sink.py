@@ -1,0 +1,245 @@
+"""Cache sink: segment-changes -> Redis in batches; offsets committed only once Redis has them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from prometheus_client import Counter, Histogram
+from redis.exceptions import RedisError
+
+from streams.sinks.redis import Applied, CacheWrite, RedisCache, decode_change, parse_field
+
+log = logging.getLogger(__name__)
+
+SEGMENT_CHANGES = Counter(
+    "segments_changes_total",
+    "Segment changes applied to the cache (each change id counted once), by kind and cause.",
+    ["segment", "change", "cause"],
+)
+TIME_IN_SEGMENT = Histogram(
+    "segments_time_in_segment_seconds",
+    "How long a customer stayed in a segment, observed when it exits.",
+    ["segment"],
+    buckets=[3600 * h for h in (1, 6, 24)] + [86400 * d for d in (7, 30, 90, 182, 365, 730)],
+)
+CACHE_WRITE_FAILURES = Counter(
+    "segments_cache_write_failures_total", "Batches that Redis did not take (each retried)."
+)
+CACHE_UNDECODABLE = Counter(
+    "segments_cache_undecodable_total", "segment-changes messages skipped as not a change."
+)
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with full jitter: first, first*2, ... capped at maximum seconds."""
+
+    first: float = 0.1
+    maximum: float = 5.0
+    attempt: int = 0
+
+    def next_delay(self) -> float:
+        delay = min(self.maximum, self.first * (2**self.attempt))
+        self.attempt += 1
+        return random.uniform(delay / 2, delay)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+async def wait_or_stop(stop: asyncio.Event, seconds: float) -> bool:
+    """Waits `seconds` unless stop is set first; True when stopped."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+    return stop.is_set()
+
+
+@dataclass
+class SinkStats:
+    batches: int = 0
+    changes_applied: int = 0
+    changes_ignored: int = 0
+    failed_attempts: int = 0
+    redis_ok: bool = True
+    last_error: str = ""
+    positions: dict[TopicPartition, int] = field(default_factory=dict)
+
+
+class CacheSink:
+    """Consumes segment-changes with its own consumer group and applies them to Redis.
+
+    At-least-once: a batch's offsets are committed only after its pipeline succeeded; while
+    Redis is down the same batch is retried with backoff (nothing new is read), and a
+    restarted sink resumes from the last committed offsets. The seq check in the Lua scripts
+    makes the repeats harmless.
+    """
+
+    def __init__(
+        self,
+        cache: RedisCache,
+        *,
+        bootstrap: str,
+        topic: str,
+        group_id: str,
+        batch_size: int = 2000,
+        backoff: Backoff | None = None,
+        churn: ChurnHistory | None = None,
+    ) -> None:
+        self.cache = cache
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.group_id = group_id
+        self.batch_size = batch_size
+        self.backoff = backoff or Backoff()
+        self.churn = churn
+        self.stats = SinkStats()
+        self.consumer: AIOKafkaConsumer | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        consumer = AIOKafkaConsumer(
+            self.topic,
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.batch_size,
+            # A long Redis outage holds one batch; stay in the group meanwhile.
+            max_poll_interval_ms=30 * 60 * 1000,
+        )
+        self.consumer = consumer
+        await consumer.start()
+        log.info("cache_sink_started topic=%s group=%s", self.topic, self.group_id)
+        try:
+            while not stop.is_set():
+                batches = await consumer.getmany(timeout_ms=200, max_records=self.batch_size)
+                if not batches:
+                    continue
+                changes, offsets = self._decode(batches)
+                if not await self._apply_until_done(changes, stop):
+                    return  # stopped mid-retry: offsets stay uncommitted, replayed on restart
+                try:
+                    await consumer.commit(offsets)
+                    self.stats.positions.update(offsets)
+                except (CommitFailedError, KafkaError) as error:
+                    # A rebalance moved the partitions: their new owner re-applies (no-ops).
+                    log.warning("cache_sink_commit_failed error=%s", error)
+        finally:
+            await consumer.stop()
+            log.info("cache_sink_stopped")
+
+    def _decode(self, batches: dict) -> tuple[list[dict], dict[TopicPartition, int]]:
+        changes: list[dict] = []
+        offsets: dict[TopicPartition, int] = {}
+        for tp, records in batches.items():
+            for record in records:
+                try:
+                    changes.append(decode_change(record.value))
+                except (ValueError, TypeError) as error:
+                    CACHE_UNDECODABLE.inc()
+                    log.warning(
+                        "cache_sink_skip topic=%s partition=%d offset=%d reason=%s",
+                        tp.topic,
+                        tp.partition,
+                        record.offset,
+                        error,
+                    )
+            offsets[tp] = records[-1].offset + 1
+        return changes, offsets
+
+    async def _apply_until_done(self, changes: list[dict], stop: asyncio.Event) -> bool:
+        writes = [CacheWrite.from_change(change) for change in changes]
+        while True:
+            try:
+                results = await self.cache.apply(writes)
+            except (RedisError, OSError) as error:
+                self.stats.failed_attempts += 1
+                self.stats.redis_ok = False
+                self.stats.last_error = f"{type(error).__name__}: {error}"
+                CACHE_WRITE_FAILURES.inc()
+                delay = self.backoff.next_delay()
+                log.warning(
+                    "cache_sink_redis_unavailable attempt=%d retry_in=%.2fs error=%s",
+                    self.backoff.attempt,
+                    delay,
+                    self.stats.last_error,
+                )
+                if await wait_or_stop(stop, delay):
+                    return False
+                continue
+            if not self.stats.redis_ok:
+                log.info("cache_sink_redis_back attempts=%d", self.backoff.attempt)
+            self.backoff.reset()
+            self.stats.redis_ok = True
+            self.stats.batches += 1
+            applied = sum(1 for r in results if r.applied)
+            self.stats.changes_applied += applied
+            self.stats.changes_ignored += len(results) - applied
+            record_metrics(results, changes, self.churn)
+            return True
+
+
+class ChurnHistory:
+    """Entries and exits per segment and cause in hourly buckets (the last 48 hours)."""
+
+    def __init__(self, hours: int = 48) -> None:
+        self.hours = hours
+        self.buckets: dict[int, dict[tuple[str, str, str], int]] = {}
+
+    def record(self, segment: str, change: str, cause: str, now: float) -> None:
+        hour = int(now // 3600)
+        bucket = self.buckets.setdefault(hour, {})
+        bucket[(segment, change, cause)] = bucket.get((segment, change, cause), 0) + 1
+        for old in [h for h in self.buckets if h <= hour - self.hours]:
+            del self.buckets[old]
+
+    def rates(self, now: float) -> dict[str, dict[str, Any]]:
+        """Per segment: entries and exits in the trailing hour, and the top exit cause."""
+        out: dict[str, dict[str, Any]] = {}
+        hour, into = int(now // 3600), (now % 3600) / 3600
+        causes: dict[str, dict[str, int]] = {}
+        for bucket_hour, weight in ((hour, 1.0), (hour - 1, 1.0 - into)):
+            for (segment, change, cause), count in self.buckets.get(bucket_hour, {}).items():
+                entry = out.setdefault(segment, {"entered_last_hour": 0, "exited_last_hour": 0})
+                entry[f"{change}_last_hour"] += round(count * weight)
+                if change == "exited":
+                    per = causes.setdefault(segment, {})
+                    per[cause] = per.get(cause, 0) + count
+        for segment, per in causes.items():
+            out[segment]["top_exit_cause"] = max(per, key=per.__getitem__)
+        return out
+
+
+def record_metrics(
+    results: Sequence[Applied], changes: Sequence[dict], churn: ChurnHistory | None = None
+) -> None:
+    """Churn metrics from applied (newer-seq) changes, so a replayed change counts once."""
+    for result, change in zip(results, changes, strict=True):
+        if not result.applied:
+            continue
+        cause = change.get("cause") or ""
+        SEGMENT_CHANGES.labels(change["segment"], change["change"], cause).inc()
+        if churn is not None:
+            churn.record(change["segment"], change["change"], cause, time.time())
+        if change["change"] == "exited" and result.previous:
+            _seq, was_member, since = parse_field(result.previous)
+            if was_member:
+                seconds = _seconds_between(since, change["at"])
+                if seconds is not None and seconds >= 0:
+                    TIME_IN_SEGMENT.labels(change["segment"]).observe(seconds)
+
+
+def _seconds_between(start: str, end: str) -> float | None:
+    try:
+        return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+    except ValueError:
+        return None

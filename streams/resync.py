@@ -1,0 +1,148 @@
+"""`segments resync-cache`: rebuild the Redis cache from the compacted segment-memberships topic."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import click
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from streams.sinks.redis import CacheWrite, RedisCache
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ResyncResult:
+    records_read: int = 0
+    members: int = 0
+    tombstones: int = 0
+    skipped: int = 0
+    keys_deleted: int = 0
+    applied: int = 0
+
+
+def membership_write(key: bytes | None, value: bytes) -> CacheWrite:
+    """A segment-memberships record (key `customer_id|segment`) -> the write that restores it.
+
+    The value is the change that made the customer a member (SPEC section 4 JSON); `since`
+    (if present) or `at` is when it entered. Raises ValueError when unusable.
+    """
+    data: Any = orjson.loads(value)
+    if not isinstance(data, dict) or not isinstance(data.get("seq"), int):
+        raise ValueError("membership value must be a JSON object with an integer seq")
+    customer_id, segment = data.get("customer_id"), data.get("segment")
+    if (customer_id is None or segment is None) and key:
+        customer_id, _, segment = key.decode().rpartition("|")
+    since = data.get("since") or data.get("at")
+    if not customer_id or not segment or not isinstance(since, str):
+        raise ValueError("membership value lacks customer_id, segment or since/at")
+    return CacheWrite(customer_id, segment, data["seq"], True, since)
+
+
+async def read_memberships(bootstrap: str, topic: str) -> tuple[dict[bytes, bytes | None], int]:
+    """Reads the topic from the start to the end offsets seen at start: latest value per key."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None
+    )
+    await consumer.start()
+    try:
+        partitions = await _partitions(consumer, topic)
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        latest: dict[bytes, bytes | None] = {}
+        read = 0
+        pending = {tp for tp in tps if end[tp] > 0}
+        while pending:
+            for tp in list(pending):
+                if await consumer.position(tp) >= end[tp]:
+                    pending.discard(tp)
+            if not pending:
+                break
+            batches = await consumer.getmany(*pending, timeout_ms=500, max_records=5000)
+            for tp, records in batches.items():
+                for record in records:
+                    if record.offset >= end[tp]:
+                        continue
+                    read += 1
+                    latest[record.key or b""] = record.value
+        return latest, read
+    finally:
+        await consumer.stop()
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    for _ in range(50):
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions:
+            return set(partitions)
+        await consumer._client.force_metadata_update()  # the topic may be new to this client
+    raise click.ClickException(f"topic {topic!r} not found")
+
+
+async def resync_cache(
+    cache: RedisCache, *, bootstrap: str, topic: str, flush: bool = True, batch: int = 2000
+) -> ResyncResult:
+    """Rebuilds the cache: optionally deletes this prefix's keys, then writes every member.
+
+    Writes are seq-checked, so a cache sink running at the same time cannot be overwritten
+    by an older membership; keys deleted by the flush are re-created from the topic.
+    """
+    result = ResyncResult()
+    latest, result.records_read = await read_memberships(bootstrap, topic)
+    writes = []
+    for key, value in latest.items():
+        if value is None:
+            result.tombstones += 1
+            continue
+        try:
+            writes.append(membership_write(key, value))
+        except (ValueError, orjson.JSONDecodeError) as error:
+            result.skipped += 1
+            log.warning("resync_skip key=%r reason=%s", key[:200], error)
+    result.members = len(writes)
+    if flush:
+        result.keys_deleted = await cache.delete_all()
+    for start in range(0, len(writes), batch):
+        applied = await cache.apply(writes[start : start + batch])
+        result.applied += sum(1 for r in applied if r.applied)
+    return result
+
+
+@click.command("resync-cache")
+@click.option(
+    "--no-flush",
+    is_flag=True,
+    help="keep existing keys (only newer memberships are written; stale members stay)",
+)
+def resync_command(no_flush: bool) -> None:
+    """Rebuild the Redis cache from the segment-memberships topic."""
+    from streams.serving import ServingConfig
+
+    config = ServingConfig.load()
+
+    async def main() -> ResyncResult:
+        client = config.redis_client()
+        try:
+            cache = RedisCache(client, config.redis_prefix)
+            return await resync_cache(
+                cache,
+                bootstrap=config.kafka_bootstrap,
+                topic=config.memberships_topic,
+                flush=not no_flush,
+            )
+        finally:
+            await client.aclose()
+
+    result = asyncio.run(main())
+    click.echo(
+        f"resync-cache: read {result.records_read} records, {result.members} members, "
+        f"{result.tombstones} exits, {result.skipped} skipped; "
+        f"deleted {result.keys_deleted} keys, wrote {result.applied}"
+    )

@@ -1,0 +1,315 @@
+"""Cache sink and resync against real Kafka and a private real Redis that the tests stop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from streams.cache_sink import Backoff, CacheSink
+from streams.resync import resync_cache
+from streams.sinks.redis import RedisCache, connect
+
+pytestmark = [pytest.mark.integration]
+
+BOOTSTRAP = os.environ.get("SEGMENTS_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+OUTAGE_SECONDS = float(os.environ.get("SEGMENTS_TEST_REDIS_OUTAGE", "30"))
+
+
+async def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
+    """Polls an async predicate until true; fails with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if await predicate():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+class PrivateRedis:
+    """A redis-server of our own on a free port, so the shared one stays up."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                shutil.which("redis-server") or "redis-server",
+                "--port", str(self.port), "--bind", "127.0.0.1",
+                "--dir", str(self.directory), "--save", "", "--appendonly", "no",
+            ],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "private redis-server did not start"
+            time.sleep(0.02)
+
+    def stop(self, save: bool = True) -> None:
+        """SHUTDOWN (SAVE keeps the data for the restart: an outage, not a flush)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+            s.sendall(b"SHUTDOWN SAVE\r\n" if save else b"SHUTDOWN NOSAVE\r\n")
+        assert self.process is not None
+        self.process.wait(timeout=20)
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    if not shutil.which("redis-server"):
+        pytest.skip("redis-server not installed (deploy/local/services.sh up installs it)")
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def topics():
+    """Fresh segment-changes and segment-memberships topics (4 partitions), deleted after."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    prefix = f"test-{uuid.uuid4().hex[:8]}."
+    names = {"changes": prefix + "segment-changes", "memberships": prefix + "segment-memberships"}
+    admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP, client_id="test-redis-sink")
+    admin.create_topics(
+        [
+            NewTopic(names["changes"], 4, 1),
+            NewTopic(names["memberships"], 4, 1, topic_configs={"cleanup.policy": "compact"}),
+        ]
+    )
+    yield names
+    try:
+        admin.delete_topics(list(names.values()))
+    finally:
+        admin.close()
+
+
+def change_json(customer: str, segment: str, seq: int, at: str = "2026-11-20T14:03:11.120Z"):
+    kind = "entered" if seq % 2 else "exited"
+    return {
+        "change_id": f"{customer}:{segment}:{seq}",
+        "customer_id": customer,
+        "segment": segment,
+        "change": kind,
+        "at": at,
+        "cause": "purchase",
+        "event_id": None,
+        "rules_version": 1,
+        "seq": seq,
+        "metrics": {},
+    }
+
+
+class History:
+    """Generates per-customer alternating enter/exit histories and knows the final state."""
+
+    def __init__(self, seed: int, customers: int, segments=("vip", "win_back", "runner")):
+        self.rng = random.Random(seed)
+        self.customers = [f"c-{i}" for i in range(customers)]
+        self.segments = segments
+        self.seq: dict[tuple[str, str], int] = {}
+
+    def next_change(self) -> dict:
+        customer = self.rng.choice(self.customers)
+        segment = self.rng.choice(self.segments)
+        seq = self.seq.get((customer, segment), 0) + 1
+        self.seq[(customer, segment)] = seq
+        return change_json(customer, segment, seq, f"2026-11-20T14:{seq % 60:02d}:00Z")
+
+    def expected(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for (customer, segment), seq in self.seq.items():
+            if seq % 2:
+                out.setdefault(customer, []).append(segment)
+        return {c: sorted(s) for c, s in out.items()}
+
+
+async def cache_state(cache: RedisCache, customers) -> dict[str, list[str]]:
+    pipe = cache.client.pipeline(transaction=False)
+    for customer in customers:
+        pipe.hgetall(cache.keys.customer(customer))
+    state = {}
+    for customer, fields in zip(customers, await pipe.execute(), strict=True):
+        segments = sorted(seg for seg, value in fields.items() if value.split("|")[1] == "1")
+        if segments:
+            state[customer] = segments
+    return state
+
+
+async def committed_everything(bootstrap: str, topic: str, group: str) -> bool:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        end = await consumer.end_offsets(tps)
+        for tp in tps:
+            if (await consumer.committed(tp) or 0) != end[tp]:
+                return False
+        return True
+    finally:
+        await consumer.stop()
+
+
+@pytest.mark.slow
+def test_redis_outage_under_load_loses_nothing(private_redis, topics):
+    """Stop Redis while changes keep coming; after restart the cache equals the history."""
+
+    async def main():
+        history = History(seed=11, customers=2000)
+        client = connect(private_redis.url)
+        cache = RedisCache(client, prefix="p:")
+        sink = CacheSink(
+            cache,
+            bootstrap=BOOTSTRAP,
+            topic=topics["changes"],
+            group_id=f"sink-{uuid.uuid4().hex[:6]}",
+            batch_size=500,
+            backoff=Backoff(first=0.05, maximum=2.0),
+        )
+        stop = asyncio.Event()
+        sink_task = asyncio.create_task(sink.run(stop))
+        producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, linger_ms=5)
+        await producer.start()
+        sent = 0
+
+        async def produce(count: int, per_second: int) -> None:
+            nonlocal sent
+            start = time.monotonic()
+            for i in range(count):
+                change = history.next_change()
+                await producer.send(
+                    topics["changes"], orjson.dumps(change), key=change["customer_id"].encode()
+                )
+                sent += 1
+                if i % 100 == 99:  # pace the load: about per_second changes a second
+                    ahead = (i + 1) / per_second - (time.monotonic() - start)
+                    if ahead > 0:
+                        await asyncio.sleep(ahead)
+            await producer.flush()
+
+        try:
+            await produce(3000, per_second=2000)
+
+            async def some_applied():
+                return sink.stats.changes_applied > 0
+
+            await wait_for(some_applied, 30, "the sink to apply the first changes")
+            private_redis.stop(save=True)
+            outage_started = time.monotonic()
+            # Load continues during the outage: about 1000 changes a second.
+            await produce(int(OUTAGE_SECONDS * 1000), per_second=1000)
+
+            async def outage_over():
+                return (
+                    time.monotonic() - outage_started >= OUTAGE_SECONDS
+                    and sink.stats.failed_attempts >= 3
+                )
+
+            await wait_for(outage_over, OUTAGE_SECONDS + 30, "the outage to be noticed")
+            assert not sink.stats.redis_ok
+            private_redis.start()
+            await produce(2000, per_second=2000)
+            expected = history.expected()
+
+            async def converged():
+                return await cache_state(cache, history.customers) == expected
+
+            await wait_for(converged, 120, "the cache to equal the final memberships", 0.5)
+            assert sink.stats.redis_ok
+
+            async def committed():
+                return await committed_everything(BOOTSTRAP, topics["changes"], sink.group_id)
+
+            await wait_for(committed, 30, "all offsets committed")
+            sizes = await cache.segment_sizes(history.segments)
+            for segment in history.segments:
+                assert sizes[segment] == sum(segment in s for s in expected.values())
+        finally:
+            stop.set()
+            await sink_task
+            await producer.stop()
+            await client.aclose()
+
+    asyncio.run(main())
+
+
+def test_resync_rebuilds_a_flushed_cache_from_memberships(private_redis, topics):
+    """FLUSHALL, resync from segment-memberships: the cache equals what it was."""
+
+    async def main():
+        history = History(seed=5, customers=500)
+        changes = [history.next_change() for _ in range(4000)]
+        client = connect(private_redis.url)
+        cache = RedisCache(client, prefix="p:")
+        producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, linger_ms=5)
+        await producer.start()
+        try:
+            # What the worker publishes: the entering change per key, a tombstone on exit.
+            for change in changes:
+                key = f"{change['customer_id']}|{change['segment']}".encode()
+                value = orjson.dumps(change) if change["change"] == "entered" else None
+                await producer.send(topics["memberships"], value, key=key)
+            await producer.flush()
+            # The cache as the sink would have built it from the changes.
+            from streams.sinks.redis import CacheWrite
+
+            await cache.apply([CacheWrite.from_change(c) for c in changes])
+            before = await cache_state(cache, history.customers)
+            assert before == history.expected()
+            sizes_before = await cache.segment_sizes(history.segments)
+
+            await client.flushall()
+            assert await cache_state(cache, history.customers) == {}
+            result = await resync_cache(
+                cache, bootstrap=BOOTSTRAP, topic=topics["memberships"], flush=True
+            )
+            assert result.members == sum(len(s) for s in before.values())
+            assert await cache_state(cache, history.customers) == before
+            assert await cache.segment_sizes(history.segments) == sizes_before
+            # the `since` of each membership survives the rebuild
+            entered = {}
+            for change in changes:
+                if change["change"] == "entered":
+                    entered[(change["customer_id"], change["segment"])] = change["at"]
+            for customer, segments in before.items():
+                got = await cache.customer_segments(customer)
+                assert got == [(s, entered[(customer, s)]) for s in segments]
+        finally:
+            await producer.stop()
+            await client.aclose()
+
+    asyncio.run(main())

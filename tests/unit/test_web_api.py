@@ -1,0 +1,188 @@
+"""The HTTP shell over a fake Redis: routes, JSON shapes, auth, paging, health and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from streams.cache_sink import ChurnHistory
+from streams.sinks.redis import SHARDS, RedisCache, shard_of
+from streams.web import create_app
+
+pytestmark = pytest.mark.unit
+
+
+class FakePipeline:
+    def __init__(self, redis: FakeRedis) -> None:
+        self.redis, self.calls = redis, []
+
+    def scard(self, key):
+        self.calls.append(len(self.redis.sets.get(key, ())))
+
+    async def execute(self):
+        return self.calls
+
+
+class FakeRedis:
+    """The handful of commands the web layer uses, over dicts."""
+
+    def __init__(self) -> None:
+        self.hashes: dict[str, dict[str, str]] = {}
+        self.sets: dict[str, set[str]] = {}
+        self.up = True
+
+    def register_script(self, _text):
+        return None
+
+    def pipeline(self, transaction=False):
+        return FakePipeline(self)
+
+    async def hgetall(self, key):
+        return dict(self.hashes.get(key, {}))
+
+    async def sscan(self, key, cursor=0, count=10):
+        members = sorted(self.sets.get(key, ()))
+        page = members[cursor : cursor + count]
+        following = cursor + count
+        return (following if following < len(members) else 0), page
+
+    async def ping(self):
+        if not self.up:
+            raise ConnectionError("down")
+        return True
+
+
+def make_cache() -> tuple[RedisCache, FakeRedis]:
+    redis = FakeRedis()
+    cache = RedisCache(redis, prefix="t:")  # type: ignore[arg-type]
+    redis.hashes["t:cust:c-1"] = {
+        "vip": "3|1|2026-11-20T14:03:11.120Z",
+        "win_back": "2|0|2026-10-01T00:00:00Z",
+        "big_spender": "1|1|2026-01-02T00:00:00Z",
+    }
+    for i in range(50):
+        customer = f"c-{i}"
+        redis.sets.setdefault(cache.keys.members("vip", shard_of(customer)), set()).add(customer)
+    return cache, redis
+
+
+def call(app, method, path, headers=None, check=None):
+    async def main():
+        async with TestClient(TestServer(app)) as client:
+            response = await client.request(method, path, headers=headers or {})
+            text = await response.text()
+            return response.status, text, response
+
+    return asyncio.run(main())
+
+
+def get_json(app, path, headers=None):
+    import orjson
+
+    status, text, _ = call(app, "GET", path, headers)
+    return status, orjson.loads(text)
+
+
+def test_lookup_lists_member_segments_sorted_with_since():
+    cache, _ = make_cache()
+    status, body = get_json(create_app(cache, segments=["vip"]), "/customers/c-1/segments")
+    assert status == 200
+    assert body["customer_id"] == "c-1"
+    assert body["segments"] == [
+        {"name": "big_spender", "since": "2026-01-02T00:00:00Z"},
+        {"name": "vip", "since": "2026-11-20T14:03:11.120Z"},
+    ]
+    assert body["as_of"].endswith("Z")
+
+
+def test_unknown_customer_gets_200_and_an_empty_list():
+    cache, _ = make_cache()
+    status, body = get_json(create_app(cache), "/customers/nobody/segments")
+    assert status == 200
+    assert body["segments"] == []
+
+
+def test_bearer_token_is_required_when_configured():
+    cache, _ = make_cache()
+    app = create_app(cache, api_token="s3cret")
+    assert get_json(app, "/customers/c-1/segments")[0] == 401
+    bad = {"Authorization": "Bearer nope"}
+    assert get_json(create_app(cache, api_token="s3cret"), "/customers/c-1/segments", bad)[0] == 401
+    good = {"Authorization": "Bearer s3cret"}
+    app = create_app(cache, api_token="s3cret")
+    assert get_json(app, "/customers/c-1/segments", good)[0] == 200
+    # probes stay open so an orchestrator needs no secret
+    assert get_json(create_app(cache, api_token="s3cret"), "/healthz")[0] == 200
+
+
+def test_members_pages_through_every_shard():
+    cache, _ = make_cache()
+    seen, cursor, pages = [], "0", 0
+    while True:
+        status, body = get_json(
+            create_app(cache, segments=["vip"]), f"/segments/vip/members?count=7&cursor={cursor}"
+        )
+        assert status == 200
+        seen += body["members"]
+        cursor, pages = body["cursor"], pages + 1
+        if cursor == "0":
+            break
+        assert pages < 100
+    assert sorted(seen) == sorted(f"c-{i}" for i in range(50))
+
+
+def test_members_rejects_bad_input():
+    cache, _ = make_cache()
+    app_args = {"segments": ["vip"]}
+    assert get_json(create_app(cache, **app_args), "/segments/nope/members")[0] == 404
+    assert get_json(create_app(cache, **app_args), "/segments/vip/members?count=0")[0] == 400
+    bad = f"/segments/vip/members?cursor={SHARDS}:0"
+    assert get_json(create_app(cache, **app_args), bad)[0] == 400
+
+
+def test_segments_sizes_and_churn_rates():
+    cache, _ = make_cache()
+    churn = ChurnHistory()
+    import time
+
+    now = time.time()
+    churn.record("vip", "entered", "purchase", now)
+    churn.record("vip", "exited", "time", now)
+    churn.record("vip", "exited", "time", now)
+    churn.record("vip", "exited", "return", now)
+    status, body = get_json(create_app(cache, segments=["vip", "runner"], churn=churn), "/segments")
+    assert status == 200
+    vip, runner = body["segments"]
+    assert vip["name"] == "vip" and vip["size"] == 50
+    assert vip["entered_last_hour"] == 1 and vip["exited_last_hour"] == 3
+    assert vip["top_exit_cause"] == "time"
+    assert runner == {"name": "runner", "size": 0}
+
+
+def test_metrics_exposes_segment_sizes():
+    cache, _ = make_cache()
+    status, text, _ = call(create_app(cache, segments=["vip"]), "GET", "/metrics")
+    assert status == 200
+    assert 'segments_size{segment="vip"} 50.0' in text
+    assert "segments_changes_total" in text or "segments_time_in_segment_seconds" in text
+
+
+def test_readyz_follows_redis_and_the_hook():
+    cache, redis = make_cache()
+    assert get_json(create_app(cache), "/readyz")[0] == 200
+    redis.up = False
+    assert get_json(create_app(cache), "/readyz")[0] == 503
+    assert get_json(create_app(cache, ready=lambda: True), "/readyz")[0] == 200
+
+
+def test_openapi_describes_every_route_and_dashboard_needs_no_cdn():
+    cache, _ = make_cache()
+    status, spec = get_json(create_app(cache), "/openapi.json")
+    assert status == 200
+    assert "/customers/{customer_id}/segments" in spec["paths"]
+    assert "/segments/{name}/members" in spec["paths"]
+    status, html, _ = call(create_app(cache), "GET", "/")
+    assert status == 200
+    assert "<script>" in html and "http://" not in html and "https://" not in html

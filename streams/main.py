@@ -33,3 +33,6 @@ cli.add_command(lookup_command)
 from streams.triggers import triggers_command  # noqa: E402
 
 cli.add_command(triggers_command)
+from streams.serving import serve_command  # noqa: E402
+
+cli.add_command(serve_command)

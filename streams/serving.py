@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,3 +81,161 @@ class ServingConfig:
         from segments.rules.ruleset import load_ruleset
 
         return load_ruleset(self.rules_path or EXAMPLE_RULES)
+
+
+async def run_serving(
+    settings: Any,
+    *,
+    stop: asyncio.Event | None = None,
+    cache_sink: bool = True,
+    triggers: bool = True,
+    web: bool = True,
+    web_port: int | None = None,
+    ready: Any = None,
+    started: asyncio.Event | None = None,
+) -> None:
+    """Runs the cache sink, the trigger dispatcher and the HTTP API until `stop` is set.
+
+    `settings` is a streams.settings.Settings (or a ServingConfig). The worker process can
+    start this beside Faust as one more task; give `web_port` (or web=False) when Faust's
+    own web server already holds the configured port. Each part has its own consumer group
+    and committed offsets, so it catches up by itself after any outage. If one part fails,
+    the others are stopped and the error is raised.
+    """
+    from aiohttp import web as aioweb
+
+    from streams.cache_sink import CacheSink, ChurnHistory
+    from streams.sinks.redis import RedisCache
+    from streams.triggers import TriggerDispatcher
+    from streams.web import create_app
+
+    config = (
+        settings if isinstance(settings, ServingConfig) else ServingConfig.from_settings(settings)
+    )
+    stop = stop or asyncio.Event()
+    ruleset = config.ruleset()
+    client = config.redis_client()
+    cache = RedisCache(client, config.redis_prefix)
+    churn = ChurnHistory()
+    tasks: list[asyncio.Task[None]] = []
+    sink = None
+    if cache_sink:
+        sink = CacheSink(
+            cache,
+            bootstrap=config.kafka_bootstrap,
+            topic=config.changes_topic,
+            group_id=f"{config.app_id}-cache-sink",
+            churn=churn,
+        )
+        tasks.append(asyncio.create_task(sink.run(stop), name="cache-sink"))
+    if triggers and ruleset.triggers:
+        dispatcher = TriggerDispatcher(
+            client,
+            ruleset.triggers,
+            bootstrap=config.kafka_bootstrap,
+            topic=config.changes_topic,
+            dlq_topic=config.triggers_dlq_topic,
+            group_id=f"{config.app_id}-triggers",
+            redis_prefix=config.redis_prefix,
+            config=_dispatch_config(config),
+        )
+        tasks.append(asyncio.create_task(dispatcher.run(stop), name="triggers"))
+    runner = None
+    if web:
+
+        async def default_ready() -> bool:
+            redis_ok = bool(await client.ping())
+            return redis_ok and (sink is None or sink.stats.redis_ok)
+
+        app = create_app(
+            cache,
+            segments=[segment.name for segment in ruleset.segments],
+            api_token=config.api_token,
+            ready=ready or default_ready,
+            churn=churn,
+        )
+        runner = aioweb.AppRunner(app, access_log=None)
+        await runner.setup()
+        port = config.web_port if web_port is None else web_port
+        await aioweb.TCPSite(runner, config.web_host, port, reuse_port=True).start()
+        log.info("serving_web host=%s port=%d", config.web_host, port)
+    if started is not None:
+        started.set()
+    waiter = asyncio.create_task(stop.wait(), name="stop")
+    try:
+        await asyncio.wait([*tasks, waiter], return_when=asyncio.FIRST_COMPLETED)
+        stop.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for task, result in zip(tasks, results, strict=True):
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                log.error("serving_part_failed part=%s error=%r", task.get_name(), result)
+                raise result
+    finally:
+        waiter.cancel()
+        if runner is not None:
+            await runner.cleanup()
+        await client.aclose()
+
+
+def _dispatch_config(config: ServingConfig):  # -> streams.triggers.DispatchConfig
+    from streams.triggers import DispatchConfig
+
+    return DispatchConfig(max_age_s=config.trigger_max_age_s, attempts=config.trigger_attempts)
+
+
+@click.command("serve")
+@click.option("--no-sink", is_flag=True, help="do not run the segment-changes -> Redis sink")
+@click.option("--no-triggers", is_flag=True, help="do not run the webhook dispatcher")
+@click.option("--port", type=int, default=None, help="HTTP port (default SEGMENTS_WEB_PORT)")
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="HTTP processes sharing the port (SO_REUSEPORT); 1 = this one only")  # fmt: skip
+def serve_command(no_sink: bool, no_triggers: bool, port: int | None, workers: int) -> None:
+    """Serve the lookup API, and run the cache sink and triggers, without the Faust worker."""
+    config = ServingConfig.load()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    extra = [_spawn_web_only(port) for _ in range(max(0, workers - 1))]
+    try:
+        _run_until_signal(
+            lambda stop: run_serving(
+                config,
+                stop=stop,
+                cache_sink=not no_sink,
+                triggers=not no_triggers,
+                web_port=port,
+            )
+        )
+    finally:
+        for process in extra:
+            process.terminate()
+        for process in extra:
+            process.wait(timeout=10)
+
+
+def _spawn_web_only(port: int | None):  # -> subprocess.Popen
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "streams", "serve", "--no-sink", "--no-triggers"]
+    if port is not None:
+        command += ["--port", str(port)]
+    return subprocess.Popen(command)
+
+
+def _run_until_signal(main: Any) -> None:
+    """asyncio.run(main(stop)) on uvloop when installed; SIGINT/SIGTERM set stop."""
+    try:
+        import uvloop  # type: ignore[import-not-found]
+    except ImportError:
+        uvloop = None
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    if uvloop is not None:
+        uvloop.run(runner())
+    else:
+        asyncio.run(runner())

@@ -1,0 +1,164 @@
+"""Checkout lookup end to end: segment-changes on Kafka -> run_serving -> HTTP and CLI answers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import aiohttp
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from streams.serving import ServingConfig, run_serving
+
+pytestmark = pytest.mark.integration
+
+BOOTSTRAP = os.environ.get("SEGMENTS_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+REDIS_URL = os.environ.get("SEGMENTS_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        last = await predicate()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last {last!r}")
+        await asyncio.sleep(interval)
+
+
+@pytest.fixture
+def config():
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    prefix = f"test-{uuid.uuid4().hex[:8]}."
+    cfg = ServingConfig(
+        kafka_bootstrap=BOOTSTRAP,
+        redis_url=REDIS_URL,
+        redis_prefix=prefix,
+        topic_prefix=prefix,
+        app_id=prefix + "app",
+        web_port=free_port(),
+        api_token="t0ken",
+    )
+    admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP, client_id="test-lookup")
+    admin.create_topics([NewTopic(cfg.changes_topic, 2, 1)])
+    yield cfg
+    try:
+        admin.delete_topics([cfg.changes_topic])
+    finally:
+        admin.close()
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def change(customer, segment, seq, at):
+    return {
+        "change_id": f"{customer}:{segment}:{seq}",
+        "customer_id": customer,
+        "segment": segment,
+        "change": "entered" if seq % 2 else "exited",
+        "at": at,
+        "cause": "purchase",
+        "event_id": f"e-{seq}",
+        "rules_version": 1,
+        "seq": seq,
+        "metrics": {},
+    }
+
+
+def test_a_change_on_kafka_is_answered_by_the_lookup_api_and_cli(config):
+    async def main():
+        stop, started = asyncio.Event(), asyncio.Event()
+        serving = asyncio.create_task(
+            run_serving(config, stop=stop, triggers=False, started=started)
+        )
+        await asyncio.wait_for(started.wait(), 30)
+        base = f"http://127.0.0.1:{config.web_port}"
+        auth = {"Authorization": "Bearer t0ken"}
+        producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP)
+        await producer.start()
+        try:
+            for item in [
+                change("c-42", "vip", 1, "2026-11-20T14:03:11.120Z"),
+                change("c-42", "runner", 1, "2026-11-01T00:00:00Z"),
+                change("c-42", "runner", 2, "2026-11-10T00:00:00Z"),
+            ]:
+                await producer.send_and_wait(config.changes_topic, orjson.dumps(item), key=b"c-42")
+            async with aiohttp.ClientSession() as http:
+
+                async def vip_only():
+                    async with http.get(f"{base}/customers/c-42/segments", headers=auth) as r:
+                        body = await r.json()
+                        return (
+                            body["segments"]
+                            == [{"name": "vip", "since": "2026-11-20T14:03:11.120Z"}]
+                            and body
+                        )
+
+                body = await wait_for(vip_only, 60, "the lookup to show the change")
+                assert body["customer_id"] == "c-42" and body["as_of"].endswith("Z")
+                async with http.get(f"{base}/customers/c-42/segments") as r:
+                    assert r.status == 401
+                async with http.get(f"{base}/customers/nobody/segments", headers=auth) as r:
+                    assert r.status == 200 and (await r.json())["segments"] == []
+                async with http.get(f"{base}/segments", headers=auth) as r:
+                    sizes = {s["name"]: s for s in (await r.json())["segments"]}
+                    assert sizes["vip"]["size"] == 1 and sizes["runner"]["size"] == 0
+                    assert sizes["vip"]["entered_last_hour"] == 1
+                async with http.get(f"{base}/segments/vip/members", headers=auth) as r:
+                    assert (await r.json())["members"] == ["c-42"]
+                async with http.get(f"{base}/metrics", headers=auth) as r:
+                    text = await r.text()
+                    assert 'segments_size{segment="vip"} 1.0' in text
+                async with http.get(f"{base}/readyz") as r:
+                    assert r.status == 200
+
+            env = {
+                **{k: v for k, v in os.environ.items() if not k.startswith("SEGMENTS_")},
+                "SEGMENTS_REDIS_URL": REDIS_URL,
+                "SEGMENTS_REDIS_PREFIX": config.redis_prefix,
+            }
+            result = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "streams", "lookup", "c-42"],
+                env=env,
+                capture_output=True,
+                timeout=60,
+                check=False,
+            )
+            assert result.returncode == 0, result.stderr
+            cli = orjson.loads(result.stdout)
+            assert cli["segments"] == [{"name": "vip", "since": "2026-11-20T14:03:11.120Z"}]
+        finally:
+            await producer.stop()
+            stop.set()
+            await asyncio.wait_for(serving, 30)
+
+    asyncio.run(main())
+
+
+def test_web_binds_to_loopback_by_default():
+    assert ServingConfig().web_host == "127.0.0.1"
+    from streams.settings import Settings
+
+    assert Settings().web_host == "127.0.0.1"

@@ -186,7 +186,7 @@ up() {
         java $HEAP_OPTS -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExitOnOutOfMemoryError \
         -Djava.awt.headless=true -Dkafka.logs.dir="$LOGS" \
         -Dlog4j2.configurationFile="$DEPLOY_DIR/kafka/log4j2.xml" \
-        -cp "$LIBS/*" kafka.Kafka "$CONFIG" >>"$LOGS/kafka.out" 2>&1 </dev/null &
+        -cp "$LIBS/*" kafka.Kafka "$CONFIG" >>"$LOGS/kafka.out" 2>&1 </dev/null 9>&- &
     local launcher=$!
 
     # Wait for the probe's metadata answer, but give up at once if the broker dies.
@@ -247,6 +247,7 @@ reset() {
 }
 
 case ${1:-} in
-up | down | status | reset) "$1" ;;
+up | down | reset) lock_service "$KAFKA_HOME" && "$1" ;;
+status) "$1" ;;
 *) die "usage: $0 up|down|status|reset" ;;
 esac

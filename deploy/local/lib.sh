@@ -66,3 +66,12 @@ stop_pid_file() { # PIDFILE GRACE_SECONDS NAME
     fi
     rm -f "$1"
 }
+
+# Serialises up/down/reset of one service across concurrent callers (two test sessions,
+# two engineers' `make test`): the second waits, then finds the service up. Processes
+# started while holding the lock must not inherit fd 9 (start them with 9>&-).
+lock_service() { # DIR
+    mkdir -p "$1"
+    exec 9>"$1/.lock"
+    flock -w 300 9 || die "another deploy/local script has held $1/.lock for 5 minutes"
+}

@@ -86,7 +86,7 @@ dir $REDIS_HOME/data
 save ""
 appendonly no
 CONF
-    redis-server "$CONFIG" || die "redis: redis-server failed to start; see $REDIS_HOME/redis.log"
+    redis-server "$CONFIG" 9>&- || die "redis: redis-server failed to start; see $REDIS_HOME/redis.log"
     local deadline=$(( $(date +%s) + READY_TIMEOUT ))
     until [[ $(ping) == PONG ]]; do
         (( $(date +%s) < deadline )) || die "redis: no PONG on 127.0.0.1:$REDIS_PORT within ${READY_TIMEOUT}s; see $REDIS_HOME/redis.log"
@@ -128,6 +128,7 @@ reset() {
 }
 
 case ${1:-} in
-up | down | status | reset) "$1" ;;
+up | down | reset) lock_service "$REDIS_HOME" && "$1" ;;
+status) "$1" ;;
 *) die "usage: $0 up|down|status|reset" ;;
 esac

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -12,10 +13,18 @@ ENTERED = "entered"
 EXITED = "exited"
 
 
+@lru_cache(maxsize=4096)
+def _date_prefix(day: int) -> str:
+    return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(days=day)).strftime("%Y-%m-%dT")
+
+
 def format_instant(micros: int) -> str:
     """Epoch microseconds -> ISO-8601 UTC with a Z, milliseconds shown when not whole seconds."""
-    seconds, micro = divmod(micros, 1_000_000)
-    base = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    day, rest = divmod(micros, 86_400_000_000)
+    seconds, micro = divmod(rest, 1_000_000)
+    hours, seconds = divmod(seconds, 3600)
+    minutes, seconds = divmod(seconds, 60)
+    base = f"{_date_prefix(day)}{hours:02d}:{minutes:02d}:{seconds:02d}"
     if micro == 0:
         return base + "Z"
     if micro % 1000 == 0:

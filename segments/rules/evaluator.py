@@ -72,15 +72,14 @@ class CompiledRules:
     horizon_days: int  # order records older than this many days are pruned
     seen_days: int  # how long ids of returns are remembered (max_lateness)
     day_thresholds: tuple[tuple[int, int], ...]  # (spec index, floor of the compared number)
-    segment_metrics: tuple[tuple[int, ...], ...]  # per segment: spec indexes it reads
+    segment_metrics: tuple[tuple[tuple[str, int], ...], ...]  # per segment: (label, spec index)
     evaluate: Callable[[CustomerState, int], Evaluation]
     source: str  # the generated code, for debugging and docs
 
     def metrics_of(self, segment_index: int, values: tuple[Value, ...]) -> dict[str, Any]:
         result: dict[str, Any] = {}
-        for index in self.segment_metrics[segment_index]:
+        for label, index in self.segment_metrics[segment_index]:
             value = values[index]
-            label = self.specs[index].label
             result[label] = str(value.quantize(_CENT)) if isinstance(value, Decimal) else value
         return result
 
@@ -179,7 +178,9 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
         horizon_days=max((*windows, seen_days)),
         seen_days=seen_days,
         day_thresholds=tuple(sorted(thresholds)),
-        segment_metrics=tuple(segment_metrics),
+        segment_metrics=tuple(
+            tuple((specs[i].label, i) for i in indexes) for indexes in segment_metrics
+        ),
         evaluate=evaluate,
         source=source,
     )

@@ -1,0 +1,101 @@
+"""Replay throughput: events per second of `segments replay` and its peak memory.
+
+Generates (once, cached under bench-out/) N events of C customers with
+`segments generate`, then runs the real `segments replay` command in a fresh
+process with the SPEC example rule set and reads its summary and peak RSS.
+Usage: python benchmarks/replay_bench.py [--events 1000000] [--customers 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench-out"
+RULES = ROOT / "segments" / "data" / "example_rules.yaml"
+
+
+def machine() -> str:
+    cpu = "unknown cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}"
+
+
+def ensure_input(events: int, customers: int, days: int, seed: int) -> Path:
+    OUT.mkdir(exist_ok=True)
+    path = OUT / f"events-{events}-{customers}-{days}-{seed}.jsonl"
+    if path.exists():
+        return path
+    # `generate` decides the event count from customers and days; trim to the target.
+    raw = OUT / f"raw-{customers}-{days}-{seed}.jsonl"
+    subprocess.run(
+        [sys.executable, "-m", "streams", "generate", "--customers", str(customers),
+         "--days", str(days), "--seed", str(seed), "--out", str(raw)],
+        check=True,
+    )
+    with raw.open("rb") as source, path.open("wb") as target:
+        for n, line in enumerate(source):
+            if n >= events:
+                break
+            target.write(line)
+    raw.unlink()
+    return path
+
+
+def run_replay(path: Path, out: Path, profile: bool) -> dict[str, object]:
+    command = [sys.executable, "-m", "streams", "replay", "--rules", str(RULES),
+               "--input", str(path), "--out", str(out)]
+    if profile:
+        command = [sys.executable, "-m", "pyinstrument", "-r", "text", "-o",
+                   str(OUT / "replay-profile.txt"), "-m", "streams", *command[3:]]
+    started = time.perf_counter()
+    subprocess.run(command, check=True)
+    wall = time.perf_counter() - started
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    summary = json.loads((out / "summary.json").read_text())
+    return {"wall_seconds": round(wall, 2), "peak_rss_mib": round(peak_kib / 1024),
+            "summary": summary}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--customers", type=int, default=100_000)
+    parser.add_argument("--days", type=int, default=730)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--profile", action="store_true", help="write a pyinstrument profile")
+    args = parser.parse_args()
+    path = ensure_input(args.events, args.customers, args.days, args.seed)
+    result = run_replay(path, OUT / "replay", args.profile)
+    summary = result["summary"]
+    assert isinstance(summary, dict)
+    report = {
+        "machine": machine(),
+        "input": path.name,
+        "events": summary["events_read"],
+        "customers": args.customers,
+        "replay_seconds": summary["seconds"],
+        "events_per_second": summary["events_per_second"],
+        "process_wall_seconds": result["wall_seconds"],
+        "peak_rss_mib": result["peak_rss_mib"],
+        "changes": summary["changes"],
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

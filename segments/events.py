@@ -139,19 +139,62 @@ def decode_event(raw: bytes, currencies: Container[str]) -> Purchase | Return | 
     try:
         obj = _loads(raw)
     except orjson.JSONDecodeError as exc:
-        return _decode_invalid_json(raw, exc, currencies)
+        _reject_unreadable(raw, exc, lambda obj: _event_from_object(obj, currencies))
     if obj.__class__ is not dict:
         raise Rejection("not_an_object", f"expected a JSON object, got {_json_type(obj)}")
     try:
         return _event_from_object(obj, currencies)
     except _InexactNumber:
-        # orjson read a JSON number as a binary float. A number of at most 15
-        # significant digits survives that exactly (repr gives it back); only
-        # a payload with a longer digit run is read again, slowly, as Decimals.
-        if not _has_long_digit_run(raw):
-            _floats_to_decimals(obj)
-            return _event_from_object(obj, currencies)
-        return _event_from_object(_exact_loads(raw), currencies)
+        pass  # handled below, so that a rejection does not carry this as its context
+    # orjson read a JSON number as a binary float. A number of at most 15
+    # significant digits survives that exactly (repr gives it back); only a
+    # payload with a longer digit run is read again, slowly, as Decimals.
+    if not _has_long_digit_run(raw):
+        _floats_to_decimals(obj)
+        return _event_from_object(obj, currencies)
+    return _event_from_object(_exact_loads(raw), currencies)
+
+
+def load_object(raw: bytes) -> dict[str, Any]:
+    """Bytes -> a JSON object whose non-integer numbers are exact Decimals (adapters' first step).
+
+    Raises Rejection for the payload-level reasons: payload_too_large,
+    invalid_utf8, invalid_json (not_a_number / infinite_amount for NaN and
+    Infinity literals) and not_an_object.
+    """
+    if len(raw) > MAX_PAYLOAD_BYTES:
+        raise Rejection(
+            "payload_too_large",
+            f"payload is {len(raw)} bytes, the limit is {MAX_PAYLOAD_BYTES} (1 MiB)",
+        )
+    try:
+        obj = _loads(raw)
+    except orjson.JSONDecodeError as exc:
+        _reject_unreadable(raw, exc, None)
+    if obj.__class__ is not dict:
+        raise Rejection("not_an_object", f"expected a JSON object, got {_json_type(obj)}")
+    if _has_long_digit_run(raw):
+        exact: dict[str, Any] = _exact_loads(raw)
+        return exact
+    _replace_floats(obj)
+    return obj
+
+
+def parse_amount(value: Any, field: str) -> Decimal:
+    """A decimal string, integer or Decimal -> a checked amount (>= 0, < 1e15, <= 12 places).
+
+    Raises Rejection naming `field`; a binary float is wrong_type (it cannot
+    carry an exact amount: read the payload with load_object instead).
+    """
+    try:
+        return _amount(value, field)
+    except _InexactNumber:
+        raise Rejection("wrong_type", f"{field} is a binary float; send a decimal string") from None
+
+
+def parse_instant(value: Any, field: str) -> int:
+    """ISO-8601 text with an offset or Z -> epoch microseconds UTC; Rejection naming `field`."""
+    return _instant(value, field)
 
 
 def event_from_mapping(obj: Any, currencies: Container[str]) -> Purchase | Return | ClockMark:
@@ -472,6 +515,22 @@ def _has_long_digit_run(raw: bytes) -> bool:
     return _LONG_DIGIT_RUN in bytes(raw).translate(_DIGIT_MARKS)
 
 
+def _replace_floats(node: Any) -> None:
+    """Replace every float in a parsed JSON tree by the Decimal of its shortest repr."""
+    if node.__class__ is dict:
+        for key, value in node.items():
+            if value.__class__ is float:
+                node[key] = Decimal(repr(value))
+            elif value.__class__ is dict or value.__class__ is list:
+                _replace_floats(value)
+    elif node.__class__ is list:
+        for index, value in enumerate(node):
+            if value.__class__ is float:
+                node[index] = Decimal(repr(value))
+            elif value.__class__ is dict or value.__class__ is list:
+                _replace_floats(value)
+
+
 def _floats_to_decimals(obj: dict[str, Any]) -> None:
     """Replace the floats of the amount fields by the Decimal of their shortest repr."""
     for field in ("total", "discount_total"):
@@ -513,10 +572,17 @@ def _exact_loads(raw: bytes | str) -> Any:
     return json.loads(raw, parse_float=_exact_float, parse_int=_exact_int)
 
 
-def _decode_invalid_json(
-    raw: bytes, error: orjson.JSONDecodeError, currencies: Container[str]
-) -> Purchase | Return | ClockMark:
-    """orjson refused the payload: find the most precise reason (always raises)."""
+def _reject_unreadable(
+    raw: bytes,
+    error: orjson.JSONDecodeError,
+    validate: Callable[[dict[str, Any]], object] | None,
+) -> NoReturn:
+    """orjson refused the payload: find the most precise reason.
+
+    `validate`, when given, checks what the lenient standard library read, so
+    that a field-level reason (a NaN total, a 10**30 amount) wins over the
+    generic one.
+    """
     try:
         text = raw if isinstance(raw, str) else bytes(raw).decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -540,7 +606,8 @@ def _decode_invalid_json(
         raise Rejection("invalid_json", str(error)) from None
     if obj.__class__ is not dict:
         raise Rejection("not_an_object", f"expected a JSON object, got {_json_type(obj)}")
-    _event_from_object(obj, currencies)  # raises the field-level reason if there is one
+    if validate is not None:
+        validate(obj)  # raises the field-level reason if there is one
     if any(name == "NaN" for name in constants):
         raise Rejection("not_a_number", "a field is NaN, which is not JSON")
     if constants:

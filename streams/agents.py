@@ -333,7 +333,7 @@ def register_agents(segments_app: SegmentsApp, processor: SegmentProcessor) -> N
             if tp.topic == names.purchases:
                 await app.producer.send(names.ticks, None, TICK, tp.partition, None, None)
 
-    @app.timer(interval=10.0)
+    @app.timer(interval=5.0)
     async def log_counts() -> None:
         if processor.counts:
             log.info(

@@ -197,6 +197,8 @@ def read_topic(bootstrap: str, topic: str) -> list[Record]:
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     try:
         tps = [TopicPartition(topic, p) for p, end in ends.items() if end > 0]
+        if not tps:
+            return []
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         records: list[Record] = []
@@ -309,3 +311,93 @@ def assert_equals_replay(published: Published, reference: Reference, ordered: bo
         for partition, changes in published.by_partition.items():
             instants = [instant(change) for change in changes]
             assert instants == sorted(instants), f"`at` decreases on partition {partition}"
+
+
+CATEGORIES = ("Running Shoes", "Apparel", "Books", "Music", "Electronics", "Outdoor")
+CURRENCIES = ("EUR", "EUR", "EUR", "USD", "GBP")
+DAY = 86_400
+
+
+def synthetic_events(
+    customers: int, events: int, seed: int, start: str = "2025-01-01T00:00:00Z", days: int = 540
+) -> list[dict[str, Any]]:
+    """Seeded canonical events, unsorted: repeat buyers, both channels, discounts, returns.
+
+    Times are shuffled within each customer so `segments produce` has to order them.
+    """
+    import random
+    from datetime import UTC, datetime, timedelta
+
+    rng = random.Random(seed)
+    origin = datetime.fromisoformat(start.replace("Z", "+00:00")).astimezone(UTC)
+    weights = [rng.paretovariate(1.2) for _ in range(customers)]
+    ids = [f"c-{index:05d}" for index in range(customers)]
+    buyers = ids[:] + rng.choices(ids, weights=weights, k=max(0, events - customers))
+    rng.shuffle(buyers)
+    purchases: dict[str, list[tuple[str, datetime, str, str]]] = defaultdict(list)
+    result: list[dict[str, Any]] = []
+    for number, customer_id in enumerate(buyers):
+        moment = origin + timedelta(seconds=rng.randrange(days * DAY))
+        channel = "online" if rng.random() < 0.4 else "pos"
+        currency = rng.choice(CURRENCIES)
+        previous = purchases[customer_id]
+        if previous and rng.random() < 0.06:
+            original_id, original_at, original_currency, total = rng.choice(previous)
+            result.append(
+                {
+                    "event_id": f"e-{number:07d}",
+                    "customer_id": customer_id,
+                    "occurred_at": (original_at + timedelta(days=rng.randrange(1, 20))).isoformat(),
+                    "channel": channel,
+                    "type": "return",
+                    "currency": original_currency,
+                    "total": total if rng.random() < 0.5 else "5.00",
+                    "original_event_id": original_id,
+                }
+            )
+            continue
+        lines = []
+        for _ in range(rng.randrange(1, 4)):
+            price = rng.randrange(300, 25000) / 100
+            lines.append(
+                {
+                    "sku": f"sku-{rng.randrange(500)}",
+                    "category": rng.choice(CATEGORIES),
+                    "quantity": rng.randrange(1, 3),
+                    "unit_price": f"{price:.2f}",
+                    "discount": "2.00" if rng.random() < 0.15 else "0",
+                }
+            )
+        total = sum(float(line["unit_price"]) * line["quantity"] for line in lines)
+        discount = round(total * 0.1, 2) if rng.random() < 0.2 else 0.0
+        total_text = f"{total - discount:.2f}"
+        event_id = f"e-{number:07d}"
+        previous.append((event_id, moment, currency, total_text))
+        result.append(
+            {
+                "event_id": event_id,
+                "customer_id": customer_id,
+                "occurred_at": moment.isoformat().replace("+00:00", "Z"),
+                "channel": channel,
+                "type": "purchase",
+                "currency": currency,
+                "total": total_text,
+                "discount_total": f"{discount:.2f}",
+                "store_id": f"store-{rng.randrange(40)}" if channel == "pos" else None,
+                "lines": lines,
+            }
+        )
+    for event in result:
+        if event.get("store_id") is None:
+            event.pop("store_id", None)
+    return result
+
+
+def write_jsonl(path: Path, events: list[dict[str, Any]], raw_lines: list[bytes] = ()) -> Path:
+    """Events as JSONL, with optional raw (possibly invalid) lines appended."""
+    with path.open("wb") as handle:
+        for event in events:
+            handle.write(orjson.dumps(event) + b"\n")
+        for line in raw_lines:
+            handle.write(line + b"\n")
+    return path

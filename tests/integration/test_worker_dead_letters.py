@@ -1,0 +1,74 @@
+"""(d) Invalid events land in `purchases.dlq` with their bytes and why; the rest equals replay."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+
+from segments.data import EXAMPLE_RULES
+from tests.integration.worker_harness import (
+    assert_equals_replay,
+    produce,
+    read_published,
+    read_topic,
+    replay_reference,
+    running_workers,
+    synthetic_events,
+    wait_drained,
+    write_jsonl,
+)
+
+pytestmark = pytest.mark.slow
+
+AS_OF = "2026-09-01T00:00:00Z"
+
+INVALID = [
+    b'{"event_id": "bad-1", "customer_id": "c-00001", "occurred_at": "2025-03-01T10:00:00Z"',
+    b"\xff\xfe not utf-8",
+    b'{"event_id": "bad-2", "customer_id": "c-00002", "occurred_at": "2025-03-01T10:00:00Z",'
+    b' "channel": "pos", "currency": "EUR", "total": "-5.00"}',
+    b'{"event_id": "bad-3", "customer_id": "c-00003", "occurred_at": "2025-03-01T10:00:00Z",'
+    b' "channel": "pos", "currency": "XXX", "total": "5.00"}',
+    b'{"event_id": "bad-4", "customer_id": "c-00004", "occurred_at": "2025-03-01T10:00:00",'
+    b' "channel": "pos", "currency": "EUR", "total": "5.00"}',
+    b'{"event_id": "bad-5", "customer_id": "c-00005", "channel": "pos", "currency": "EUR",'
+    b' "total": "5.00", "occurred_at": "2025-03-01T10:00:00Z", "total": NaN}',
+    b"[1, 2, 3]",
+    b'{"event_id": "bad-6", "customer_id": "c-00006", "occurred_at": "2025-03-01T10:00:00Z",'
+    b' "channel": "fax", "currency": "EUR", "total": "5.00"}',
+]
+
+
+def test_invalid_events_are_dead_lettered_and_the_rest_equals_replay(
+    segments_env: dict[str, str], topics: object, tmp_path: Path
+) -> None:
+    events = write_jsonl(
+        tmp_path / "events.jsonl",
+        synthetic_events(customers=300, events=3_000, seed=11),
+        raw_lines=INVALID,
+    )
+    env = {**segments_env, "SEGMENTS_CLOCK": "event", "SEGMENTS_RULES": str(EXAMPLE_RULES)}
+    reference = replay_reference(EXAMPLE_RULES, events, tmp_path / "replay", AS_OF)
+    rejected = [orjson.loads(line) for line in (tmp_path / "replay" / "rejected.jsonl").open("rb")]
+    assert len(rejected) == len(INVALID)
+    produce(env, events, AS_OF)
+    bootstrap = env["SEGMENTS_KAFKA_BOOTSTRAP"]
+    with running_workers(env, tmp_path) as (worker,):
+        worker.wait_ready()
+        wait_drained(bootstrap, env["SEGMENTS_APP_ID"], topics.purchases)
+        published = read_published(bootstrap, topics, list(reference.memberships))
+        dead = read_topic(bootstrap, topics.purchases_dlq)
+        assert worker.stop() == 0
+    assert_equals_replay(published, reference)
+    assert sorted(record.value for record in dead) == sorted(INVALID)
+    reasons = Counter(dict(record.headers)["reason"].decode() for record in dead)
+    assert reasons == Counter(entry["reason"] for entry in rejected)
+    for record in dead:
+        headers = dict(record.headers)
+        assert headers["source_topic"] == topics.purchases.encode()
+        assert int(headers["source_partition"]) in (0, 1)
+        assert int(headers["source_offset"]) >= 0
+        assert headers["message"]

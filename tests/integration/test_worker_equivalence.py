@@ -1,0 +1,51 @@
+"""(a) Generated traffic through Kafka ends exactly where `segments replay` ends.
+
+>= 20,000 events of >= 2,000 customers, produced with `segments produce --as-of`,
+one worker in event-clock mode: the changes (deduped by change_id, compared
+whole) and the memberships of the compacted topic equal replay's, time-driven
+transitions included.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from segments.data import EXAMPLE_RULES
+from tests.integration.worker_harness import (
+    assert_equals_replay,
+    memberships_from_changes,
+    produce,
+    read_published,
+    replay_reference,
+    running_workers,
+    synthetic_events,
+    wait_drained,
+    write_jsonl,
+)
+
+pytestmark = pytest.mark.slow
+
+AS_OF = "2026-09-01T00:00:00Z"  # months after the last event: win-back and sleepers happen
+
+
+def test_generated_events_equal_replay(
+    segments_env: dict[str, str], topics: object, tmp_path: Path
+) -> None:
+    events = write_jsonl(
+        tmp_path / "events.jsonl", synthetic_events(customers=2_000, events=20_000, seed=5)
+    )
+    env = {**segments_env, "SEGMENTS_CLOCK": "event", "SEGMENTS_RULES": str(EXAMPLE_RULES)}
+    reference = replay_reference(EXAMPLE_RULES, events, tmp_path / "replay", AS_OF)
+    assert reference.summary["applied"] >= 20_000
+    assert any(change["cause"] == "time" for change in reference.changes)
+    produce(env, events, AS_OF)
+    with running_workers(env, tmp_path) as (worker,):
+        worker.wait_ready()
+        wait_drained(env["SEGMENTS_KAFKA_BOOTSTRAP"], env["SEGMENTS_APP_ID"], topics.purchases)
+        segments = list(reference.memberships)
+        published = read_published(env["SEGMENTS_KAFKA_BOOTSTRAP"], topics, segments)
+        assert worker.stop() == 0
+    assert_equals_replay(published, reference)
+    assert memberships_from_changes(published.changes, segments) == reference.memberships

@@ -147,13 +147,21 @@ async def run_serving(
             redis_ok = bool(await client.ping())
             return redis_ok and (sink is None or sink.stats.redis_ok)
 
+        reader = None
+        if config.redis_url.startswith("redis://"):
+            from streams.sinks.redis import PipelinedReader
+
+            reader = PipelinedReader(config.redis_url)
         app = create_app(
             cache,
             segments=[segment.name for segment in ruleset.segments],
             api_token=config.api_token,
             ready=ready or default_ready,
             churn=churn,
+            reader=reader,
         )
+        if reader is not None:
+            app.on_cleanup.append(lambda _app: _close(reader))
         runner = aioweb.AppRunner(app, access_log=None)
         await runner.setup()
         port = config.web_port if web_port is None else web_port
@@ -175,6 +183,10 @@ async def run_serving(
         if runner is not None:
             await runner.cleanup()
         await client.aclose()
+
+
+async def _close(reader: Any) -> None:
+    reader.close()
 
 
 def _dispatch_config(config: ServingConfig):  # -> streams.triggers.DispatchConfig

@@ -18,8 +18,9 @@ from prometheus_client import (
     Gauge,
     generate_latest,
 )
+from redis.exceptions import RedisError
 
-from streams.sinks.redis import RedisCache, member_segments
+from streams.sinks.redis import PipelinedReader, RedisCache, member_segments
 
 SEGMENT_SIZE = Gauge(
     "segments_size", "Members of each segment (sum of its shards' SCARD).", ["segment"]
@@ -30,10 +31,17 @@ CACHE_KEY: web.AppKey[RedisCache] = web.AppKey("cache", RedisCache)
 _OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 
 
+_last_second: list[Any] = [-1, ""]
+
+
 def now_iso() -> str:
     """The wall clock as ISO-8601 UTC with milliseconds and a Z (the lookup's `as_of`)."""
-    now = datetime.now(UTC)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+    now = time.time()
+    second = int(now)
+    if second != _last_second[0]:  # strftime once a second, not per request
+        text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        _last_second[0], _last_second[1] = second, text
+    return f"{_last_second[1]}{int((now - second) * 1000):03d}Z"
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -52,15 +60,18 @@ def create_app(
     ready: Ready | None = None,
     registry: CollectorRegistry = REGISTRY,
     churn: Any = None,
+    reader: PipelinedReader | None = None,
 ) -> web.Application:
     """The serving API over one RedisCache.
 
     segments: the rule set's segment names (for /segments, /metrics and 404s on unknown
     names); api_token: when set, every path but /healthz and /readyz needs
     `Authorization: Bearer <token>`; ready: the /readyz hook (default: Redis answers PING);
-    churn: an optional ChurnHistory (streams.cache_sink) feeding /segments and the dashboard.
+    churn: an optional ChurnHistory (streams.cache_sink) feeding /segments and the dashboard;
+    reader: a PipelinedReader for the lookup's HGETALL (the hot path), else the client.
     """
     names = list(segments)
+    hgetall = reader.hgetall if reader is not None else None
     expected_auth = f"Bearer {api_token}".encode() if api_token else None
 
     @web.middleware
@@ -75,7 +86,11 @@ def create_app(
 
     async def customer_segments(request: web.Request) -> web.Response:
         customer_id = request.match_info["customer_id"]
-        fields = await cache.client.hgetall(cache.keys.customer(customer_id))
+        key = cache.keys.customer(customer_id)
+        try:
+            fields = await (hgetall(key) if hgetall is not None else cache.client.hgetall(key))
+        except (RedisError, OSError) as error:
+            return _error(503, "cache-unavailable", f"Redis did not answer: {type(error).__name__}")
         return _json(
             {
                 "customer_id": customer_id,

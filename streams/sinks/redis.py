@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import zlib
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
+import hiredis
 import orjson
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 SHARDS = 16
 _LUA = Path(__file__).with_name("lua")
@@ -222,3 +229,115 @@ def parse_cursor(cursor: str | None) -> tuple[int, int]:
 def connect(url: str) -> aioredis.Redis:
     """An asyncio Redis client for the cache (str replies, hiredis when installed)."""
     return aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=0)
+
+
+class PipelinedReader(asyncio.Protocol):
+    """One Redis connection that pipelines the lookup's HGETALLs from concurrent requests.
+
+    The checkout lookup is one HGETALL; redis-py's per-command pool checkout, health check
+    and parsing cost more CPU than Redis itself. Here every request writes its command to a
+    shared connection (flushed once per loop iteration) and waits for its reply in order;
+    hiredis parses. Connection loss fails the waiting requests; the next one reconnects.
+    """
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", ""):
+            raise ValueError("PipelinedReader supports redis:// URLs only")
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 6379
+        self.db = int(parts.path.lstrip("/") or 0)
+        self.username = unquote(parts.username) if parts.username else None
+        self.password = unquote(parts.password) if parts.password else None
+        self.transport: asyncio.Transport | None = None
+        self.waiters: deque[asyncio.Future[Any]] = deque()
+        self.pending: list[bytes] = []
+        self.flush_scheduled = False
+        self.connecting: asyncio.Future[None] | None = None
+        self.reader = hiredis.Reader(encoding="utf-8")
+
+    async def hgetall(self, key: str) -> dict[str, str]:
+        reply = await self.command(b"HGETALL", key.encode())
+        return dict(zip(reply[::2], reply[1::2], strict=True))
+
+    async def command(self, *parts: bytes) -> Any:
+        if self.transport is None:
+            await self._connect()
+        future = asyncio.get_running_loop().create_future()
+        self._send(parts, future)
+        return await future
+
+    def _send(self, parts: tuple[bytes, ...], future: asyncio.Future[Any]) -> None:
+        self.pending.append(b"*%d\r\n" % len(parts))
+        for part in parts:
+            self.pending.append(b"$%d\r\n%s\r\n" % (len(part), part))
+        self.waiters.append(future)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        if self.transport is not None and self.pending:
+            self.transport.write(b"".join(self.pending))
+        self.pending.clear()
+
+    async def _connect(self) -> None:
+        connecting = self.connecting
+        if connecting is None:
+            connecting = self.connecting = asyncio.ensure_future(self._open())
+            connecting.add_done_callback(self._connected)
+        await asyncio.shield(connecting)
+
+    def _connected(self, connecting: asyncio.Future[None]) -> None:
+        if self.connecting is connecting:
+            self.connecting = None
+        if not connecting.cancelled() and connecting.exception() is not None and self.transport:
+            self.transport.close()  # e.g. AUTH refused: start afresh next time
+
+    async def _open(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.reader = hiredis.Reader(encoding="utf-8")
+        await loop.create_connection(lambda: self, self.host, self.port)
+        setup = []
+        if self.password:
+            user = [self.username.encode()] if self.username else []
+            setup.append((b"AUTH", *user, self.password.encode()))
+        if self.db:
+            setup.append((b"SELECT", str(self.db).encode()))
+        futures = []
+        for parts in setup:
+            futures.append(loop.create_future())
+            self._send(parts, futures[-1])
+        for future in futures:
+            await future
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while (reply := self.reader.gets()) is not False:
+            future = self.waiters.popleft()
+            if future.done():  # the request was cancelled; its reply is still consumed
+                continue
+            if isinstance(reply, hiredis.ReplyError):
+                future.set_exception(ResponseError(str(reply)))
+            else:
+                future.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.pending.clear()
+        waiters, self.waiters = self.waiters, deque()
+        for future in waiters:
+            if not future.done():
+                future.set_exception(RedisConnectionError(f"Redis connection lost: {exc}"))
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()

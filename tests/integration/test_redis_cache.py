@@ -132,3 +132,36 @@ def test_applied_reports_the_previous_value_for_time_in_segment():
         assert result.previous == "1|1|2026-01-01T00:00:00Z"
 
     run(body)
+
+
+def test_pipelined_reader_answers_concurrent_lookups_in_order_and_reconnects():
+    from streams.sinks.redis import PipelinedReader
+
+    async def body(cache):
+        writes = [
+            w(f"c-{i}", "vip", 1, True, f"2026-01-01T00:00:{i % 60:02d}Z") for i in range(500)
+        ]
+        await cache.apply(writes)
+        reader = PipelinedReader(REDIS_URL)
+        try:
+            keys = [cache.keys.customer(f"c-{i}") for i in range(500)] * 4
+            replies = await asyncio.gather(*(reader.hgetall(key) for key in keys))
+            for i, reply in enumerate(replies):
+                assert reply == {"vip": f"1|1|2026-01-01T00:00:{i % 500 % 60:02d}Z"}
+            assert await reader.hgetall(cache.keys.customer("nobody")) == {}
+            # the server drops the connection: waiting requests fail, the next one reconnects
+            reader_id = await reader.command(b"CLIENT", b"ID")
+            await cache.client.client_kill_filter(_id=reader_id)
+            for _ in range(3):
+                try:
+                    await reader.hgetall(cache.keys.customer("c-1"))
+                    break
+                except Exception:
+                    continue
+            assert await reader.hgetall(cache.keys.customer("c-1")) == {
+                "vip": "1|1|2026-01-01T00:00:01Z"
+            }
+        finally:
+            reader.close()
+
+    run(body)

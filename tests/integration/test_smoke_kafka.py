@@ -56,7 +56,7 @@ def read_all(bootstrap: str, topic: str) -> list[Any]:
         def at_end() -> bool:
             for batch in consumer.poll(timeout_ms=200).values():
                 records.extend(batch)
-            return consumer.position(partition) >= end
+            return bool(consumer.position(partition) >= end)
 
         wait_until(at_end, 30, interval=0, what=f"end of {topic}")
         return records
@@ -237,7 +237,7 @@ def test_aiokafka_transactions_hide_aborted_writes(
             async def at_end() -> bool:
                 for batch in (await consumer.getmany(timeout_ms=200)).values():
                     values.extend(record.value for record in batch)
-                return await consumer.position(partition) >= end
+                return bool(await consumer.position(partition) >= end)
 
             await wait_until_async(at_end, 30, interval=0, what=f"end of {topic}")
             return values

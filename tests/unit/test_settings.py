@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from segments.data import EXAMPLE_RULES
-from streams.settings import Settings, SettingsError, Topics, load_settings, setting_names
+from streams.settings import SettingsError, Topics, load_settings, setting_names
 
 
 @pytest.fixture(autouse=True)
@@ -209,7 +209,7 @@ def test_topic_names_carry_the_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_unprefixed_topic_names_are_the_spec_names() -> None:
-    assert Settings().topics.all() == (
+    assert load_settings().topics.all() == (
         "purchases.pos",
         "purchases.online",
         "purchases",

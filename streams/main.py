@@ -36,3 +36,6 @@ cli.add_command(triggers_command)
 from streams.serving import serve_command  # noqa: E402
 
 cli.add_command(serve_command)
+from segments.generate import generate_command  # noqa: E402
+
+cli.add_command(generate_command, "generate")

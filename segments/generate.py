@@ -32,6 +32,9 @@ MAX_CUSTOMERS = 1 << 24
 # purchases; 0 = buys once). Most buy once or twice, a few very often.
 FREQUENCY_CLASSES = ((0.50, 0.0), (0.28, 120.0), (0.15, 45.0), (0.06, 14.0), (0.01, 5.0))
 MEAN_ACTIVE_DAYS = 300.0  # after the first purchase; then the customer lapses for good
+# Customers may have started buying up to this long before the first day, so the
+# window opens on a settled customer base rather than on an empty shop.
+HISTORY_DAYS = 730
 CURRENCY_SHARES = (("EUR", 0.88), ("USD", 0.07), ("GBP", 0.05))
 RATES_TO_EUR = {"EUR": 1.0, "USD": 0.92, "GBP": 1.17}  # the example rule set's rates
 STORES = {"EUR": [f"{n:04d}" for n in range(1, 10)], "GBP": ["0010", "0011"], "USD": ["0012"]}
@@ -192,7 +195,10 @@ class _World:
         self.end_micros = self.start_micros + days * MICROS_PER_DAY
         ordinal = start.toordinal()
         self.calendar = [date.fromordinal(ordinal + offset) for offset in range(days)]
-        self.season = [season(day) for day in self.calendar]
+        # indexed by day + HISTORY_DAYS: the history before the window has seasons too
+        self.season = [
+            season(date.fromordinal(ordinal + offset)) for offset in range(-HISTORY_DAYS, days)
+        ]
         self.peak = max(self.season)
         self.catalog = _catalog()
         categories = list(CATALOG)
@@ -213,7 +219,6 @@ class _World:
         rng = self.rng
         random_ = rng.random
         expovariate = rng.expovariate
-        days, season_by_day, peak = self.days, self.season, self.peak
         frequency = _cumulative_shares(FREQUENCY_CLASSES)
         habits = _cumulative_shares(CHANNEL_HABITS)
         currencies = _cumulative_shares(tuple((share, code) for code, share in CURRENCY_SHARES))
@@ -231,20 +236,7 @@ class _World:
             self.deal_seeker.append(random_() < DEAL_SEEKER_SHARE)
             online_share = _pick(habits, random_())
             mean_gap = _pick(frequency, random_())
-            while True:  # the first purchase follows the seasons too
-                moment = random_() * days
-                if random_() * peak < season_by_day[int(moment)]:
-                    break
-            moments = [moment]
-            if mean_gap:
-                last = min(float(days), moment + expovariate(1.0 / MEAN_ACTIVE_DAYS))
-                rate = peak / mean_gap
-                while True:
-                    moment += expovariate(rate)
-                    if moment >= last:
-                        break
-                    if random_() * peak < season_by_day[int(moment)]:
-                        moments.append(moment)
+            moments = self._purchase_days(mean_gap, random_, expovariate)
             for moment in moments:
                 online = random_() < online_share
                 hour = _pick(self.online_hours if online else self.pos_hours, random_())
@@ -258,6 +250,39 @@ class _World:
                 append((micros << 25) | (customer << 1) | online)
         keys.sort()
         return keys
+
+    def _purchase_days(self, mean_gap: float, random_: Any, expovariate: Any) -> list[float]:
+        """Purchase moments (days from the first day) of one customer, at least one in the window.
+
+        A customer starts buying at a seasonal moment in [-HISTORY_DAYS, days),
+        buys again at seasonally thinned exponential gaps while active, and
+        lapses after an exponential active period. Only moments inside the
+        window are kept; a customer with none is drawn again, so every
+        customer appears in the output.
+        """
+        days, history, season_by_day, peak = self.days, HISTORY_DAYS, self.season, self.peak
+        span = days + history
+        rate = peak / mean_gap if mean_gap else 0.0
+        while True:
+            while True:
+                first = random_() * span - history
+                if random_() * peak < season_by_day[int(first + history)]:
+                    break
+            if not mean_gap:
+                if first >= 0:
+                    return [first]
+                continue
+            moments = [first] if first >= 0 else []
+            last = min(float(days), first + expovariate(1.0 / MEAN_ACTIVE_DAYS))
+            moment = first
+            while True:
+                moment += expovariate(rate)
+                if moment >= last:
+                    break
+                if moment >= 0 and random_() * peak < season_by_day[int(moment) + history]:
+                    moments.append(moment)
+            if moments:
+                return moments
 
     # -- phase 2: what they buy, in time order ----------------------------
 
@@ -404,18 +429,18 @@ def _make_dirty(
     for occurred_at, document in clean:
         yield from release(occurred_at)
         raw = orjson.dumps(document)
-        draw = rng.random()
-        if draw < OUT_OF_ORDER_RATE:
-            delay = rng.randrange(600, 2 * 86_400) * 1_000_000
-            heapq.heappush(held, (occurred_at + delay, next(sequence), occurred_at, raw, "late"))
+        delivered_at = occurred_at
+        if rng.random() < OUT_OF_ORDER_RATE:
+            delivered_at += rng.randrange(600, 2 * 86_400) * 1_000_000
+            heapq.heappush(held, (delivered_at, next(sequence), occurred_at, raw, "late"))
         else:
             latest = max(latest, occurred_at)
             report.records += 1
             yield raw
-        if rng.random() < DUPLICATE_RATE:
+        if rng.random() < DUPLICATE_RATE:  # re-sent after the first delivery, never before
             delay = rng.randrange(0, 300) * 1_000_000
             heapq.heappush(
-                held, (occurred_at + delay, next(sequence), occurred_at, raw, "duplicate")
+                held, (delivered_at + delay, next(sequence), occurred_at, raw, "duplicate")
             )
         if rng.random() < MALFORMED_RATE:
             kind = next(malformed_kinds)

@@ -515,20 +515,18 @@ def _has_long_digit_run(raw: bytes) -> bool:
     return _LONG_DIGIT_RUN in bytes(raw).translate(_DIGIT_MARKS)
 
 
-def _replace_floats(node: Any) -> None:
+def _replace_floats(root: dict[str, Any]) -> None:
     """Replace every float in a parsed JSON tree by the Decimal of its shortest repr."""
-    if node.__class__ is dict:
-        for key, value in node.items():
+    # An explicit stack: orjson accepts nesting deeper than Python's recursion limit.
+    stack: list[Any] = [root]
+    while stack:
+        node = stack.pop()
+        pairs = node.items() if node.__class__ is dict else enumerate(node)
+        for key, value in pairs:
             if value.__class__ is float:
                 node[key] = Decimal(repr(value))
             elif value.__class__ is dict or value.__class__ is list:
-                _replace_floats(value)
-    elif node.__class__ is list:
-        for index, value in enumerate(node):
-            if value.__class__ is float:
-                node[index] = Decimal(repr(value))
-            elif value.__class__ is dict or value.__class__ is list:
-                _replace_floats(value)
+                stack.append(value)
 
 
 def _floats_to_decimals(obj: dict[str, Any]) -> None:
@@ -569,7 +567,10 @@ def _exact_int(text: str) -> int | Decimal | _UnreadableNumber:
 
 
 def _exact_loads(raw: bytes | str) -> Any:
-    return json.loads(raw, parse_float=_exact_float, parse_int=_exact_int)
+    try:
+        return json.loads(raw, parse_float=_exact_float, parse_int=_exact_int)
+    except RecursionError:  # orjson allows deeper nesting than the standard library
+        raise Rejection("invalid_json", "nested too deeply") from None
 
 
 def _reject_unreadable(

@@ -193,6 +193,11 @@ def test_unreadable_native_payloads_are_rejected(
     assert reason(lambda: from_shopify_order(raw, identities, CURRENCIES)) == expected
 
 
+def test_deep_nesting_and_floats_in_unknown_fields_are_fine(identities: IdentityMap) -> None:
+    raw = json.dumps(receipt(note="x")).encode().replace(b'"x"', b"[" * 1000 + b"1.5" + b"]" * 1000)
+    assert from_pos_receipt(raw, identities, CURRENCIES).total == Decimal("137.85")
+
+
 # --- Shopify-style orders ----------------------------------------------------
 
 

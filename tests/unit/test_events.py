@@ -295,6 +295,15 @@ def test_a_lone_surrogate_escape_is_invalid_json() -> None:
     assert reason_of(raw) == "invalid_json"
 
 
+def test_deep_nesting_in_an_unknown_field_is_fine_up_to_orjsons_limit() -> None:
+    deep = b"[" * 1000 + b"]" * 1000
+    raw = orjson.dumps(canonical(note="x")).replace(b'"x"', deep)
+    assert isinstance(decode_event(raw, CURRENCIES), Purchase)
+    # a float amount and a long digit run send it through the standard library
+    raw = raw.replace(b'"159.85"', b"159.85").replace(b'"0001"', b'"00000000000000001"')
+    assert reason_of(raw) == "invalid_json"
+
+
 def test_a_truncated_canonical_line_is_invalid_json() -> None:
     assert reason_of(orjson.dumps(canonical())[:-7]) == "invalid_json"
 

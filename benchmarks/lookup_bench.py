@@ -90,6 +90,33 @@ def ensure_wrk(install: bool) -> str:
     return shutil.which("wrk") or sys.exit("wrk still not found after apt-get install")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its reaped children, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> list[int]:
+    out = [pid]
+    for child in Path("/proc").glob("[0-9]*"):
+        try:
+            if int(child.joinpath("stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(child.name))
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
+
+
+def redis_pid(url: str) -> int | None:
+    import redis
+
+    try:
+        return int(redis.Redis.from_url(url).info("server")["process_id"])
+    except Exception:
+        return None
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -166,6 +193,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="HTTP server processes")
     parser.add_argument("--ingest", type=int, default=0, help="segment changes/s during run")
     parser.add_argument("--token", default="", help="bearer token to require and send")
+    parser.add_argument(
+        "--fast", action="store_true", help="target the checkout fast path (--lookup-port)"
+    )
     parser.add_argument("--install-wrk", action="store_true")
     args = parser.parse_args()
     duration = max(1, min(args.duration, 300))
@@ -175,6 +205,7 @@ def main() -> None:
     bootstrap = os.environ.get("SEGMENTS_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
     prefix = f"bench-{uuid.uuid4().hex[:8]}."
     port = free_port()
+    lookup_port = free_port() if args.fast else None
 
     async def setup() -> int:
         client = connect(redis_url)
@@ -204,6 +235,8 @@ def main() -> None:
     }
     command = [sys.executable, "-m", "streams", "serve", "--no-triggers", "--port", str(port)]
     command += ["--workers", str(args.workers)]
+    if lookup_port is not None:
+        command += ["--lookup-port", str(lookup_port)]
     if not args.ingest:
         command.append("--no-sink")
     server = subprocess.Popen(command, env=env, cwd=tempfile.gettempdir(), stderr=subprocess.PIPE)
@@ -217,10 +250,18 @@ def main() -> None:
         mean_delay_ms = 1000.0 * args.connections / args.rate
         wrk_command = [
             wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{duration}s",
-            "--timeout", "2s", "-s", script.name, f"http://127.0.0.1:{port}",
+            "--timeout", "2s", "-s", script.name, f"http://127.0.0.1:{lookup_port or port}",
             "--", str(args.customers), f"{mean_delay_ms:.3f}", args.token,
         ]  # fmt: skip
+        servers = process_tree(server.pid)
+        redis_process = redis_pid(redis_url)
+        cpu_before = {p: cpu_seconds(p) for p in [*servers, redis_process] if p}
+        wrk_before = os.times().children_user + os.times().children_system
         output = subprocess.run(wrk_command, capture_output=True, text=True, check=True).stdout
+        wrk_cpu = os.times().children_user + os.times().children_system - wrk_before
+        server_cpu = sum(cpu_seconds(p) - cpu_before[p] for p in servers)
+        redis_cpu = cpu_seconds(redis_process) - cpu_before[redis_process] if redis_process else 0
+        load = os.getloadavg()[0]
         os.unlink(script.name)
         line = next(x for x in output.splitlines() if x.startswith("WRKJSON "))
         result = json.loads(line.removeprefix("WRKJSON "))
@@ -244,7 +285,14 @@ def main() -> None:
             "p999_ms": result["p999_us"] / 1000,
             "max_ms": result["max_us"] / 1000,
             "errors": result["errors"],
+            "cpu_us_per_request": {
+                "server": round(server_cpu / max(1, result["requests"]) * 1e6, 1),
+                "redis": round(redis_cpu / max(1, result["requests"]) * 1e6, 1),
+                "wrk": round(wrk_cpu / max(1, result["requests"]) * 1e6, 1),
+            },
+            "load_average_1m_after": round(load, 2),
             "server_processes": args.workers,
+            "server": "fast-path protocol" if args.fast else "aiohttp",
             "event_loop": loop,
             "ingest_changes_per_s": args.ingest,
             "customers": args.customers,

@@ -91,6 +91,7 @@ async def run_serving(
     triggers: bool = True,
     web: bool = True,
     web_port: int | None = None,
+    lookup_port: int | None = None,
     ready: Any = None,
     started: asyncio.Event | None = None,
 ) -> None:
@@ -98,9 +99,10 @@ async def run_serving(
 
     `settings` is a streams.settings.Settings (or a ServingConfig). The worker process can
     start this beside Faust as one more task; give `web_port` (or web=False) when Faust's
-    own web server already holds the configured port. Each part has its own consumer group
-    and committed offsets, so it catches up by itself after any outage. If one part fails,
-    the others are stopped and the error is raised.
+    own web server already holds the configured port. `lookup_port` adds the checkout fast
+    path (streams.lookup.LookupProtocol: GET /customers/{id}/segments only). Each part has
+    its own consumer group and committed offsets, so it catches up by itself after any
+    outage. If one part fails, the others are stopped and the error is raised.
     """
     from aiohttp import web as aioweb
 
@@ -141,13 +143,13 @@ async def run_serving(
         )
         tasks.append(asyncio.create_task(dispatcher.run(stop), name="triggers"))
     runner = None
+    reader = None
     if web:
 
         async def default_ready() -> bool:
             redis_ok = bool(await client.ping())
             return redis_ok and (sink is None or sink.stats.redis_ok)
 
-        reader = None
         if config.redis_url.startswith("redis://"):
             from streams.sinks.redis import PipelinedReader
 
@@ -162,6 +164,20 @@ async def run_serving(
         )
         if reader is not None:
             app.on_cleanup.append(lambda _app: _close(reader))
+    lookup_server = None
+    if lookup_port is not None:
+        from streams.lookup import start_lookup_server
+        from streams.sinks.redis import PipelinedReader
+
+        lookup_reader = reader if reader is not None else PipelinedReader(config.redis_url)
+        lookup_server = await start_lookup_server(
+            lookup_reader,
+            host=config.web_host,
+            port=lookup_port,
+            prefix=config.redis_prefix,
+            api_token=config.api_token,
+        )
+        log.info("serving_lookup host=%s port=%d", config.web_host, lookup_port)
         runner = aioweb.AppRunner(app, access_log=None)
         await runner.setup()
         port = config.web_port if web_port is None else web_port
@@ -180,6 +196,9 @@ async def run_serving(
                 raise result
     finally:
         waiter.cancel()
+        if lookup_server is not None:
+            lookup_server.close()
+            lookup_reader.close()
         if runner is not None:
             await runner.cleanup()
         await client.aclose()
@@ -199,13 +218,17 @@ def _dispatch_config(config: ServingConfig):  # -> streams.triggers.DispatchConf
 @click.option("--no-sink", is_flag=True, help="do not run the segment-changes -> Redis sink")
 @click.option("--no-triggers", is_flag=True, help="do not run the webhook dispatcher")
 @click.option("--port", type=int, default=None, help="HTTP port (default SEGMENTS_WEB_PORT)")
+@click.option("--lookup-port", type=int, default=None,
+              help="also serve the checkout fast path (lookup only) on this port")  # fmt: skip
 @click.option("--workers", type=int, default=1, show_default=True,
               help="HTTP processes sharing the port (SO_REUSEPORT); 1 = this one only")  # fmt: skip
-def serve_command(no_sink: bool, no_triggers: bool, port: int | None, workers: int) -> None:
+def serve_command(
+    no_sink: bool, no_triggers: bool, port: int | None, lookup_port: int | None, workers: int
+) -> None:
     """Serve the lookup API, and run the cache sink and triggers, without the Faust worker."""
     config = ServingConfig.load()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    extra = [_spawn_web_only(port) for _ in range(max(0, workers - 1))]
+    extra = [_spawn_web_only(port, lookup_port) for _ in range(max(0, workers - 1))]
     try:
         _run_until_signal(
             lambda stop: run_serving(
@@ -214,6 +237,7 @@ def serve_command(no_sink: bool, no_triggers: bool, port: int | None, workers: i
                 cache_sink=not no_sink,
                 triggers=not no_triggers,
                 web_port=port,
+                lookup_port=lookup_port,
             )
         )
     finally:
@@ -223,13 +247,15 @@ def serve_command(no_sink: bool, no_triggers: bool, port: int | None, workers: i
             process.wait(timeout=10)
 
 
-def _spawn_web_only(port: int | None):  # -> subprocess.Popen
+def _spawn_web_only(port: int | None, lookup_port: int | None):  # -> subprocess.Popen
     import subprocess
     import sys
 
     command = [sys.executable, "-m", "streams", "serve", "--no-sink", "--no-triggers"]
     if port is not None:
         command += ["--port", str(port)]
+    if lookup_port is not None:
+        command += ["--lookup-port", str(lookup_port)]
     return subprocess.Popen(command)
 
 

@@ -260,6 +260,23 @@ class PipelinedReader(asyncio.Protocol):
         reply = await self.command(b"HGETALL", key.encode())
         return dict(zip(reply[::2], reply[1::2], strict=True))
 
+    def hgetall_future(self, key: str) -> asyncio.Future[Any]:
+        """HGETALL as a future of the raw flat reply list (for callback-style callers)."""
+        future = asyncio.get_running_loop().create_future()
+        if self.transport is None:
+            connecting = asyncio.ensure_future(self._connect())
+
+            def send(done: asyncio.Future[None]) -> None:
+                if done.exception() is not None:
+                    future.set_exception(done.exception())  # type: ignore[arg-type]
+                else:
+                    self._send((b"HGETALL", key.encode()), future)
+
+            connecting.add_done_callback(send)
+        else:
+            self._send((b"HGETALL", key.encode()), future)
+        return future
+
     async def command(self, *parts: bytes) -> Any:
         if self.transport is None:
             await self._connect()
@@ -313,8 +330,7 @@ class PipelinedReader(asyncio.Protocol):
             await future
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

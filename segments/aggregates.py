@@ -213,7 +213,7 @@ def ensure_lifetime_keys(
             if order.net > 0 and matches(order, key):
                 _contribute(lifetime, key, order, 1)
         for adjustment in state.adjustments:
-            if _adjustment_matches(adjustment, key):
+            if adjustment_matches(adjustment, key):
                 lifetime.spend += adjustment.amount
         state.lifetime[key] = lifetime
 
@@ -221,11 +221,11 @@ def ensure_lifetime_keys(
 def add_adjustment(state: CustomerState, adjustment: Adjustment) -> None:
     insort(state.adjustments, adjustment)
     for key, lifetime in state.lifetime.items():
-        if _adjustment_matches(adjustment, key):
+        if adjustment_matches(adjustment, key):
             lifetime.spend += adjustment.amount
 
 
-def _adjustment_matches(adjustment: Adjustment, key: FilterKey) -> bool:
+def adjustment_matches(adjustment: Adjustment, key: FilterKey) -> bool:
     # An adjustment has no lines, so a category-filtered spend never sees it.
     channel, category, season = key
     return (

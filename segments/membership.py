@@ -19,7 +19,9 @@ from segments.aggregates import (
     Order,
     add_adjustment,
     add_order,
+    adjustment_matches,
     ensure_lifetime_keys,
+    matches,
     prune,
     refund_order,
 )
@@ -30,6 +32,7 @@ from segments.money import to_base
 from segments.rules.evaluator import CompiledRules
 
 ZERO = Decimal(0)
+_ANY = (None, None, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,20 +220,21 @@ def next_deadline(state: CustomerState, rules: CompiledRules, now: int) -> int |
     today = rules.calendar.day_of(now)
     best: int | None = None
     orders = state.orders
-    for window in rules.windows:
-        for order in orders:
-            if order.net > ZERO:
-                day = order.day + window
-                if day > today:
-                    if best is None or day < best:
-                        best = day
-                    break  # records are ordered by day: later ones leave later
-        for adjustment in state.adjustments:
-            day = adjustment.day + window
-            if day > today:
+    for window, key, with_adjustments in rules.window_filters:
+        filtered = key != _ANY
+        for order in orders:  # ordered by day: the first match leaves its window first
+            day = order.day + window
+            if day > today and order.net > ZERO and (not filtered or matches(order, key)):
                 if best is None or day < best:
                     best = day
                 break
+        if with_adjustments:
+            for adjustment in state.adjustments:
+                day = adjustment.day + window
+                if day > today and adjustment_matches(adjustment, key):
+                    if best is None or day < best:
+                        best = day
+                    break
     for index, number in rules.day_thresholds:
         spec = rules.specs[index]
         if spec.within_days is None:
@@ -242,9 +246,9 @@ def next_deadline(state: CustomerState, rules: CompiledRules, now: int) -> int |
         else:
             bases = [o.day for o in orders if o.net > ZERO]
         for base in bases:
-            for day in (base + number, base + number + 1):
-                if day > today and (best is None or day < best):
-                    best = day
+            day = base + number
+            if day > today and (best is None or day < best):
+                best = day
     instant = rules.calendar.midnight(best) if best is not None else None
     for segment in rules.ruleset.segments:
         if segment.min_dwell is None:

@@ -2,40 +2,40 @@
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
+# name -> "module:attribute". Commands are imported only when run, so `segments
+# replay` does not pay for importing Faust, aiokafka and redis.
+COMMANDS = {
+    "replay": "streams.replay_command:replay_command",
+    "validate": "segments.rules.validate:validate_command",
+    "generate": "segments.generate:generate_command",
+    "produce": "streams.produce:produce_command",
+    "worker": "streams.worker:worker_command",
+    "serve": "streams.serving:serve_command",
+    "lookup": "streams.lookup:lookup_command",
+    "resync-cache": "streams.resync:resync_command",
+    "triggers": "streams.triggers:triggers_command",
+}
 
-@click.group()
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None or cmd_name not in COMMANDS:
+            return command
+        module_name, attribute = COMMANDS[cmd_name].split(":")
+        loaded = getattr(importlib.import_module(module_name), attribute)
+        assert isinstance(loaded, click.Command)
+        return loaded
+
+
+@click.group(cls=LazyGroup)
 @click.version_option(package_name="purchase-segments")
 def cli() -> None:
     """purchase-segments: real-time customer segments from purchase events."""
-
-
-# Commands register themselves here, one line each, so modules stay independent.
-from streams.replay_command import replay_command  # noqa: E402
-
-cli.add_command(replay_command)
-from segments.rules.validate import validate_command  # noqa: E402
-
-cli.add_command(validate_command)
-from streams.produce import produce_command  # noqa: E402
-
-cli.add_command(produce_command)
-from streams.worker import worker_command  # noqa: E402
-
-cli.add_command(worker_command)
-from streams.resync import resync_command  # noqa: E402
-
-cli.add_command(resync_command)
-from streams.lookup import lookup_command  # noqa: E402
-
-cli.add_command(lookup_command)
-from streams.triggers import triggers_command  # noqa: E402
-
-cli.add_command(triggers_command)
-from streams.serving import serve_command  # noqa: E402
-
-cli.add_command(serve_command)
-from segments.generate import generate_command  # noqa: E402
-
-cli.add_command(generate_command, "generate")

@@ -69,9 +69,12 @@ class CompiledRules:
     keep_categories: frozenset[str] | None  # None: keep every category
     lifetime_categories: bool  # lifetime accumulators track category sets
     windows: tuple[int, ...]
+    # (days, filter, whether unknown-order returns count): each distinct windowed filter
+    window_filters: tuple[tuple[int, FilterKey, bool], ...]
     horizon_days: int  # order records older than this many days are pruned
     seen_days: int  # how long ids of returns are remembered (max_lateness)
-    day_thresholds: tuple[tuple[int, int], ...]  # (spec index, floor of the compared number)
+    # (spec index, k): a days-since comparison flips on the day the value reaches k
+    day_thresholds: tuple[tuple[int, int], ...]
     segment_metrics: tuple[tuple[tuple[str, int], ...], ...]  # per segment: (label, spec index)
     evaluate: Callable[[CustomerState, int], Evaluation]
     source: str  # the generated code, for debugging and docs
@@ -106,9 +109,12 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
             return _literal(expr.value), None
         raise ValueError(f"line {expr.line}: expected a metric or a number")
 
-    def note_threshold(index: int | None, other: Expr) -> None:
-        if index is not None and specs[index].name in DAYS_SINCE and isinstance(other, Number):
-            thresholds.add((index, math.floor(other.value)))
+    def note_threshold(index: int | None, op: str, other: Expr) -> None:
+        """Record the days-since values at which `value op number` changes truth."""
+        if index is None or specs[index].name not in DAYS_SINCE or not isinstance(other, Number):
+            return
+        for value in _flip_values(op, other.value):
+            thresholds.add((index, value))
 
     def guard(*indexes: int | None) -> str:
         checks = [
@@ -129,8 +135,8 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
             left, li = operand(expr.left)
             right, ri = operand(expr.right)
             used.update(i for i in (li, ri) if i is not None)
-            note_threshold(li, expr.right)
-            note_threshold(ri, expr.left)
+            note_threshold(li, expr.op, expr.right)
+            note_threshold(ri, _MIRRORED[expr.op], expr.left)
             test = f"{left} {expr.op} {right}"
             checks = guard(li, ri)
             return f"({checks} and {test})" if checks else f"({test})"
@@ -140,8 +146,8 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
             high, _ = operand(expr.high)
             if vi is not None:
                 used.add(vi)
-            note_threshold(vi, expr.low)
-            note_threshold(vi, expr.high)
+            note_threshold(vi, ">=", expr.low)
+            note_threshold(vi, "<=", expr.high)
             test = f"{low} <= {value} <= {high}"
             checks = guard(vi)
             return f"({checks} and {test})" if checks else f"({test})"
@@ -175,6 +181,17 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
             s.name == "distinct_categories" and s.within_days is None for s in specs
         ),
         windows=windows,
+        window_filters=tuple(
+            dict.fromkeys(
+                (
+                    s.within_days,
+                    s.key,
+                    s.name in ("spend", "avg_order_value") and s.category is None,
+                )
+                for s in specs
+                if s.within_days is not None
+            )
+        ),
         horizon_days=max((*windows, seen_days)),
         seen_days=seen_days,
         day_thresholds=tuple(sorted(thresholds)),
@@ -184,6 +201,20 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
         evaluate=evaluate,
         source=source,
     )
+
+
+_MIRRORED = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
+
+
+def _flip_values(op: str, number: Decimal) -> tuple[int, ...]:
+    """Integer values v at which `v op number` differs from `v - 1 op number`."""
+    if op in (">", "<="):
+        return (math.floor(number) + 1,)
+    if op in (">=", "<"):
+        return (math.ceil(number),)
+    if number == number.to_integral_value():  # == and != flip entering and leaving n
+        return (int(number), int(number) + 1)
+    return ()
 
 
 def _literal(value: Decimal) -> str:

@@ -164,6 +164,11 @@ async def run_serving(
         )
         if reader is not None:
             app.on_cleanup.append(lambda _app: _close(reader))
+        runner = aioweb.AppRunner(app, access_log=None)
+        await runner.setup()
+        port = config.web_port if web_port is None else web_port
+        await aioweb.TCPSite(runner, config.web_host, port, reuse_port=True).start()
+        log.info("serving_web host=%s port=%d", config.web_host, port)
     lookup_server = None
     if lookup_port is not None:
         from streams.lookup import start_lookup_server
@@ -178,11 +183,6 @@ async def run_serving(
             api_token=config.api_token,
         )
         log.info("serving_lookup host=%s port=%d", config.web_host, lookup_port)
-        runner = aioweb.AppRunner(app, access_log=None)
-        await runner.setup()
-        port = config.web_port if web_port is None else web_port
-        await aioweb.TCPSite(runner, config.web_host, port, reuse_port=True).start()
-        log.info("serving_web host=%s port=%d", config.web_host, port)
     if started is not None:
         started.set()
     waiter = asyncio.create_task(stop.wait(), name="stop")

@@ -89,8 +89,9 @@ def change(customer, segment, seq, at):
 def test_a_change_on_kafka_is_answered_by_the_lookup_api_and_cli(config):
     async def main():
         stop, started = asyncio.Event(), asyncio.Event()
+        lookup_port = free_port()
         serving = asyncio.create_task(
-            run_serving(config, stop=stop, triggers=False, started=started)
+            run_serving(config, stop=stop, triggers=False, started=started, lookup_port=lookup_port)
         )
         await asyncio.wait_for(started.wait(), 30)
         base = f"http://127.0.0.1:{config.web_port}"
@@ -132,6 +133,9 @@ def test_a_change_on_kafka_is_answered_by_the_lookup_api_and_cli(config):
                     assert 'segments_size{segment="vip"} 1.0' in text
                 async with http.get(f"{base}/readyz") as r:
                     assert r.status == 200
+                fast = f"http://127.0.0.1:{lookup_port}/customers/c-42/segments"
+                async with http.get(fast, headers=auth) as r:
+                    assert (await r.json())["segments"] == body["segments"]
 
             env = {
                 **{k: v for k, v in os.environ.items() if not k.startswith("SEGMENTS_")},

@@ -17,9 +17,10 @@ from typing import Any
 
 import orjson
 
-from segments.aggregates import state_from_bytes, state_to_bytes
-from segments.changes import ENTERED
-from segments.events import ClockMark, Purchase, Rejection, Return, decode_event
+from segments.adapters import IdentityMap, from_pos_receipt, from_shopify_order
+from segments.aggregates import CustomerState, state_from_bytes, state_to_bytes
+from segments.changes import ENTERED, EXITED, format_instant
+from segments.events import ClockMark, Purchase, Rejection, Return, decode_event, encode_event
 from segments.membership import DuplicateEvent, Tick, step
 from segments.rules.evaluator import CompiledRules
 from streams.app import SegmentsApp
@@ -34,29 +35,31 @@ CLOCK_KEY = b"\x00clock:"  # + partition number; never a customer id (ids are te
 
 @dataclass
 class CustomerRecord:
-    """The table value: header [format, clock, due, outbox] newline serialized CustomerState.
+    """The table value: header [format, clock, due, offset, outbox] newline CustomerState.
 
     `due` is copied out of the state so the deadline index is rebuilt without
-    decoding states; `clock` is the partition clock when it was written, so
-    the largest one restores the partition's event clock after a restart.
+    decoding states; `clock` is the partition clock and `offset` the `purchases`
+    offset being handled when it was written: the largest of each restore the
+    partition's event clock and tell re-delivered messages from new ones.
     """
 
     clock: int | None
     due: int | None
+    offset: int
     outbox: list[dict[str, Any]]  # Change.to_dict() of changes not yet acknowledged by Kafka
     state: bytes
 
     def to_bytes(self) -> bytes:
-        header = orjson.dumps([RECORD_FORMAT, self.clock, self.due, self.outbox])
+        header = orjson.dumps([RECORD_FORMAT, self.clock, self.due, self.offset, self.outbox])
         return header + b"\n" + self.state
 
     @classmethod
     def from_bytes(cls, data: bytes) -> CustomerRecord:
         header, _, state = data.partition(b"\n")
-        fmt, clock, due, outbox = orjson.loads(header)
+        fmt, clock, due, offset, outbox = orjson.loads(header)
         if fmt != RECORD_FORMAT:
             raise ValueError(f"customer record format {fmt} is not {RECORD_FORMAT}")
-        return cls(clock, due, outbox, state)
+        return cls(clock, due, offset, outbox, state)
 
 
 def membership_value(change: dict[str, Any]) -> bytes | None:
@@ -73,6 +76,20 @@ def membership_value(change: dict[str, Any]) -> bytes | None:
             "rules_version": change["rules_version"],
         }
     )
+
+
+def current_membership_change(state: CustomerState, segment: str) -> dict[str, Any]:
+    """The state's membership of a segment, shaped like the change that led to it."""
+    membership = state.memberships[segment]
+    return {
+        "customer_id": state.customer_id,
+        "segment": segment,
+        "change": ENTERED if membership.member else EXITED,
+        "at": format_instant(membership.since),
+        "seq": membership.seq,
+        "change_id": f"{state.customer_id}:{segment}:{membership.seq}",
+        "rules_version": state.rules_version,
+    }
 
 
 class SegmentProcessor:
@@ -93,11 +110,13 @@ class SegmentProcessor:
     def producer(self) -> Any:
         return self.segments_app.app.producer
 
-    def keep_only(self, partitions: set[int]) -> None:
-        """After a rebalance: forget partitions no longer owned (rebuilt if they come back)."""
-        for partition in list(self.partitions):
-            if partition not in partitions:
-                del self.partitions[partition]
+    def forget_partitions(self) -> None:
+        """After a rebalance every partition is opened again from the table.
+
+        Faust re-runs recovery and seeks kept partitions back to their committed
+        offsets, so in-memory clocks and indexes could be ahead of what comes next.
+        """
+        self.partitions.clear()
 
     async def handle(self, topic: str, partition: int, offset: int, key: Any, value: Any) -> None:
         part = self.partitions.get(partition)
@@ -112,6 +131,8 @@ class SegmentProcessor:
                 await self._advance(part, wall_now())
             return
         self.counts["messages"] += 1
+        redelivered = offset <= part.handled_offset
+        part.offset = max(part.offset, offset)
         try:
             item = decode_event(value or b"", self.currencies)
             if not isinstance(item, ClockMark):
@@ -137,7 +158,7 @@ class SegmentProcessor:
                 return
         # Time-driven changes of every customer here come before this event.
         await self._advance(part, now)
-        await self._apply(part, item, now, key, value, source)
+        await self._apply(part, item, now, key, value, source, redelivered)
         if self.event_clock:
             self._persist_clock(part)
 
@@ -155,6 +176,7 @@ class SegmentProcessor:
         key: Any,
         value: Any,
         source: tuple[str, int, int],
+        redelivered: bool,
     ) -> None:
         customer_id = event.customer_id
         record = self._load(customer_id)
@@ -167,6 +189,11 @@ class SegmentProcessor:
             log.debug("duplicate_event partition=%d offset=%d", source[1], source[2])
             return
         except Rejection as rejection:
+            if redelivered and rejection.reason == "too_late":
+                # Applied before a crash, and its id is no longer remembered
+                # (ids are kept for max_lateness): a duplicate, not a late event.
+                self.counts["duplicates"] += 1
+                return
             await self._reject(key, value, rejection, source)
             return
         self.counts["applied"] += 1
@@ -205,16 +232,25 @@ class SegmentProcessor:
             outbox = [change for change in outbox if change["change_id"] not in acked]
         new = [change.to_dict() for change in changes]
         self.table[customer_id.encode()] = CustomerRecord(
-            part.clock, state.due, outbox + new, state_to_bytes(state)
+            part.clock, state.due, part.offset, outbox + new, state_to_bytes(state)
         ).to_bytes()
         part.persisted_clock = part.clock
         if new:
             await self._publish(part, customer_id, new)
 
     async def _publish(
-        self, part: PartitionTime, customer_id: str, changes: list[dict[str, Any]]
+        self,
+        part: PartitionTime,
+        customer_id: str,
+        changes: list[dict[str, Any]],
+        state: CustomerState | None = None,
     ) -> None:
-        """Send changes and membership records; once Kafka acknowledges all, mark them acked."""
+        """Send changes and membership records; once Kafka acknowledges all, mark them acked.
+
+        Republishing an outbox passes the current `state`: the membership records
+        then come from it, so an old change sent again never overwrites a newer
+        membership in the compacted topic.
+        """
         send = self.producer.send
         key = customer_id.encode()
         futures = []
@@ -223,11 +259,14 @@ class SegmentProcessor:
             futures.append(
                 await send(self.names.segment_changes, key, orjson.dumps(change), None, None, None)
             )
-            membership_key = f"{customer_id}|{change['segment']}".encode()
+        segments = {change["segment"]: change for change in changes}  # the last of each
+        for segment, change in segments.items():
+            if state is not None:
+                change = current_membership_change(state, segment)
             futures.append(
                 await send(
                     self.names.segment_memberships,
-                    membership_key,
+                    f"{customer_id}|{segment}".encode(),
                     membership_value(change),
                     None,
                     None,
@@ -259,7 +298,9 @@ class SegmentProcessor:
     def _persist_clock(self, part: PartitionTime) -> None:
         """Write the clock when no customer record carried it (a mark, a duplicate)."""
         if part.clock is not None and part.clock != part.persisted_clock:
-            self.table[CLOCK_KEY + str(part.partition).encode()] = str(part.clock).encode()
+            self.table[CLOCK_KEY + str(part.partition).encode()] = orjson.dumps(
+                [part.clock, part.offset]
+            )
             part.persisted_clock = part.clock
 
     async def _open(self, partition: int) -> PartitionTime:
@@ -267,12 +308,14 @@ class SegmentProcessor:
         part = PartitionTime(partition)
         # Faust's RocksDB store keeps one database per partition; reading it
         # directly is the only way to list one partition's keys.
-        db = self.table.data._db_for_partition(partition)
-        pending: list[tuple[str, list[dict[str, Any]]]] = []
+        store = self.table.data
+        pending: list[tuple[str, CustomerRecord]] = []
         customers = 0
-        for key, value in db.items():
+        for key, value in store._visible_items(store._db_for_partition(partition)):
             if key.startswith(CLOCK_KEY):
-                part.advance_clock(int(value))
+                clock, offset = orjson.loads(value)
+                part.advance_clock(clock)
+                part.handled_offset = max(part.handled_offset, offset)
                 continue
             record = CustomerRecord.from_bytes(value)
             customer_id = key.decode()
@@ -281,10 +324,12 @@ class SegmentProcessor:
                 part.deadlines.append((record.due, customer_id))
             if record.clock is not None:
                 part.advance_clock(record.clock)
+            part.handled_offset = max(part.handled_offset, record.offset)
             if record.outbox:
-                pending.append((customer_id, record.outbox))
+                pending.append((customer_id, record))
         heapq.heapify(part.deadlines)
         part.persisted_clock = part.clock
+        part.offset = part.handled_offset
         self.partitions[partition] = part
         log.info(
             "partition_opened partition=%d customers=%d deadlines=%d clock=%s republish=%d",
@@ -292,10 +337,11 @@ class SegmentProcessor:
             customers,
             len(part.deadlines),
             part.clock,
-            sum(len(outbox) for _, outbox in pending),
+            sum(len(record.outbox) for _, record in pending),
         )
-        for customer_id, outbox in pending:
-            await self._publish(part, customer_id, outbox)
+        for customer_id, record in pending:
+            state = state_from_bytes(customer_id, record.state)
+            await self._publish(part, customer_id, record.outbox, state)
         return part
 
     async def _reject(
@@ -313,7 +359,51 @@ class SegmentProcessor:
         )
 
 
-def register_agents(segments_app: SegmentsApp, processor: SegmentProcessor) -> None:
+class AdapterProcessor:
+    """Native POS receipts and online orders -> canonical events on `purchases`, keyed by customer.
+
+    The canonical event goes through the same topic as every other producer's,
+    so the segment agent sees one stream per customer and dedupes on event_id.
+    """
+
+    def __init__(
+        self, segments_app: SegmentsApp, rules: CompiledRules, identities: IdentityMap
+    ) -> None:
+        self.segments_app = segments_app
+        self.names = segments_app.names
+        self.identities = identities
+        ruleset = rules.ruleset
+        self.currencies = frozenset((ruleset.base_currency, *ruleset.rates))
+        self.counts: Counter[str] = Counter()
+
+    async def handle(self, topic: str, partition: int, offset: int, key: Any, value: Any) -> None:
+        producer = self.segments_app.app.producer
+        try:
+            if topic == self.names.purchases_pos:
+                event = from_pos_receipt(value or b"", self.identities, self.currencies)
+            else:
+                event = from_shopify_order(value or b"", self.identities, self.currencies)
+        except Rejection as rejection:
+            self.counts[f"adapter_rejected.{rejection.reason}"] += 1
+            await dead_letter(
+                producer,
+                self.names.purchases_dlq,
+                key,
+                value,
+                rejection.reason,
+                rejection.message,
+                (topic, partition, offset),
+            )
+            return
+        self.counts["adapted"] += 1
+        await producer.send(
+            self.names.purchases, event.customer_id.encode(), encode_event(event), None, None, None
+        )
+
+
+def register_agents(
+    segments_app: SegmentsApp, processor: SegmentProcessor, adapter: AdapterProcessor
+) -> None:
     """Attach the agents, the tick timer and the rebalance hook to the app."""
     app = segments_app.app
     names = segments_app.names
@@ -327,6 +417,14 @@ def register_agents(segments_app: SegmentsApp, processor: SegmentProcessor) -> N
                 message.topic, message.partition, message.offset, event.key, event.value
             )
 
+    @app.agent(segments_app.native, concurrency=1, name="adapter")
+    async def adapter_agent(stream: Any) -> None:
+        async for event in stream.events():
+            message = event.message
+            await adapter.handle(
+                message.topic, message.partition, message.offset, event.key, event.value
+            )
+
     @app.timer(interval=interval)
     async def send_ticks() -> None:
         for tp in app.consumer.assignment():
@@ -335,12 +433,10 @@ def register_agents(segments_app: SegmentsApp, processor: SegmentProcessor) -> N
 
     @app.timer(interval=5.0)
     async def log_counts() -> None:
-        if processor.counts:
-            log.info(
-                "worker_counts %s",
-                " ".join(f"{k}={v}" for k, v in sorted(processor.counts.items())),
-            )
+        counts = processor.counts + adapter.counts
+        if counts:
+            log.info("worker_counts %s", " ".join(f"{k}={v}" for k, v in sorted(counts.items())))
 
     @app.on_partitions_assigned.connect
     async def on_assigned(app_: Any, assigned: set[Any], **kwargs: Any) -> None:
-        processor.keep_only({tp.partition for tp in assigned if tp.topic == names.purchases})
+        processor.forget_partitions()

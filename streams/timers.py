@@ -36,6 +36,8 @@ class PartitionTime:
     partition: int
     clock: int | None = None
     persisted_clock: int | None = None  # the largest clock already written to the table
+    offset: int = -1  # the largest `purchases` offset handled
+    handled_offset: int = -1  # the largest offset found in the table when the partition opened
     deadlines: list[tuple[int, str]] = field(default_factory=list)
     acked: dict[str, set[str]] = field(default_factory=dict)  # customer -> published change ids
 

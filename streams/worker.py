@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+from pathlib import Path
 from typing import Any
 
 import click
 
+from segments.adapters import IdentityMap
 from segments.rules.evaluator import compile_rules
 from segments.rules.validate import load_ruleset_or_exit
-from streams.agents import SegmentProcessor, register_agents
+from streams.agents import AdapterProcessor, SegmentProcessor, register_agents
 from streams.app import SegmentsApp, create_app
 from streams.config import WorkerConfig, load_config
 from streams.topics import ensure_topics
@@ -23,7 +27,9 @@ def build_worker_app(config: WorkerConfig) -> tuple[SegmentsApp, SegmentProcesso
     rules = compile_rules(load_ruleset_or_exit(config.rules or EXAMPLE_RULES))
     segments_app = create_app(config)
     processor = SegmentProcessor(segments_app, rules)
-    register_agents(segments_app, processor)
+    # No identity file is configured yet: native ids stand for their own customers.
+    adapter = AdapterProcessor(segments_app, rules, IdentityMap())
+    register_agents(segments_app, processor, adapter)
     register_pages(segments_app)
     return segments_app, processor
 
@@ -43,6 +49,33 @@ def register_pages(segments_app: SegmentsApp) -> None:
         return web.json({"ready": ready}, status=200 if ready else 503)
 
 
+RUNNING_MARKER = "worker.running"
+
+
+def prepare_data_dir(data_dir: Path) -> bool:
+    """Make the local state safe to use; True when it was discarded after an unclean stop.
+
+    Faust (at-least-once) writes RocksDB before the changelog record is
+    acknowledged, and on restart replays the changelog only from the last
+    acknowledged offset. After a crash the local store can therefore hold writes
+    the changelog lacks, and the replay then rolls some keys back but not
+    others: a state no run ever had. The changelog itself is always a prefix of
+    the writes, so after an unclean stop the local state is dropped and the
+    table is restored from the changelog alone.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    marker = data_dir / RUNNING_MARKER
+    unclean = marker.exists()
+    if unclean:
+        for child in data_dir.iterdir():
+            if child.is_dir():
+                shutil.rmtree(child)
+            elif child != marker:
+                child.unlink()
+    marker.write_text(f"{os.getpid()}\n")
+    return unclean
+
+
 @click.command("worker")
 def worker_command() -> None:
     """Run the streaming worker (Faust) with the SEGMENTS_* configuration."""
@@ -50,6 +83,9 @@ def worker_command() -> None:
 
     config = load_config()
     ensure_topics(config.kafka_bootstrap, config.names, config.partitions)
+    if prepare_data_dir(config.data_dir):
+        # Faust has not set up logging yet.
+        click.echo("unclean_stop_detected local_state=discarded restore=changelog", err=True)
     segments_app, _ = build_worker_app(config)
     log.info(
         "worker_starting app_id=%s clock=%s partitions=%d prefix=%r",
@@ -61,4 +97,9 @@ def worker_command() -> None:
     # faust.Worker installs SIGTERM/SIGINT handlers that stop the app cleanly
     # (commit offsets, flush the producer, close RocksDB).
     worker = faust.Worker(segments_app.app, loglevel="info")
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as stop:
+        if stop.code in (0, None):
+            (config.data_dir / RUNNING_MARKER).unlink(missing_ok=True)
+        raise

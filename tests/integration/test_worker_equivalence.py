@@ -18,6 +18,7 @@ from tests.integration.worker_harness import (
     memberships_from_changes,
     produce,
     read_published,
+    read_topic,
     replay_reference,
     running_workers,
     synthetic_events,
@@ -46,6 +47,8 @@ def test_generated_events_equal_replay(
         wait_drained(env["SEGMENTS_KAFKA_BOOTSTRAP"], env["SEGMENTS_APP_ID"], topics.purchases)
         segments = list(reference.memberships)
         published = read_published(env["SEGMENTS_KAFKA_BOOTSTRAP"], topics, segments)
+        dead = read_topic(env["SEGMENTS_KAFKA_BOOTSTRAP"], topics.purchases_dlq)
         assert worker.stop() == 0
+    assert dead == [], "replay rejects nothing"
     assert_equals_replay(published, reference)
     assert memberships_from_changes(published.changes, segments) == reference.memberships

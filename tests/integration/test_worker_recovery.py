@@ -20,6 +20,7 @@ from tests.integration.worker_harness import (
     end_offsets,
     produce,
     read_published,
+    read_topic,
     replay_reference,
     synthetic_events,
     wait_drained,
@@ -72,6 +73,8 @@ def test_sigkill_mid_stream_then_restart_equals_replay(
     finally:
         first.kill()
         second.kill()
+    assert "unclean_stop_detected" in second.log_text()
+    assert read_topic(bootstrap, topics.purchases_dlq) == [], "nothing is rejected by replay"
     assert_equals_replay(published, reference, ordered=False)
 
 
@@ -96,4 +99,5 @@ def test_second_worker_joins_mid_stream_equals_replay(
     finally:
         first.kill()
         second.kill()
+    assert read_topic(bootstrap, topics.purchases_dlq) == [], "nothing is rejected by replay"
     assert_equals_replay(published, reference, ordered=False)

@@ -189,12 +189,19 @@ class Record:
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...]
+    timestamp: int = 0  # Kafka's CreateTime, epoch milliseconds
 
 
 def read_topic(bootstrap: str, topic: str) -> list[Record]:
     """Every record now in `topic`, in partition then offset order."""
     ends = end_offsets(bootstrap, topic)
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        # kafka-python refuses responses above a few MB; keep fetches small.
+        fetch_max_bytes=1 << 20,
+        max_partition_fetch_bytes=256 << 10,
+    )
     try:
         tps = [TopicPartition(topic, p) for p, end in ends.items() if end > 0]
         if not tps:
@@ -208,7 +215,14 @@ def read_topic(bootstrap: str, topic: str) -> list[Record]:
             for tp, messages in batch.items():
                 for m in messages:
                     records.append(
-                        Record(m.partition, m.offset, m.key, m.value, tuple(m.headers or ()))
+                        Record(
+                            m.partition,
+                            m.offset,
+                            m.key,
+                            m.value,
+                            tuple(m.headers or ()),
+                            m.timestamp,
+                        )
                     )
                 if consumer.position(tp) >= ends[tp.partition]:
                     remaining.discard(tp)

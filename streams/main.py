@@ -9,6 +9,7 @@ import click
 # name -> "module:attribute". Commands are imported only when run, so `segments
 # replay` does not pay for importing Faust, aiokafka and redis.
 COMMANDS = {
+    "demo": "streams.demo:demo_command",
     "replay": "streams.replay_command:replay_command",
     "validate": "segments.rules.validate:validate_command",
     "generate": "segments.generate:generate_command",

@@ -237,9 +237,17 @@ def main() -> None:
     command += ["--workers", str(args.workers)]
     if lookup_port is not None:
         command += ["--lookup-port", str(lookup_port)]
-    if not args.ingest:
-        command.append("--no-sink")
-    server = subprocess.Popen(command, env=env, cwd=tempfile.gettempdir(), stderr=subprocess.PIPE)
+    command.append("--no-sink")
+    server = subprocess.Popen(
+        command, env=env, cwd=tempfile.gettempdir(), stderr=subprocess.DEVNULL
+    )
+    sink = None
+    if args.ingest:  # the cache sink in its own process, as beside a worker
+        sink_command = [sys.executable, "-m", "streams", "serve", "--no-triggers"]
+        sink_command += ["--port", str(free_port())]
+        sink = subprocess.Popen(
+            sink_command, env=env, cwd=tempfile.gettempdir(), stderr=subprocess.DEVNULL
+        )
     producer = None
     try:
         wait_healthy(port)
@@ -295,6 +303,7 @@ def main() -> None:
             "server": "fast-path protocol" if args.fast else "aiohttp",
             "event_loop": loop,
             "ingest_changes_per_s": args.ingest,
+            "ingest_sink": "separate process" if args.ingest else None,
             "customers": args.customers,
             "memberships": memberships,
             "fill_s": round(fill_s, 1),
@@ -306,11 +315,14 @@ def main() -> None:
     finally:
         if producer is not None and producer.poll() is None:
             producer.kill()
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        for process in (server, sink):
+            if process is None:
+                continue
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
 
         async def cleanup() -> None:
             client = connect(redis_url)

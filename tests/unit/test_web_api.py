@@ -186,3 +186,15 @@ def test_openapi_describes_every_route_and_dashboard_needs_no_cdn():
     status, html, _ = call(create_app(cache), "GET", "/")
     assert status == 200
     assert "<script>" in html and "http://" not in html and "https://" not in html
+
+
+def test_lookup_answers_503_when_redis_does_not():
+    cache, redis = make_cache()
+
+    async def down(_key):
+        raise ConnectionError("Redis is down")
+
+    redis.hgetall = down
+    status, body = get_json(create_app(cache), "/customers/c-1/segments")
+    assert status == 503
+    assert body["error"] == "cache-unavailable"

@@ -72,3 +72,29 @@ def test_invalid_events_are_dead_lettered_and_the_rest_equals_replay(
         assert int(headers["source_partition"]) in (0, 1)
         assert int(headers["source_offset"]) >= 0
         assert headers["message"]
+
+
+def test_dirty_generated_traffic_equals_replay(
+    segments_env: dict[str, str], topics: object, tmp_path: Path
+) -> None:
+    """`segments generate --dirty`: duplicates, held-back events and malformed records."""
+    from segments.generate import GenerationReport, generate_events
+
+    report = GenerationReport()
+    lines = list(generate_events(800, 365, seed=13, dirty=True, report=report))
+    assert report.duplicates and report.malformed
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"".join(line + b"\n" for line in lines))
+    env = {**segments_env, "SEGMENTS_CLOCK": "event", "SEGMENTS_RULES": str(EXAMPLE_RULES)}
+    reference = replay_reference(EXAMPLE_RULES, events, tmp_path / "replay", "2026-03-01T00:00:00Z")
+    produce(env, events, "2026-03-01T00:00:00Z")
+    bootstrap = env["SEGMENTS_KAFKA_BOOTSTRAP"]
+    with running_workers(env, tmp_path) as (worker,):
+        worker.wait_ready()
+        wait_drained(bootstrap, env["SEGMENTS_APP_ID"], topics.purchases)
+        published = read_published(bootstrap, topics, list(reference.memberships))
+        dead = read_topic(bootstrap, topics.purchases_dlq)
+        assert worker.stop() == 0
+    assert_equals_replay(published, reference)
+    reasons = Counter(dict(record.headers)["reason"].decode() for record in dead)
+    assert reasons == Counter(reference.summary["rejected_by_reason"])

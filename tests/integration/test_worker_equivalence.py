@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from segments.data import EXAMPLE_RULES
+from segments.generate import generate_events
 from tests.integration.worker_harness import (
     assert_equals_replay,
     memberships_from_changes,
@@ -21,25 +22,24 @@ from tests.integration.worker_harness import (
     read_topic,
     replay_reference,
     running_workers,
-    synthetic_events,
     wait_drained,
-    write_jsonl,
 )
 
 pytestmark = pytest.mark.slow
 
-AS_OF = "2026-09-01T00:00:00Z"  # months after the last event: win-back and sleepers happen
+AS_OF = "2026-12-01T00:00:00Z"  # months after the last event: win-back and sleepers happen
 
 
 def test_generated_events_equal_replay(
     segments_env: dict[str, str], topics: object, tmp_path: Path
 ) -> None:
-    events = write_jsonl(
-        tmp_path / "events.jsonl", synthetic_events(customers=2_000, events=20_000, seed=5)
-    )
+    # `segments generate`: 6,000 customers over 600 days, about 22,600 events.
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"".join(line + b"\n" for line in generate_events(6_000, 600, seed=5)))
     env = {**segments_env, "SEGMENTS_CLOCK": "event", "SEGMENTS_RULES": str(EXAMPLE_RULES)}
     reference = replay_reference(EXAMPLE_RULES, events, tmp_path / "replay", AS_OF)
     assert reference.summary["applied"] >= 20_000
+    assert sum(1 for members in reference.memberships.values() for _ in members) >= 2_000
     assert any(change["cause"] == "time" for change in reference.changes)
     produce(env, events, AS_OF)
     with running_workers(env, tmp_path) as (worker,):

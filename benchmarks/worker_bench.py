@@ -1,6 +1,6 @@
 """End-to-end benchmark of `segments worker` beside a bare Faust baseline, in the same run.
 
-    python benchmarks/worker_bench.py [--events 30000] [--customers 3000]
+    python benchmarks/worker_bench.py [--customers 6000 --days 600]   # ~22,600 events
 
 Throughput: both workers read the same backlog in `purchases` (produced
 first, with `segments produce --as-of`); rate = messages / (time from the
@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from kafka import KafkaProducer  # noqa: E402
 
+from segments.generate import generate_events  # noqa: E402
 from streams.settings import Topics  # noqa: E402
 from streams.topics import ensure_topics  # noqa: E402
 from tests.integration.worker_harness import (  # noqa: E402
@@ -44,8 +45,6 @@ from tests.integration.worker_harness import (  # noqa: E402
     end_offsets,
     free_port,
     read_topic,
-    synthetic_events,
-    write_jsonl,
 )
 
 BOOTSTRAP = os.environ.get("SEGMENTS_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
@@ -150,8 +149,8 @@ def percentile(values: list[float], q: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--events", type=int, default=30_000)
-    parser.add_argument("--customers", type=int, default=3_000)
+    parser.add_argument("--customers", type=int, default=6_000)
+    parser.add_argument("--days", type=int, default=600, help="of generated traffic")
     parser.add_argument("--latency-events", type=int, default=3_000)
     parser.add_argument("--latency-rate", type=float, default=200.0, help="events per second")
     parser.add_argument("--baseline-worker", action="store_true", help=argparse.SUPPRESS)
@@ -165,9 +164,9 @@ def main() -> None:
     prefix = f"bench-{run}."
     topics = Topics(prefix)
     rules = REPO / "segments" / "data" / "example_rules.yaml"
-    events = write_jsonl(
-        work / "events.jsonl",
-        synthetic_events(customers=args.customers, events=args.events, seed=3),
+    events = work / "events.jsonl"
+    events.write_bytes(
+        b"".join(line + b"\n" for line in generate_events(args.customers, args.days, seed=3))
     )
     base_env = {
         "SEGMENTS_KAFKA_BOOTSTRAP": BOOTSTRAP,
@@ -179,7 +178,7 @@ def main() -> None:
     ensure_topics(BOOTSTRAP, topics, PARTITIONS)
     subprocess.run(
         [sys.executable, "-m", "streams", "produce", "--input", str(events),
-         "--as-of", "2026-09-01T00:00:00Z"],
+         "--as-of", "2026-12-01T00:00:00Z"],
         env={**os.environ, **base_env}, cwd=REPO, check=True, capture_output=True,
     )  # fmt: skip
     results: dict[str, Any] = {}
@@ -217,8 +216,9 @@ def main() -> None:
     process = start([sys.executable, "-m", "streams", "worker"], env, work / "latency.log")
     try:
         wait_ready(port, process)
-        fresh = synthetic_events(customers=args.customers, events=args.latency_events, seed=4)
-        fresh.sort(key=lambda e: e["occurred_at"])
+        fresh = [orjson.loads(line) for line in generate_events(args.customers, args.days, seed=4)][
+            : args.latency_events
+        ]
         producer = KafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all", linger_ms=0)
         interval = 1.0 / args.latency_rate
         began = time.monotonic()

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -191,9 +192,40 @@ class CacheSink:
 class ChurnHistory:
     """Entries and exits per segment and cause in hourly buckets (the last 48 hours)."""
 
-    def __init__(self, hours: int = 48) -> None:
+    def __init__(self, hours: int = 48, sample_every_s: float = 60.0) -> None:
         self.hours = hours
+        self.sample_every_s = sample_every_s
         self.buckets: dict[int, dict[tuple[str, str, str], int]] = {}
+        self.sizes: deque[tuple[float, dict[str, int]]] = deque(
+            maxlen=int(hours * 3600 / sample_every_s) + 1
+        )
+
+    def sample_sizes(self, sizes: dict[str, int], now: float) -> None:
+        """Keeps segment sizes for the size-over-time chart (one sample per interval)."""
+        if not self.sizes or now - self.sizes[-1][0] >= self.sample_every_s * 0.99:
+            self.sizes.append((now, dict(sizes)))
+
+    def history(self, now: float) -> dict[str, Any]:
+        """The dashboard's series: hourly entries/exits, exit causes, sampled sizes."""
+        current = int(now // 3600)
+        hours = list(range(current - self.hours + 1, current + 1))
+        entered: dict[str, list[int]] = {}
+        exited: dict[str, list[int]] = {}
+        causes: dict[str, dict[str, int]] = {}
+        for index, hour in enumerate(hours):
+            for (segment, change, cause), count in self.buckets.get(hour, {}).items():
+                series = entered if change == "entered" else exited
+                series.setdefault(segment, [0] * len(hours))[index] += count
+                if change == "exited":
+                    per = causes.setdefault(segment, {})
+                    per[cause] = per.get(cause, 0) + count
+        return {
+            "hours": [hour * 3600 for hour in hours],
+            "entered": entered,
+            "exited": exited,
+            "exit_causes": causes,
+            "sizes": [{"at": at, "sizes": sizes} for at, sizes in self.sizes],
+        }
 
     def record(self, segment: str, change: str, cause: str, now: float) -> None:
         hour = int(now // 3600)

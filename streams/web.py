@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import inspect
 import time
@@ -107,6 +108,27 @@ def create_app(
         body = [{"name": name, "size": sizes[name], **rates.get(name, {})} for name in names]
         return _json({"segments": body, "as_of": now_iso()})
 
+    async def segments_history(request: web.Request) -> web.Response:
+        if churn is None:
+            return _json({"hours": [], "entered": {}, "exited": {}, "exit_causes": {}, "sizes": []})
+        return _json(churn.history(time.time()))
+
+    async def sample_sizes_forever(app: web.Application) -> Any:
+        async def loop() -> None:
+            while True:
+                try:
+                    sizes = await cache.segment_sizes(names)
+                    churn.sample_sizes(sizes, time.time())
+                    for name, size in sizes.items():
+                        SEGMENT_SIZE.labels(name).set(size)
+                except (RedisError, OSError):
+                    pass  # a gap in the chart; /readyz tells why
+                await asyncio.sleep(churn.sample_every_s)  # a sampling period, not a sync
+
+        task = asyncio.create_task(loop())
+        yield
+        task.cancel()
+
     async def segment_members(request: web.Request) -> web.Response:
         name = request.match_info["name"]
         if names and name not in names:
@@ -157,12 +179,15 @@ def create_app(
     app[CACHE_KEY] = cache
     app.router.add_get("/customers/{customer_id}/segments", customer_segments)
     app.router.add_get("/segments", segments_index)
+    app.router.add_get("/segments/history", segments_history)
     app.router.add_get("/segments/{name}/members", segment_members)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/", dashboard)
+    if churn is not None and names:
+        app.cleanup_ctx.append(sample_sizes_forever)
     return app
 
 
@@ -211,6 +236,12 @@ OPENAPI: dict[str, Any] = {
                 {"type": "object", "properties": {"segments": {"type": "array"}}},
             )
         },
+        "/segments/history": {
+            "get": _op(
+                "Dashboard series: entries/exits per hour (48 h), exit causes, sampled sizes.",
+                {"type": "object"},
+            )
+        },
         "/segments/{name}/members": {
             "get": _op(
                 'One page of a segment\'s members; pass `cursor` back until it is "0".',
@@ -254,50 +285,97 @@ OPENAPI: dict[str, Any] = {
 }
 
 
-# The churn dashboard: one page, inline CSS and JS, no CDN; it polls /segments.
+# The churn dashboard: one page, inline CSS and JS (no CDN, works offline); it polls
+# /segments and /segments/history and draws SVG charts itself.
 DASHBOARD_HTML = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>purchase-segments: churn</title>
 <style>
-body{font:14px system-ui,sans-serif;margin:2em;color:#222}
-table{border-collapse:collapse;min-width:40em}td,th{padding:.3em .8em;border-bottom:1px solid #ddd}
-th{text-align:left}td.n{text-align:right;font-variant-numeric:tabular-nums}
-#err{color:#b00}
+body{font:14px system-ui,sans-serif;margin:1.5em 2em;color:#222;background:#fafafa}
+h1{font-size:1.4em;margin:0 0 .2em}h2{font-size:1.05em;margin:1.4em 0 .4em}
+table{border-collapse:collapse;background:#fff}td,th{padding:.3em .8em;border-bottom:1px solid #ddd}
+th{text-align:left;font-weight:600}td.n{text-align:right;font-variant-numeric:tabular-nums}
+.muted{color:#777}#err{color:#b00}.legend span{margin-right:1em;white-space:nowrap}
+.sw{display:inline-block;width:.8em;height:.8em;margin-right:.3em;vertical-align:middle}
+svg{background:#fff;border:1px solid #ddd}
 </style></head><body>
 <h1>Segment churn</h1>
-<p>Sizes from Redis; entries and exits in the last hour from this worker. <span id="asof"></span>
-<span id="err"></span></p>
-<table><thead><tr><th>segment</th><th>size</th><th>entered/h</th><th>exited/h</th>
-<th>top exit cause</th><th>size over time</th></tr></thead><tbody id="rows"></tbody></table>
+<p class="muted">Sizes from Redis; entries and exits as applied by this process's cache
+sink. <span id="asof"></span> <span id="err"></span></p>
+<table><thead><tr><th>segment</th><th>size</th><th>entered last hour</th>
+<th>exited last hour</th><th>top exit cause</th></tr></thead><tbody id="rows"></tbody></table>
+<h2>Segment sizes over time</h2>
+<div id="sizes"></div><div class="legend" id="legend"></div>
+<h2>Entries and exits per hour (last 48 h, all segments)</h2>
+<div id="flow"></div>
+<div class="legend"><span><i class="sw" style="background:#2a9d5c"></i>entered</span>
+<span><i class="sw" style="background:#d1495b"></i>exited</span></div>
+<h2>Top exit causes (last 48 h)</h2>
+<table><thead><tr><th>segment</th><th>causes</th></tr></thead><tbody id="causes"></tbody></table>
 <script>
-const history = {};
-function spark(values){
-  if(values.length<2) return "";
-  const w=160,h=24,min=Math.min(...values),max=Math.max(...values),span=(max-min)||1;
-  const pts=values.map((v,i)=>(i*w/(values.length-1)).toFixed(1)+","+
-    (h-(v-min)*h/span).toFixed(1)).join(" ");
-  return '<svg width="'+w+'" height="'+h+'"><polyline fill="none" stroke="#36c" points="'+
-    pts+'"/></svg>';
-}
+const COLORS=["#3366cc","#dc3912","#ff9900","#109618","#990099","#0099c6","#dd4477",
+  "#66aa00","#b82e2e","#316395"];
+const esc=s=>String(s).replace(/[&<>"]/g,c=>({"&":"&amp;","<":"&lt;",">":"&gt;",'"':"&quot;"}[c]));
+function headers(){const h={};const t=new URLSearchParams(location.hash.slice(1)).get("token");
+  if(t) h["Authorization"]="Bearer "+t;return h;}
+async function get(path){const r=await fetch(path,{headers:headers()});
+  if(!r.ok) throw new Error(path+": HTTP "+r.status);return r.json();}
+function lineChart(samples,names){
+  const W=720,H=200,P=36;if(samples.length<1) return '<p class="muted">no samples yet</p>';
+  const t0=samples[0].at,t1=Math.max(samples[samples.length-1].at,t0+1);
+  let max=1;for(const s of samples) for(const n of names) max=Math.max(max,s.sizes[n]||0);
+  const x=t=>P+(t-t0)*(W-2*P)/(t1-t0),y=v=>H-P+(-(v)*(H-2*P)/max);
+  let out='<svg width="'+W+'" height="'+H+'" role="img" aria-label="segment sizes over time">';
+  out+='<text x="4" y="'+(P-6)+'" font-size="11">'+max+'</text><text x="4" y="'+(H-P)+
+    '" font-size="11">0</text>';
+  names.forEach((n,i)=>{const pts=samples.map(s=>x(s.at).toFixed(1)+","+
+    y(s.sizes[n]||0).toFixed(1)).join(" ");
+    out+=samples.length>1?'<polyline fill="none" stroke-width="2" stroke="'+COLORS[i%10]+
+      '" points="'+pts+'"/>':'<circle r="3" fill="'+COLORS[i%10]+'" cx="'+x(samples[0].at)+
+      '" cy="'+y(samples[0].sizes[n]||0)+'"/>';});
+  const d=t=>new Date(t*1000).toISOString().slice(11,16);
+  out+='<text x="'+P+'" y="'+(H-8)+'" font-size="11">'+d(t0)+'</text><text x="'+(W-P-30)+
+    '" y="'+(H-8)+'" font-size="11">'+d(t1)+' UTC</text></svg>';
+  return out;}
+function barChart(hist){
+  const W=720,H=180,P=30,n=hist.hours.length;if(!n) return "";
+  const sum=series=>hist.hours.map((_,i)=>Object.values(series).reduce((a,s)=>a+s[i],0));
+  const ent=sum(hist.entered),ex=sum(hist.exited);
+  const max=Math.max(1,...ent,...ex),bw=(W-2*P)/n;
+  let out='<svg width="'+W+'" height="'+H+'" role="img" aria-label="entries and exits per hour">';
+  out+='<text x="2" y="'+(P-8)+'" font-size="11">'+max+'/h</text>';
+  for(let i=0;i<n;i++){const x=P+i*bw,he=(H-2*P)*ent[i]/max,hx=(H-2*P)*ex[i]/max;
+    out+='<rect x="'+x.toFixed(1)+'" y="'+(H-P-he).toFixed(1)+'" width="'+(bw/2-1).toFixed(1)+
+      '" height="'+he.toFixed(1)+'" fill="#2a9d5c"><title>'+ent[i]+' entered</title></rect>';
+    out+='<rect x="'+(x+bw/2).toFixed(1)+'" y="'+(H-P-hx).toFixed(1)+'" width="'+
+      (bw/2-1).toFixed(1)+'" height="'+hx.toFixed(1)+'" fill="#d1495b"><title>'+ex[i]+
+      ' exited</title></rect>';}
+  out+='<text x="'+P+'" y="'+(H-8)+'" font-size="11">-48 h</text><text x="'+(W-P-30)+
+    '" y="'+(H-8)+'" font-size="11">now</text></svg>';
+  return out;}
 async function refresh(){
   try{
-    const headers={};const t=new URLSearchParams(location.hash.slice(1)).get("token");
-    if(t) headers["Authorization"]="Bearer "+t;
-    const r=await fetch("segments",{headers});
-    if(!r.ok) throw new Error("HTTP "+r.status);
-    const data=await r.json();
+    const [data,hist]=await Promise.all([get("segments"),get("segments/history")]);
     document.getElementById("err").textContent="";
-    document.getElementById("asof").textContent="as of "+data.as_of;
-    const rows=data.segments.map(s=>{
-      (history[s.name]=history[s.name]||[]).push(s.size);
-      if(history[s.name].length>120) history[s.name].shift();
-      const cause=s.top_exit_cause||"";
-      return "<tr><td>"+s.name+"</td><td class=n>"+s.size+"</td><td class=n>"+
-        (s.entered_last_hour??"")+"</td><td class=n>"+(s.exited_last_hour??"")+
-        "</td><td>"+cause+"</td><td>"+spark(history[s.name])+"</td></tr>";
-    });
-    document.getElementById("rows").innerHTML=rows.join("");
+    document.getElementById("asof").textContent="As of "+data.as_of+".";
+    const names=data.segments.map(s=>s.name);
+    document.getElementById("rows").innerHTML=data.segments.map(s=>"<tr><td>"+esc(s.name)+
+      "</td><td class=n>"+s.size+"</td><td class=n>"+(s.entered_last_hour??0)+
+      "</td><td class=n>"+(s.exited_last_hour??0)+"</td><td>"+esc(s.top_exit_cause||"")+
+      "</td></tr>").join("");
+    const samples=hist.sizes.length?hist.sizes:[{at:Date.now()/1000,
+      sizes:Object.fromEntries(data.segments.map(s=>[s.name,s.size]))}];
+    document.getElementById("sizes").innerHTML=lineChart(samples,names);
+    document.getElementById("legend").innerHTML=names.map((n,i)=>'<span><i class="sw" '+
+      'style="background:'+COLORS[i%10]+'"></i>'+esc(n)+'</span>').join("");
+    document.getElementById("flow").innerHTML=barChart(hist);
+    const rows=Object.entries(hist.exit_causes).map(([seg,c])=>"<tr><td>"+esc(seg)+
+      "</td><td>"+Object.entries(c).sort((a,b)=>b[1]-a[1]).map(([k,v])=>esc(k||"?")+
+      " "+v).join(", ")+"</td></tr>");
+    document.getElementById("causes").innerHTML=rows.join("")||
+      '<tr><td colspan=2 class="muted">no exits yet</td></tr>';
+    document.body.dataset.ready="1";
   }catch(e){document.getElementById("err").textContent=String(e);}
 }
-refresh();setInterval(refresh,5000);
+refresh();setInterval(refresh,10000);
 </script></body></html>
 """

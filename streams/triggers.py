@@ -116,8 +116,15 @@ class _ReadyWhenPositioned(ConsumerRebalanceListener):
         pass
 
     async def on_partitions_assigned(self, assigned) -> None:
+        # A new group starts at the end; commit that start at once, so a restart before
+        # the first change resumes there instead of jumping to a later end.
+        start = {}
         for tp in assigned:
-            await self.consumer.position(tp)
+            position = await self.consumer.position(tp)
+            if await self.consumer.committed(tp) is None:
+                start[tp] = position
+        if start:
+            await self.consumer.commit(start)
         self.ready.set()
 
 

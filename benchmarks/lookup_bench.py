@@ -137,13 +137,25 @@ async def fill(cache: RedisCache, customers: int, seed: int = 1) -> int:
     return total + len(writes)
 
 
-def wait_healthy(port: int, timeout: float = 60) -> None:
+def count_messages(bootstrap: str, topic: str) -> int:
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        ends = consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
+        return sum(ends.values())
+    finally:
+        consumer.close()
+
+
+def wait_healthy(port: int, timeout: float = 60, path: str = "/healthz") -> None:
     import urllib.request
 
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1) as r:
                 if r.status == 200:
                     return
         except OSError:
@@ -192,6 +204,13 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=100_000)
     parser.add_argument("--workers", type=int, default=1, help="HTTP server processes")
     parser.add_argument("--ingest", type=int, default=0, help="segment changes/s during run")
+    parser.add_argument(
+        "--worker-customers",
+        type=int,
+        default=0,
+        help="run a real worker (event clock) and the cache sink during the run, fed with"
+        " `segments generate --customers N` events by `segments produce`",
+    )
     parser.add_argument("--token", default="", help="bearer token to require and send")
     parser.add_argument(
         "--fast", action="store_true", help="target the checkout fast path (--lookup-port)"
@@ -219,11 +238,20 @@ def main() -> None:
     fill_s = time.monotonic() - started
 
     topic = prefix + "segment-changes"
-    if args.ingest:
-        from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.admin import KafkaAdminClient, NewTopic
 
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="lookup-bench")
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="lookup-bench")
+    if args.ingest:
         admin.create_topics([NewTopic(topic, 8, 1)])
+    workdir = Path(tempfile.mkdtemp(prefix="lookup-bench-"))
+    events_file = workdir / "events.jsonl"
+    if args.worker_customers:
+        subprocess.run(
+            [sys.executable, "-m", "streams", "generate", "--customers",
+             str(args.worker_customers), "--days", "365", "--out", str(events_file)],
+            check=True, cwd=workdir, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        events_count = sum(1 for _ in events_file.open())
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("SEGMENTS_")},
         "SEGMENTS_REDIS_URL": redis_url,
@@ -232,6 +260,8 @@ def main() -> None:
         "SEGMENTS_TOPIC_PREFIX": prefix,
         "SEGMENTS_APP_ID": prefix + "app",
         "SEGMENTS_API_TOKEN": args.token,
+        "SEGMENTS_CLOCK": "event",
+        "SEGMENTS_DATA_DIR": str(workdir / "data"),
     }
     command = [sys.executable, "-m", "streams", "serve", "--no-triggers", "--port", str(port)]
     command += ["--workers", str(args.workers)]
@@ -241,8 +271,17 @@ def main() -> None:
     server = subprocess.Popen(
         command, env=env, cwd=tempfile.gettempdir(), stderr=subprocess.DEVNULL
     )
-    sink = None
-    if args.ingest:  # the cache sink in its own process, as beside a worker
+    sink = worker = feeder = None
+    worker_port = free_port()
+    if args.worker_customers:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "streams", "worker"],
+            env={**env, "SEGMENTS_WEB_PORT": str(worker_port)},
+            cwd=workdir,
+            stdout=(workdir / "worker.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+    if args.ingest or args.worker_customers:  # the cache sink in its own process
         sink_command = [sys.executable, "-m", "streams", "serve", "--no-triggers"]
         sink_command += ["--port", str(free_port())]
         sink = subprocess.Popen(
@@ -251,6 +290,12 @@ def main() -> None:
     producer = None
     try:
         wait_healthy(port)
+        if worker is not None:
+            wait_healthy(worker_port, timeout=120, path="/readyz")
+            feeder = subprocess.Popen(
+                [sys.executable, "-m", "streams", "produce", "--input", str(events_file)],
+                env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
         if args.ingest:
             producer = ingest(bootstrap, topic, args.ingest, duration + 5, args.customers)
         with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
@@ -311,11 +356,17 @@ def main() -> None:
         }
         if producer is not None:
             producer.send_signal(signal.SIGTERM)
-        print(json.dumps(report))
+        if worker is None:
+            print(json.dumps(report))
     finally:
         if producer is not None and producer.poll() is None:
             producer.kill()
-        for process in (server, sink):
+        if worker is not None and "report" in locals():
+            report["worker_events_offered"] = events_count
+            report["worker_events_produced_all_in_window"] = feeder.poll() == 0
+            report["worker_changes_published"] = count_messages(bootstrap, topic)
+            print(json.dumps(report))
+        for process in (feeder, worker, server, sink):
             if process is None:
                 continue
             process.send_signal(signal.SIGTERM)
@@ -332,9 +383,11 @@ def main() -> None:
                 await client.aclose()
 
         asyncio.run(cleanup())
-        if args.ingest:
-            admin.delete_topics([topic])
-            admin.close()
+        created = [t for t in admin.list_topics() if t.startswith(prefix)]
+        if created:
+            admin.delete_topics(created)
+        admin.close()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

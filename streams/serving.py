@@ -220,13 +220,20 @@ def _dispatch_config(config: ServingConfig):  # -> streams.triggers.DispatchConf
 @click.option("--port", type=int, default=None, help="HTTP port (default SEGMENTS_WEB_PORT)")
 @click.option("--lookup-port", type=int, default=None,
               help="also serve the checkout fast path (lookup only) on this port")  # fmt: skip
+@click.option("--trigger-max-age", type=float, default=6 * 3600.0, show_default=True,
+              help="seconds; changes older than this never fire a trigger")  # fmt: skip
 @click.option("--workers", type=int, default=1, show_default=True,
               help="HTTP processes sharing the port (SO_REUSEPORT); 1 = this one only")  # fmt: skip
 def serve_command(
-    no_sink: bool, no_triggers: bool, port: int | None, lookup_port: int | None, workers: int
+    no_sink: bool,
+    no_triggers: bool,
+    port: int | None,
+    lookup_port: int | None,
+    trigger_max_age: float,
+    workers: int,
 ) -> None:
     """Serve the lookup API, and run the cache sink and triggers, without the Faust worker."""
-    config = ServingConfig.load()
+    config = ServingConfig.load(trigger_max_age_s=trigger_max_age)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     extra = [_spawn_web_only(port, lookup_port) for _ in range(max(0, workers - 1))]
     try:

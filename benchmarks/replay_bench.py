@@ -75,7 +75,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--customers", type=int, default=100_000)
-    parser.add_argument("--days", type=int, default=730)
+    parser.add_argument("--days", type=int, default=1800, help="long enough for --events")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--profile", action="store_true", help="write a pyinstrument profile")
     args = parser.parse_args()

@@ -121,30 +121,28 @@ def _evaluate(
 ) -> None:
     flags, values = rules.evaluate(state, rules.calendar.day_of(at))
     memberships = state.memberships
-    for index, segment in enumerate(rules.ruleset.segments):
-        current = memberships.get(segment.name)
+    get = memberships.get
+    for index, name, has_exit_rule, min_dwell in rules.segment_plan:
+        current = get(name)
         if current is None or not current.member:
             if not flags[2 * index]:
                 continue
             seq = current.seq + 1 if current is not None else 1
             kind = ENTERED
-            memberships[segment.name] = Membership(True, seq, at)
+            memberships[name] = Membership(True, seq, at)
         else:
-            if segment.exit_when is not None:
-                leaving = flags[2 * index + 1]
-            else:
-                leaving = not flags[2 * index]
+            leaving = flags[2 * index + 1] if has_exit_rule else not flags[2 * index]
             if not leaving:
                 continue
-            if segment.min_dwell is not None and at < current.since + segment.min_dwell:
+            if min_dwell is not None and at < current.since + min_dwell:
                 continue  # the dwell expiry is a deadline of its own
             seq = current.seq + 1
             kind = EXITED
-            memberships[segment.name] = Membership(False, seq, at)
+            memberships[name] = Membership(False, seq, at)
         changes.append(
             Change(
                 customer_id=state.customer_id,
-                segment=segment.name,
+                segment=name,
                 change=kind,
                 at=at,
                 cause=cause,
@@ -224,9 +222,10 @@ def next_deadline(state: CustomerState, rules: CompiledRules, now: int) -> int |
         filtered = key != _ANY
         for order in orders:  # ordered by day: the first match leaves its window first
             day = order.day + window
+            if best is not None and day >= best:
+                break  # no later order of this window can come earlier
             if day > today and order.net > ZERO and (not filtered or matches(order, key)):
-                if best is None or day < best:
-                    best = day
+                best = day
                 break
         if with_adjustments:
             for adjustment in state.adjustments:
@@ -250,12 +249,10 @@ def next_deadline(state: CustomerState, rules: CompiledRules, now: int) -> int |
             if day > today and (best is None or day < best):
                 best = day
     instant = rules.calendar.midnight(best) if best is not None else None
-    for segment in rules.ruleset.segments:
-        if segment.min_dwell is None:
-            continue
-        current = state.memberships.get(segment.name)
+    for _, name, _, min_dwell in rules.dwell_plan:
+        current = state.memberships.get(name)
         if current is not None and current.member:
-            expiry = current.since + segment.min_dwell
+            expiry = current.since + min_dwell
             if expiry > now and (instant is None or expiry < instant):
                 instant = expiry
     return instant

@@ -77,6 +77,9 @@ class CompiledRules:
     day_thresholds: tuple[tuple[int, int], ...]
     segment_metrics: tuple[tuple[tuple[str, int], ...], ...]  # per segment: (label, spec index)
     evaluate: Callable[[CustomerState, int], Evaluation]
+    # per segment: (index, name, has exit_when, min_dwell); the hot loop reads only these
+    segment_plan: tuple[tuple[int, str, bool, int | None], ...]
+    dwell_plan: tuple[tuple[int, str, bool, int], ...]  # the segments with a min_dwell
     source: str  # the generated code, for debugging and docs
 
     def metrics_of(self, segment_index: int, values: tuple[Value, ...]) -> dict[str, Any]:
@@ -166,6 +169,9 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
     exec(compile(source, f"<rules {ruleset.source} v{ruleset.version}>", "exec"), namespace)
     evaluate = namespace["evaluate"]
 
+    plan = tuple(
+        (i, s.name, s.exit_when is not None, s.min_dwell) for i, s in enumerate(ruleset.segments)
+    )
     windows = tuple(sorted({s.within_days for s in specs if s.within_days is not None}))
     seen_days = -(-ruleset.max_lateness // MICROS_PER_DAY) + 1
     named = {s.category for s in specs if s.category is not None}
@@ -199,6 +205,8 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
             tuple((specs[i].label, i) for i in indexes) for indexes in segment_metrics
         ),
         evaluate=evaluate,
+        segment_plan=plan,
+        dwell_plan=tuple((i, n, e, d) for i, n, e, d in plan if d is not None),
         source=source,
     )
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from redis.exceptions import RedisError
 
 from streams.sinks.redis import Applied, CacheWrite, RedisCache, decode_change, parse_field
@@ -35,6 +35,11 @@ TIME_IN_SEGMENT = Histogram(
 )
 CACHE_WRITE_FAILURES = Counter(
     "segments_cache_write_failures_total", "Batches that Redis did not take (each retried)."
+)
+CONSUMER_LAG = Gauge(
+    "segments_serving_consumer_lag",
+    "segment-changes messages not yet handled by a serving consumer group, per partition.",
+    ["group", "partition"],
 )
 CACHE_UNDECODABLE = Counter(
     "segments_cache_undecodable_total", "segment-changes messages skipped as not a change."
@@ -131,6 +136,7 @@ class CacheSink:
                 try:
                     await consumer.commit(offsets)
                     self.stats.positions.update(offsets)
+                    record_lag(consumer, self.group_id, offsets)
                 except (CommitFailedError, KafkaError) as error:
                     # A rebalance moved the partitions: their new owner re-applies (no-ops).
                     log.warning("cache_sink_commit_failed error=%s", error)
@@ -187,6 +193,14 @@ class CacheSink:
             self.stats.changes_ignored += len(results) - applied
             record_metrics(results, changes, self.churn)
             return True
+
+
+def record_lag(consumer: AIOKafkaConsumer, group: str, offsets: dict) -> None:
+    """Lag = the partition's high watermark (as last fetched) - the committed offset."""
+    for tp, offset in offsets.items():
+        highwater = consumer.highwater(tp)
+        if highwater is not None:
+            CONSUMER_LAG.labels(group, str(tp.partition)).set(max(0, highwater - offset))
 
 
 class ChurnHistory:

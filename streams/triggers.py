@@ -37,7 +37,7 @@ from prometheus_client import Counter, Histogram
 from redis.exceptions import RedisError
 
 from segments.rules.ruleset import Trigger
-from streams.cache_sink import Backoff, wait_or_stop
+from streams.cache_sink import Backoff, record_lag, wait_or_stop
 from streams.sinks.redis import decode_change
 
 log = logging.getLogger(__name__)
@@ -202,6 +202,7 @@ class TriggerDispatcher:
                         return  # stopped mid-dispatch: leave the offsets for the next run
                     try:
                         await consumer.commit(offsets)
+                        record_lag(consumer, self.group_id, offsets)
                     except (CommitFailedError, KafkaError) as error:
                         log.warning("trigger_commit_failed error=%s", error)
         finally:
@@ -329,9 +330,20 @@ class TriggerDispatcher:
                 reason,
             )
             if attempt < self.config.attempts and await wait_or_stop(stop, backoff.next_delay()):
-                return False  # marker stays pending: the next run dead-letters it
+                # Stopped between attempts: no call is in flight and none succeeded, so
+                # the claim can be released and the next run tries again from scratch.
+                await self._release(trigger, change)
+                return False
         await self._dead(producer, trigger, change, reason, attempt, stop)
         return True
+
+    async def _release(self, trigger: Trigger, change: dict[str, Any]) -> None:
+        try:
+            await self.redis.delete(
+                self.marker_key(trigger, change), self.cooldown_key(trigger, change["customer_id"])
+            )
+        except (RedisError, OSError) as error:  # then the next run dead-letters it as unknown
+            log.warning("trigger_release_failed change_id=%s error=%s", change["change_id"], error)
 
     async def _mark(self, trigger: Trigger, change: dict[str, Any], state: str) -> None:
         await self.redis.set(self.marker_key(trigger, change), state, px=self.config.marker_ttl_ms)

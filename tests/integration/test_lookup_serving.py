@@ -131,6 +131,8 @@ def test_a_change_on_kafka_is_answered_by_the_lookup_api_and_cli(config):
                 async with http.get(f"{base}/metrics", headers=auth) as r:
                     text = await r.text()
                     assert 'segments_size{segment="vip"} 1.0' in text
+                    assert "segments_serving_consumer_lag{" in text
+                    assert 'segments_changes_total{cause="purchase",change="entered"' in text
                 async with http.get(f"{base}/readyz") as r:
                     assert r.status == 200
                 fast = f"http://127.0.0.1:{lookup_port}/customers/c-42/segments"

@@ -342,3 +342,26 @@ def test_killed_dispatcher_never_fires_a_change_twice(names, tmp_path):
             assert len(dead) <= 64  # at most the dispatcher's concurrency
 
     asyncio.run(main())
+
+
+def test_a_stop_between_attempts_releases_the_claim_for_the_next_run(names):
+    async def main():
+        async with Receiver() as receiver:
+            receiver.always_fail = True
+            running = Running(
+                names, [winback(receiver.url)], attempts=10, backoff_first_s=5, backoff_max_s=5
+            )
+            async with running as dispatcher:
+                await send(names["changes"], [change("c-1", "win_back", 1)])
+                await wait_for(lambda: receiver.fail.get("c-1:win_back:1", 0) < 0, 30, "a 500")
+            # stopped during the backoff: the claim is gone, the offset uncommitted
+            marker = dispatcher.marker_key(winback(receiver.url), change("c-1", "win_back", 1))
+            client = connect(REDIS_URL)
+            assert await client.get(marker) is None
+            await client.aclose()
+            receiver.always_fail = False
+            async with Running(names, [winback(receiver.url)]) as again:
+                await wait_for(lambda: receiver.keys() == ["c-1:win_back:1"], 30, "the retry")
+                assert again.stats.fired == 1
+
+    asyncio.run(main())

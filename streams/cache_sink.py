@@ -76,6 +76,7 @@ class SinkStats:
     changes_applied: int = 0
     changes_ignored: int = 0
     failed_attempts: int = 0
+    resyncs: int = 0
     redis_ok: bool = True
     last_error: str = ""
     positions: dict[TopicPartition, int] = field(default_factory=dict)
@@ -100,6 +101,7 @@ class CacheSink:
         batch_size: int = 2000,
         backoff: Backoff | None = None,
         churn: ChurnHistory | None = None,
+        memberships_topic: str | None = None,
     ) -> None:
         self.cache = cache
         self.bootstrap = bootstrap
@@ -108,6 +110,10 @@ class CacheSink:
         self.batch_size = batch_size
         self.backoff = backoff or Backoff()
         self.churn = churn
+        # With a memberships topic, a cache found without its sentinel key (new, flushed,
+        # or a Redis that restarted empty) is rebuilt from it before more changes apply.
+        self.memberships_topic = memberships_topic
+        self._sentinel_checked = False
         self.stats = SinkStats()
         self.consumer: AIOKafkaConsumer | None = None
 
@@ -167,8 +173,11 @@ class CacheSink:
         writes = [CacheWrite.from_change(change) for change in changes]
         while True:
             try:
+                if self.memberships_topic and not self._sentinel_checked:
+                    await self._restore_if_lost()
                 results = await self.cache.apply(writes)
             except (RedisError, OSError) as error:
+                self._sentinel_checked = False  # it may come back empty: look again
                 self.stats.failed_attempts += 1
                 self.stats.redis_ok = False
                 self.stats.last_error = f"{type(error).__name__}: {error}"
@@ -193,6 +202,33 @@ class CacheSink:
             self.stats.changes_ignored += len(results) - applied
             record_metrics(results, changes, self.churn)
             return True
+
+    async def _restore_if_lost(self) -> None:
+        from streams.resync import resync_cache
+
+        sentinel = self.cache.keys.sentinel()
+        if await self.cache.client.exists(sentinel):
+            self._sentinel_checked = True
+            return
+        log.warning(
+            "cache_sink_cache_lost sentinel=%s action=resync topic=%s",
+            sentinel,
+            self.memberships_topic,
+        )
+        assert self.memberships_topic is not None
+        try:
+            result = await resync_cache(
+                self.cache, bootstrap=self.bootstrap, topic=self.memberships_topic, flush=False
+            )
+        except (RedisError, OSError):
+            raise
+        except Exception as error:  # e.g. no memberships topic yet: carry on, changes apply
+            log.error("cache_sink_resync_failed error=%r", error)
+            await self.cache.client.set(sentinel, "unrestored")
+        else:
+            self.stats.resyncs += 1
+            log.info("cache_sink_resynced members=%d written=%d", result.members, result.applied)
+        self._sentinel_checked = True
 
 
 def record_lag(consumer: AIOKafkaConsumer, group: str, offsets: dict) -> None:

@@ -112,6 +112,7 @@ async def resync_cache(
     for start in range(0, len(writes), batch):
         applied = await cache.apply(writes[start : start + batch])
         result.applied += sum(1 for r in applied if r.applied)
+    await cache.client.set(cache.keys.sentinel(), "resynced")
     return result
 
 

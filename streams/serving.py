@@ -128,6 +128,7 @@ async def run_serving(
             topic=config.changes_topic,
             group_id=f"{config.app_id}-cache-sink",
             churn=churn,
+            memberships_topic=config.memberships_topic,
         )
         tasks.append(asyncio.create_task(sink.run(stop), name="cache-sink"))
     if triggers and ruleset.triggers:

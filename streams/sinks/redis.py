@@ -44,9 +44,13 @@ class Keys:
     def seqs(self, segment: str, shard: int) -> str:
         return f"{self.prefix}segq:{{{segment}:{shard}}}"
 
+    def sentinel(self) -> str:
+        """Set once the cache holds the memberships; its absence means an empty or lost cache."""
+        return f"{self.prefix}meta:cache"
+
     def patterns(self) -> list[str]:
         """SCAN patterns covering every key this cache owns (for a prefix-scoped flush)."""
-        return [f"{_glob_escape(self.prefix)}{kind}:*" for kind in ("cust", "segm", "segq")]
+        return [f"{_glob_escape(self.prefix)}{kind}:*" for kind in ("cust", "segm", "segq", "meta")]
 
 
 def _glob_escape(text: str) -> str:

@@ -313,3 +313,64 @@ def test_resync_rebuilds_a_flushed_cache_from_memberships(private_redis, topics)
             await client.aclose()
 
     asyncio.run(main())
+
+
+def test_a_redis_that_restarts_empty_is_restored_from_memberships(private_redis, topics):
+    """The local Redis keeps no data across a restart: the sink notices the missing
+    sentinel and rebuilds from segment-memberships, then carries on with the changes."""
+
+    async def main():
+        history = History(seed=3, customers=400)
+        client = connect(private_redis.url)
+        cache = RedisCache(client, prefix="p:")
+        sink = CacheSink(
+            cache,
+            bootstrap=BOOTSTRAP,
+            topic=topics["changes"],
+            group_id=f"sink-{uuid.uuid4().hex[:6]}",
+            backoff=Backoff(first=0.05, maximum=0.5),
+            memberships_topic=topics["memberships"],
+        )
+        producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, linger_ms=5)
+        await producer.start()
+
+        async def publish(count: int) -> None:
+            """As the worker does: the change, and the membership (tombstone on exit)."""
+            for _ in range(count):
+                change = history.next_change()
+                key = f"{change['customer_id']}|{change['segment']}".encode()
+                value = orjson.dumps({**change, "since": change["at"]})
+                await producer.send(
+                    topics["changes"], orjson.dumps(change), key=change["customer_id"].encode()
+                )
+                await producer.send(
+                    topics["memberships"], value if change["change"] == "entered" else None, key=key
+                )
+            await producer.flush()
+
+        async def converged():
+            return await cache_state(cache, history.customers) == history.expected()
+
+        stop = asyncio.Event()
+        task = asyncio.create_task(sink.run(stop))
+        try:
+            await publish(2000)
+            await wait_for(converged, 60, "the first cache", 0.2)
+            private_redis.stop(save=False)  # everything in Redis is gone
+            await publish(500)
+
+            async def noticed():
+                return sink.stats.failed_attempts >= 2
+
+            await wait_for(noticed, 30, "the sink to notice the outage")
+            private_redis.start()
+            await publish(500)
+            await wait_for(converged, 60, "the cache restored and caught up", 0.2)
+            assert sink.stats.resyncs == 2  # the new, empty cache at start; the restart
+        finally:
+            stop.set()
+            await task
+            await producer.stop()
+            await client.aclose()
+
+    asyncio.run(main())

@@ -17,6 +17,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 SHARDS = 16
 _LUA = Path(__file__).with_name("lua")
@@ -235,6 +236,12 @@ def connect(url: str) -> aioredis.Redis:
     return aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=0)
 
 
+def _expire(future: asyncio.Future[Any]) -> None:
+    """A command without a reply in time fails; its late reply is still consumed in order."""
+    if not future.done():
+        future.set_exception(RedisTimeoutError("no reply from Redis in time"))
+
+
 class PipelinedReader(asyncio.Protocol):
     """One Redis connection that pipelines the lookup's HGETALLs from concurrent requests.
 
@@ -244,7 +251,8 @@ class PipelinedReader(asyncio.Protocol):
     hiredis parses. Connection loss fails the waiting requests; the next one reconnects.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, timeout: float = 1.0) -> None:
+        self.timeout = timeout  # per command and per connect: a till must not hang
         parts = urlsplit(url)
         if parts.scheme not in ("redis", ""):
             raise ValueError("PipelinedReader supports redis:// URLs only")
@@ -293,9 +301,12 @@ class PipelinedReader(asyncio.Protocol):
         for part in parts:
             self.pending.append(b"$%d\r\n%s\r\n" % (len(part), part))
         self.waiters.append(future)
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(self.timeout, _expire, future)
+        future.add_done_callback(lambda _: timer.cancel())
         if not self.flush_scheduled:
             self.flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self.flush_scheduled = False
@@ -319,7 +330,9 @@ class PipelinedReader(asyncio.Protocol):
     async def _open(self) -> None:
         loop = asyncio.get_running_loop()
         self.reader = hiredis.Reader(encoding="utf-8")
-        await loop.create_connection(lambda: self, self.host, self.port)
+        await asyncio.wait_for(
+            loop.create_connection(lambda: self, self.host, self.port), self.timeout
+        )
         setup = []
         if self.password:
             user = [self.username.encode()] if self.username else []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import time
 import uuid
 
 import pytest
@@ -165,3 +166,29 @@ def test_pipelined_reader_answers_concurrent_lookups_in_order_and_reconnects():
             reader.close()
 
     run(body)
+
+
+def test_pipelined_reader_times_out_when_redis_does_not_answer():
+    """A Redis that accepts but never replies (a stalled server): the lookup fails fast."""
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    from streams.sinks.redis import PipelinedReader
+
+    async def main():
+        async def silent(reader, writer):
+            await reader.read(1 << 16)  # takes the command, never answers
+            await reader.read(1 << 16)
+
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader = PipelinedReader(f"redis://127.0.0.1:{port}/0", timeout=0.2)
+        try:
+            started = time.monotonic()
+            with pytest.raises(RedisTimeoutError):
+                await reader.hgetall("cust:c-1")
+            assert time.monotonic() - started < 2
+        finally:
+            reader.close()
+            server.close()
+
+    asyncio.run(main())

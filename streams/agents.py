@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from faust.types import TP
 
 from segments.adapters import IdentityMap, from_pos_receipt, from_shopify_order
 from segments.aggregates import CustomerState, state_from_bytes, state_to_bytes
@@ -30,6 +31,7 @@ from streams.timers import TICK, PartitionTime, wall_now
 log = logging.getLogger(__name__)
 
 RECORD_FORMAT = 1
+MAX_ACKED_CUSTOMERS = 100_000  # acknowledged ids remembered per partition until the next save
 CLOCK_KEY = b"\x00clock:"  # + partition number; never a customer id (ids are text)
 
 
@@ -122,8 +124,6 @@ class SegmentProcessor:
         part = self.partitions.get(partition)
         if part is None:
             part = await self._open(partition)
-        if part.acked:
-            self._clear_acked(part)
         source = (topic, partition, offset)
         if topic == self.names.ticks:
             self.counts["ticks"] += 1
@@ -228,7 +228,9 @@ class SegmentProcessor:
     ) -> None:
         outbox = record.outbox if record is not None else []
         acked = part.acked.pop(customer_id, None)
-        if acked:
+        if outbox and record is not None and record.offset < self._flushed_before(part.partition):
+            outbox = []  # written before the last commit, so flushed to Kafka
+        elif acked:
             outbox = [change for change in outbox if change["change_id"] not in acked]
         new = [change.to_dict() for change in changes]
         self.table[customer_id.encode()] = CustomerRecord(
@@ -279,21 +281,24 @@ class SegmentProcessor:
             if result.cancelled() or result.exception() is not None:
                 log.error("publish_failed customer_changes=%d kept_in_outbox", len(ids))
                 return
+            if len(part.acked) >= MAX_ACKED_CUSTOMERS:
+                part.acked.clear()  # only an optimisation: the next save keeps more
             part.acked.setdefault(customer_id, set()).update(ids)
 
         asyncio.gather(*futures).add_done_callback(on_sent)
 
-    def _clear_acked(self, part: PartitionTime) -> None:
-        """Drop acknowledged changes from outboxes (a table write needs this partition's event)."""
-        acked, part.acked = part.acked, {}
-        for customer_id, ids in acked.items():
-            record = self._load(customer_id)
-            if record is None or not record.outbox:
-                continue
-            outbox = [change for change in record.outbox if change["change_id"] not in ids]
-            if len(outbox) != len(record.outbox):
-                record.outbox = outbox
-                self.table[customer_id.encode()] = record.to_bytes()
+    def _flushed_before(self, partition: int) -> int:
+        """Records written at an offset below this one have every change in Kafka.
+
+        Faust flushes the producer (every send acknowledged) before it commits
+        an offset, so changes written while handling messages before the
+        committed one are published. Writes during a tick carry the offset of
+        the message before the tick, hence the one-message margin.
+        """
+        committed = self.segments_app.app.consumer._committed_offset.get(
+            TP(self.names.purchases, partition)
+        )
+        return -1 if committed is None else int(committed) - 1
 
     def _persist_clock(self, part: PartitionTime) -> None:
         """Write the clock when no customer record carried it (a mark, a duplicate)."""
@@ -309,6 +314,7 @@ class SegmentProcessor:
         # Faust's RocksDB store keeps one database per partition; reading it
         # directly is the only way to list one partition's keys.
         store = self.table.data
+        unsure_from = self._flushed_before(partition)
         pending: list[tuple[str, CustomerRecord]] = []
         customers = 0
         for key, value in store._visible_items(store._db_for_partition(partition)):
@@ -325,7 +331,7 @@ class SegmentProcessor:
             if record.clock is not None:
                 part.advance_clock(record.clock)
             part.handled_offset = max(part.handled_offset, record.offset)
-            if record.outbox:
+            if record.outbox and record.offset >= unsure_from:
                 pending.append((customer_id, record))
         heapq.heapify(part.deadlines)
         part.persisted_clock = part.clock

@@ -18,6 +18,10 @@ import sys
 import time
 from pathlib import Path
 
+import orjson
+
+from segments.clock import parse_instant
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench-out"
 RULES = ROOT / "segments" / "data" / "example_rules.yaml"
@@ -36,46 +40,87 @@ def machine() -> str:
 
 
 def ensure_input(events: int, customers: int, days: int, seed: int) -> Path:
+    """N events of C customers: `segments generate` runs with seeds until it has enough.
+
+    The generator gives each customer a handful of purchases, so a 10-events-per-
+    customer file is the union of several seeded runs over the same customer ids;
+    event ids of run k > 0 get a `k-` prefix (also in original_event_id) to stay
+    unique. The union is sorted by occurred_at and cut at N events.
+    """
     OUT.mkdir(exist_ok=True)
     path = OUT / f"events-{events}-{customers}-{days}-{seed}.jsonl"
     if path.exists():
         return path
-    # `generate` decides the event count from customers and days; trim to the target.
-    raw = OUT / f"raw-{customers}-{days}-{seed}.jsonl"
-    subprocess.run(
-        [sys.executable, "-m", "streams", "generate", "--customers", str(customers),
-         "--days", str(days), "--seed", str(seed), "--out", str(raw)],
-        check=True,
-    )
-    with raw.open("rb") as source, path.open("wb") as target:
-        for n, line in enumerate(source):
-            if n >= events:
-                break
-            target.write(line)
-    raw.unlink()
+    timeline: list[tuple[int, bytes]] = []
+    run = 0
+    while len(timeline) < events:
+        raw = OUT / f"raw-{customers}-{days}-{seed + run}.jsonl"
+        subprocess.run(
+            [sys.executable, "-m", "streams", "generate", "--customers", str(customers),
+             "--days", str(days), "--seed", str(seed + run), "--out", str(raw)],
+            check=True,
+        )  # fmt: skip
+        with raw.open("rb") as source:
+            for line in source:
+                record = orjson.loads(line)
+                if run:
+                    record["event_id"] = f"{run}-{record['event_id']}"
+                    if record.get("original_event_id"):
+                        record["original_event_id"] = f"{run}-{record['original_event_id']}"
+                instant = parse_instant(record["occurred_at"].replace("Z", "+00:00"))
+                timeline.append((instant, orjson.dumps(record)))
+        raw.unlink()
+        run += 1
+    timeline.sort(key=lambda entry: entry[0])
+    with path.open("wb") as target:
+        for _, line in timeline[:events]:
+            target.write(line + b"\n")
     return path
 
 
 def run_replay(path: Path, out: Path, profile: bool) -> dict[str, object]:
-    command = [sys.executable, "-m", "streams", "replay", "--rules", str(RULES),
-               "--input", str(path), "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "streams",
+        "replay",
+        "--rules",
+        str(RULES),
+        "--input",
+        str(path),
+        "--out",
+        str(out),
+    ]
     if profile:
-        command = [sys.executable, "-m", "pyinstrument", "-r", "text", "-o",
-                   str(OUT / "replay-profile.txt"), "-m", "streams", *command[3:]]
+        command = [
+            sys.executable,
+            "-m",
+            "pyinstrument",
+            "-r",
+            "text",
+            "-o",
+            str(OUT / "replay-profile.txt"),
+            "-m",
+            "streams",
+            *command[3:],
+        ]
     started = time.perf_counter()
     subprocess.run(command, check=True)
     wall = time.perf_counter() - started
     peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     summary = json.loads((out / "summary.json").read_text())
-    return {"wall_seconds": round(wall, 2), "peak_rss_mib": round(peak_kib / 1024),
-            "summary": summary}
+    return {
+        "wall_seconds": round(wall, 2),
+        "peak_rss_mib": round(peak_kib / 1024),
+        "summary": summary,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--customers", type=int, default=100_000)
-    parser.add_argument("--days", type=int, default=1800, help="long enough for --events")
+    parser.add_argument("--days", type=int, default=730)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--profile", action="store_true", help="write a pyinstrument profile")
     args = parser.parse_args()

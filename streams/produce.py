@@ -31,7 +31,8 @@ def timeline(lines: Iterable[bytes]) -> list[tuple[bytes | None, bytes]]:
 
     A line that does not decode keeps the instant of the line before it, so it
     travels with its neighbours and the worker dead-letters it; its key is the
-    customer_id when one can be read.
+    customer_id when one can be read. A clock mark in the input gets the key
+    EVERY_PARTITION: replay's clock is global, so it goes to every partition.
     """
     entries: list[tuple[int, int, bytes | None, bytes]] = []
     instant = -(1 << 62)
@@ -48,12 +49,16 @@ def timeline(lines: Iterable[bytes]) -> list[tuple[bytes | None, bytes]]:
         else:
             if isinstance(item, ClockMark):
                 instant = item.at
+                key = EVERY_PARTITION
             else:
                 instant = item.occurred_at
                 key = item.customer_id.encode()
         entries.append((instant, position, key, raw))
     entries.sort(key=lambda entry: (entry[0], entry[1]))
     return [(key, raw) for _, _, key, raw in entries]
+
+
+EVERY_PARTITION = b"\x00every-partition"  # a marker, never sent as a key
 
 
 def _customer_key(raw: bytes) -> bytes | None:
@@ -88,14 +93,18 @@ def publish(
         client_id="segments-produce",
     )
     try:
+        partitions = sorted(producer.partitions_for(topic))
         for key, value in messages:
-            producer.send(topic, key=key, value=value)
+            if key == EVERY_PARTITION:
+                for partition in partitions:
+                    producer.send(topic, value=value, partition=partition)
+            else:
+                producer.send(topic, key=key, value=value)
             if progress is not None:
                 next(progress)
         # Every event must be on its partition before the mark that closes it.
         producer.flush()
         if as_of is not None:
-            partitions = sorted(producer.partitions_for(topic))
             mark = clock_mark(as_of)
             for partition in partitions:
                 producer.send(topic, value=mark, partition=partition)

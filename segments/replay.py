@@ -178,7 +178,9 @@ def _replay(
             rejected_file.write(orjson.dumps(record) + b"\n")
 
         # Decode everything first: input is applied in occurred_at order, ties in input order.
-        timeline: list[tuple[int, int, Event | ClockMark, bytes]] = []
+        # The raw bytes are not kept: a decoded event re-encodes for the rare rejection
+        # after sorting, and a million raw lines would double the peak memory.
+        timeline: list[tuple[int, int, Event | ClockMark]] = []
         for line_no, line in enumerate(lines, start=1):
             raw = line.rstrip(b"\r\n")
             if not raw.strip():
@@ -190,7 +192,7 @@ def _replay(
                 reject(line_no, raw, rejection.reason, rejection.message)
                 continue
             instant = item.at if isinstance(item, ClockMark) else item.occurred_at
-            timeline.append((instant, line_no, item, raw))
+            timeline.append((instant, line_no, item))
             if progress is not None and line_no % 65536 == 0:
                 progress(line_no)
         timeline.sort(key=_instant)
@@ -204,7 +206,7 @@ def _replay(
                 write(change.to_json() + b"\n")
 
         engine = Engine(rules)
-        for _, line_no, item, raw in timeline:
+        for _, line_no, item in timeline:
             if isinstance(item, ClockMark):
                 result.clock_marks += 1
                 engine.advance(item.at, emit)
@@ -215,7 +217,7 @@ def _replay(
             except DuplicateEvent:
                 result.duplicates += 1
             except Rejection as rejection:
-                reject(line_no, raw, rejection.reason, rejection.message)
+                reject(line_no, _events.encode_event(item), rejection.reason, rejection.message)
         if as_of is not None:
             engine.advance(as_of, emit)
 
@@ -229,5 +231,5 @@ def _replay(
     return result
 
 
-def _instant(entry: tuple[int, int, Event | ClockMark, bytes]) -> int:
+def _instant(entry: tuple[int, int, Event | ClockMark]) -> int:
     return entry[0]

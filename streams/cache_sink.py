@@ -70,6 +70,32 @@ async def wait_or_stop(stop: asyncio.Event, seconds: float) -> bool:
     return stop.is_set()
 
 
+async def wait_for_topic(bootstrap: str, topic: str, stop: asyncio.Event) -> bool:
+    """Waits until `topic` exists (the worker creates it); False when stopped first.
+
+    A consumer subscribed to a missing topic waits in start() without end, deaf to stop.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    backoff, logged = Backoff(0.2, 5.0), 0.0
+    while not stop.is_set():
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        try:
+            await admin.start()
+            if topic in set(await admin.list_topics()):
+                return True
+        except (KafkaError, OSError) as error:
+            log.warning("kafka_unavailable waiting_for=%s error=%s", topic, error)
+        finally:
+            await admin.close()
+        if time.monotonic() - logged > 30:
+            log.info("waiting_for_topic topic=%s (the worker creates it)", topic)
+            logged = time.monotonic()
+        if await wait_or_stop(stop, backoff.next_delay()):
+            break
+    return False
+
+
 @dataclass
 class SinkStats:
     batches: int = 0
@@ -118,6 +144,8 @@ class CacheSink:
         self.consumer: AIOKafkaConsumer | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
+        if not await wait_for_topic(self.bootstrap, self.topic, stop):
+            return
         consumer = AIOKafkaConsumer(
             self.topic,
             bootstrap_servers=self.bootstrap,

@@ -37,7 +37,7 @@ from prometheus_client import Counter, Histogram
 from redis.exceptions import RedisError
 
 from segments.rules.ruleset import Trigger
-from streams.cache_sink import Backoff, record_lag, wait_or_stop
+from streams.cache_sink import Backoff, record_lag, wait_for_topic, wait_or_stop
 from streams.sinks.redis import decode_change
 
 log = logging.getLogger(__name__)
@@ -164,6 +164,8 @@ class TriggerDispatcher:
         return f"{self.prefix}trigcool:{{{customer_id}}}:{trigger.name}"
 
     async def run(self, stop: asyncio.Event) -> None:
+        if not await wait_for_topic(self.bootstrap, self.topic, stop):
+            return
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             group_id=self.group_id,

@@ -168,3 +168,24 @@ def test_web_binds_to_loopback_by_default():
     from streams.settings import Settings
 
     assert Settings().web_host == "127.0.0.1"
+
+
+def test_serving_waits_for_the_worker_to_create_topics_and_stops_cleanly(config):
+    """Started before the worker created segment-changes: it serves, waits, and a stop ends
+    it promptly (a consumer subscribed to a missing topic would hang in start())."""
+    from dataclasses import replace
+
+    missing = replace(config, topic_prefix=config.topic_prefix + "later.")
+
+    async def main():
+        stop, started = asyncio.Event(), asyncio.Event()
+        serving = asyncio.create_task(run_serving(missing, stop=stop, started=started))
+        await asyncio.wait_for(started.wait(), 30)
+        async with aiohttp.ClientSession() as http:
+            url = f"http://127.0.0.1:{config.web_port}/healthz"
+            async with http.get(url) as response:
+                assert response.status == 200
+        stop.set()
+        await asyncio.wait_for(serving, 15)
+
+    asyncio.run(main())

@@ -9,8 +9,9 @@ baseline is a Faust app with the same settings whose agent only increments a
 RocksDB table counter per event.
 
 Latency: with the product worker running, fresh events are produced at a
-steady rate below its capacity; latency = Kafka timestamp of the change in
-`segment-changes` minus the Kafka timestamp of the purchase that caused it.
+steady rate below its capacity; latency = broker append time of the change in
+`segment-changes` minus broker append time of the purchase that caused it
+(both topics use LogAppendTime, so producer lingering is included).
 
 Needs the local Kafka (deploy/local/services.sh up). Prints a Markdown block
 for BENCHMARKS.md.
@@ -212,6 +213,12 @@ def main() -> None:
         "SEGMENTS_DATA_DIR": str(work / "latency-data"),
         "SEGMENTS_WEB_PORT": str(port),
     }
+    # Broker append times on both ends: a change counts as published when Kafka
+    # has it, not when the worker handed it to its producer (which lingers).
+    _create_topics(
+        [latency_topics.purchases, latency_topics.segment_changes],
+        {"message.timestamp.type": "LogAppendTime"},
+    )
     ensure_topics(BOOTSTRAP, latency_topics, PARTITIONS)
     process = start([sys.executable, "-m", "streams", "worker"], env, work / "latency.log")
     try:
@@ -273,6 +280,17 @@ def main() -> None:
         f"p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms, max {lat['max']:.0f} ms."
     )
     print(f"\n(work dir {work}; logs there)")
+
+
+def _create_topics(names: list[str], config: dict[str, str]) -> None:
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    try:
+        admin.create_topics([NewTopic(name, PARTITIONS, 1, topic_configs=config) for name in names])
+    finally:
+        admin.close()
 
 
 def _delete_topics(prefix: str) -> None:

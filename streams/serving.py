@@ -268,20 +268,24 @@ def _spawn_web_only(port: int | None, lookup_port: int | None):  # -> subprocess
 
 
 def _run_until_signal(main: Any) -> None:
-    """asyncio.run(main(stop)) on uvloop when installed; SIGINT/SIGTERM set stop."""
+    """Runs main(stop) on uvloop when installed; SIGINT/SIGTERM set stop.
+
+    The handlers are installed before the loop runs: installed from inside a running
+    uvloop (uvloop.run, asyncio.Runner) SIGTERM still killed the process here.
+    """
     try:
         import uvloop  # type: ignore[import-not-found]
+
+        loop = uvloop.new_event_loop()
     except ImportError:
-        uvloop = None
-
-    async def runner() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await main(stop)
-
-    if uvloop is not None:
-        uvloop.run(runner())
-    else:
-        asyncio.run(runner())
+        loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        loop.run_until_complete(main(stop))
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        asyncio.set_event_loop(None)
+        loop.close()

@@ -157,6 +157,8 @@ def test_worker_to_lookup_and_webhooks(segments_env, topics, tmp_path: Path) -> 
 
                     await wait_for(small_left, 30, "c-small's time-driven exit in the cache")
                 assert worker.stop() == 0
+                serve.terminate()  # SIGTERM: a clean stop, exit 0
+                assert serve.wait(30) == 0, (tmp_path / "serve.log").read_text()[-3000:]
         finally:
             if serve is not None and serve.poll() is None:
                 serve.terminate()

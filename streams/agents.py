@@ -120,6 +120,22 @@ class SegmentProcessor:
         """
         self.partitions.clear()
 
+    async def handle_or_dead_letter(
+        self, topic: str, partition: int, offset: int, key: Any, value: Any
+    ) -> None:
+        """handle(), but an unexpected error (a bug) dead-letters the message with reason
+        processing_error instead of crashing the agent: the partition never blocks."""
+        try:
+            await self.handle(topic, partition, offset, key, value)
+        except Exception as error:
+            log.exception(
+                "processing_error topic=%s partition=%d offset=%d", topic, partition, offset
+            )
+            self.partitions.pop(partition, None)  # reopened from the table next time
+            if topic != self.names.ticks:
+                rejection = Rejection("processing_error", f"{type(error).__name__}: {error}")
+                await self._reject(key, value, rejection, (topic, partition, offset))
+
     async def handle(self, topic: str, partition: int, offset: int, key: Any, value: Any) -> None:
         part = self.partitions.get(partition)
         if part is None:
@@ -419,7 +435,7 @@ def register_agents(
     async def segment_agent(stream: Any) -> None:
         async for event in stream.events():
             message = event.message
-            await processor.handle(
+            await processor.handle_or_dead_letter(
                 message.topic, message.partition, message.offset, event.key, event.value
             )
 

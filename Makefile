@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-unit lint typecheck services-up services-down services-status bench clean
+.PHONY: setup system-deps demo test test-unit lint typecheck services-up services-down services-status bench clean
 
 # Creates .venv and installs the locked dependencies plus the project (editable).
 # Idempotent: only re-runs when pyproject.toml or requirements.lock changed.
@@ -13,6 +13,10 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml requirements.lock scripts/setup-venv.sh
 	bash scripts/setup-venv.sh
 	touch $(STAMP)
+
+# Debian packages for the tests (headless Chromium); apt-get only when missing.
+system-deps:
+	bash scripts/install-system-deps.sh
 
 services-up:
 	bash deploy/local/services.sh up
@@ -23,13 +27,13 @@ services-down:
 services-status:
 	bash deploy/local/services.sh status
 
-# The main job on the embedded default (grows as the worker lands).
+# The main job on the embedded default: generator -> Kafka -> worker -> Redis, live.
 demo: setup services-up
 	$(VENV)/bin/segments demo
 
 # The whole suite against real Kafka and Redis. pytest's exit 5 (no tests ran)
 # is a failure here, never a silent pass.
-test: setup services-up
+test: setup system-deps services-up
 	$(PY) -m pytest tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran" >&2; exit 1; fi; exit $$rc
 
 test-unit: setup

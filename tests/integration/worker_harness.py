@@ -167,7 +167,7 @@ def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
     return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
 
 
-def wait_drained(bootstrap: str, group: str, topic: str, timeout: float = 120) -> None:
+def wait_drained(bootstrap: str, group: str, topic: str, timeout: float = 240) -> None:
     """Until the worker group has committed every message of `topic`.
 
     Faust flushes its producer before committing offsets, so once the input is

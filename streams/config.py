@@ -30,9 +30,14 @@ class WorkerConfig:
 
 def load_config(**overrides: Any) -> WorkerConfig:
     """From the project's one settings object (streams.settings): SEGMENTS_* and `.env`."""
-    from streams.settings import load_settings
+    import click
 
-    settings = load_settings(**overrides)
+    from streams.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings(**overrides)
+    except SettingsError as error:
+        raise click.ClickException(str(error)) from None
     return WorkerConfig(
         kafka_bootstrap=settings.kafka_bootstrap,
         rules=str(settings.rules),

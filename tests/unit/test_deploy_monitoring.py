@@ -1,0 +1,58 @@
+"""The Grafana dashboard and Prometheus alert rules name only metrics the code exports."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client import REGISTRY
+
+import streams.cache_sink
+import streams.triggers
+import streams.web  # noqa: F401
+
+pytestmark = pytest.mark.unit
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+METRIC = re.compile(r"\bsegments_[a-z_]+")
+SUFFIXES = ("_bucket", "_sum", "_count", "_total", "_created")
+
+
+def exported() -> set[str]:
+    names: set[str] = set()
+    for collector in list(REGISTRY._collector_to_names):
+        for metric in collector.describe() if hasattr(collector, "describe") else []:
+            names.add(metric.name)
+    return names
+
+
+def base(name: str) -> str:
+    for suffix in SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def expressions() -> list[str]:
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    exprs = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    dashboard = json.loads((DEPLOY / "grafana" / "purchase-segments-churn.json").read_text())
+    exprs += [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    return exprs
+
+
+def test_every_metric_in_alerts_and_dashboard_is_exported() -> None:
+    known = {base(name) for name in exported()}
+    used = {base(name) for expr in expressions() for name in METRIC.findall(expr)}
+    assert used, "no metric found in the monitoring files"
+    assert used <= known, f"unknown metrics: {sorted(used - known)}"
+
+
+def test_alert_rules_have_names_severities_and_summaries() -> None:
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    for rule in (r for group in rules["groups"] for r in group["rules"]):
+        assert rule["alert"] and rule["labels"]["severity"] in ("warning", "critical")
+        assert rule["annotations"]["summary"]

@@ -162,7 +162,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="worker-bench-"))
     run = uuid.uuid4().hex[:8]
-    prefix = f"bench-{run}."
+    prefix = f"worker-bench-{run}."
     topics = Topics(prefix)
     rules = REPO / "segments" / "data" / "example_rules.yaml"
     events = work / "events.jsonl"
@@ -203,7 +203,7 @@ def main() -> None:
         print(f"{name}: {rate:.0f} msg/s ({measured} messages in {seconds:.1f} s)", flush=True)
 
     # Latency: a fresh prefix, the product worker ready, events produced at a steady rate.
-    latency_prefix = f"bench-{run}-latency."
+    latency_prefix = f"worker-bench-{run}-latency."
     latency_topics = Topics(latency_prefix)
     port = free_port()
     env = {
@@ -251,7 +251,7 @@ def main() -> None:
         if change["event_id"] and change["change_id"] not in seen:
             seen.add(change["change_id"])
             latencies.append(record.timestamp - purchase_stamps[change["event_id"]])
-    _delete_topics(f"bench-{run}")
+    _delete_kafka_names(f"worker-bench-{run}")
     results["latency_ms"] = {
         "p50": statistics.median(latencies),
         "p99": percentile(latencies, 0.99),
@@ -293,7 +293,8 @@ def _create_topics(names: list[str], config: dict[str, str]) -> None:
         admin.close()
 
 
-def _delete_topics(prefix: str) -> None:
+def _delete_kafka_names(prefix: str) -> None:
+    """The run's topics and consumer groups (all named with this run's prefix)."""
     from kafka import KafkaAdminClient
 
     admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP)
@@ -301,6 +302,9 @@ def _delete_topics(prefix: str) -> None:
         names = [name for name in admin.list_topics() if name.startswith(prefix)]
         if names:
             admin.delete_topics(names)
+        groups = [group for group, _ in admin.list_consumer_groups() if group.startswith(prefix)]
+        if groups:
+            admin.delete_consumer_groups(groups)
     finally:
         admin.close()
 

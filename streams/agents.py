@@ -27,6 +27,7 @@ from segments.rules.evaluator import CompiledRules
 from streams.app import SegmentsApp
 from streams.dlq import dead_letter
 from streams.timers import TICK, PartitionTime, wall_now
+from streams.worker_metrics import DEADLINE_LATENESS
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +225,8 @@ class SegmentProcessor:
             if record is None or record.due != due:
                 continue  # superseded: the customer's deadline moved after this entry
             part.advance_clock(due)
+            if not self.event_clock:
+                DEADLINE_LATENESS.observe(max(0, wall_now() - due) / 1_000_000)
             state = state_from_bytes(customer_id, record.state)
             state, changes = step(state, Tick(due), self.rules, due)
             await self._save(part, customer_id, record, state, changes)

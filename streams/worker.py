@@ -31,6 +31,7 @@ def build_worker_app(config: WorkerConfig) -> tuple[SegmentsApp, SegmentProcesso
     adapter = AdapterProcessor(segments_app, rules, IdentityMap())
     register_agents(segments_app, processor, adapter)
     register_pages(segments_app)
+    register_metrics(segments_app, processor, adapter)
     return segments_app, processor
 
 
@@ -47,6 +48,22 @@ def register_pages(segments_app: SegmentsApp) -> None:
         recovered = app.tables.recovery.completed.is_set() and not app.in_recovery
         ready = recovered and not app.rebalancing and not app.unassigned
         return web.json({"ready": ready}, status=200 if ready else 503)
+
+
+def register_metrics(
+    segments_app: SegmentsApp, processor: SegmentProcessor, adapter: AdapterProcessor
+) -> None:
+    """GET /metrics: events processed, dead letters by reason, deadline lateness."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    from streams.worker_metrics import REGISTRY, ProcessorCounts
+
+    REGISTRY.register(ProcessorCounts({"segments": processor.counts, "adapter": adapter.counts}))
+
+    @segments_app.app.page("/metrics")
+    async def metrics(web: Any, request: Any) -> Any:
+        body = generate_latest(REGISTRY)
+        return web.bytes(body, content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
 
 RUNNING_MARKER = "worker.running"

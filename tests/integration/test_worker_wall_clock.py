@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -72,7 +73,16 @@ def test_time_driven_change_is_published_within_a_second_of_its_due_instant(
         records = read_topic(bootstrap, topics.segment_changes)
         published = read_published(bootstrap, topics, ["small_buyer"])
         dead = read_topic(bootstrap, topics.purchases_dlq)
+        with urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/metrics", timeout=5) as r:
+            metrics = r.read().decode()
         assert worker.stop() == 0
+    # the worker's own Prometheus metrics: what it applied, dead-lettered, and how late
+    # it handled the deadline
+    assert 'segments_worker_messages_total{agent="segments",outcome="applied"} 2.0' in metrics
+    assert (
+        'segments_worker_dead_letters_total{agent="segments",reason="too_far_ahead"} 1.0' in metrics
+    )
+    assert "segments_deadline_lateness_seconds_count 1.0" in metrics
     entered, exited = (orjson.loads(record.value or b"") for record in records[:2])
     assert (entered["change"], entered["cause"]) == ("entered", "purchase")
     assert (exited["change"], exited["cause"], exited["event_id"]) == ("exited", "time", None)

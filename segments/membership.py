@@ -84,12 +84,16 @@ def step(
             f"occurred_at is older than max_lateness "
             f"({rules.ruleset.max_lateness // MICROS_PER_DAY}d) behind the clock",
         )
-    _advance(state, rules, now, changes)
+    # Convert money before anything changes: an unknown currency raises here.
     if isinstance(item, Purchase):
-        _apply_purchase(state, item, rules)
+        order = _order_of(item, rules)
+        _advance(state, rules, now, changes)
+        add_order(state, order)
         cause = "purchase"
     else:
-        _apply_return(state, item, rules)
+        refund = _refund_of(item, rules)
+        _advance(state, rules, now, changes)
+        _apply_return(state, item, refund, rules)
         cause = "return"
     _evaluate(state, rules, now, cause, item.event_id, changes)
     state.due = next_deadline(state, rules, now)
@@ -154,7 +158,7 @@ def _evaluate(
         )
 
 
-def _apply_purchase(state: CustomerState, event: Purchase, rules: CompiledRules) -> None:
+def _order_of(event: Purchase, rules: CompiledRules) -> Order:
     ruleset = rules.ruleset
     keep = rules.keep_categories
     categories: dict[str, CategoryTotal] | None = None
@@ -174,7 +178,7 @@ def _apply_purchase(state: CustomerState, event: Purchase, rules: CompiledRules)
             else:
                 bucket.amount += amount
                 bucket.units += line.quantity
-    order = Order(
+    return Order(
         event_id=event.event_id,
         day=rules.calendar.day_of(event.occurred_at),
         channel=event.channel,
@@ -183,23 +187,32 @@ def _apply_purchase(state: CustomerState, event: Purchase, rules: CompiledRules)
         units=units,
         categories=categories,
     )
-    add_order(state, order)
 
 
-def _apply_return(state: CustomerState, event: Return, rules: CompiledRules) -> None:
+Refund = tuple[Decimal, list[tuple[str, Decimal, int]]]  # amount, (category, amount, units)
+
+
+def _refund_of(event: Return, rules: CompiledRules) -> Refund:
     ruleset = rules.ruleset
-    day = rules.calendar.day_of(event.occurred_at)
     amount = to_base(event.total, event.currency, ruleset.base_currency, ruleset.rates)
+    lines = [
+        (
+            line.category,
+            to_base(line.amount, event.currency, ruleset.base_currency, ruleset.rates),
+            line.quantity,
+        )
+        for line in event.lines
+    ]
+    return amount, lines
+
+
+def _apply_return(
+    state: CustomerState, event: Return, refund: Refund, rules: CompiledRules
+) -> None:
+    day = rules.calendar.day_of(event.occurred_at)
+    amount, lines = refund
     original = state.find_order(event.original_event_id) if event.original_event_id else None
     if original is not None:
-        lines = [
-            (
-                line.category,
-                to_base(line.amount, event.currency, ruleset.base_currency, ruleset.rates),
-                line.quantity,
-            )
-            for line in event.lines
-        ]
         refund_order(state, original, amount, lines)
     else:
         add_adjustment(state, Adjustment(event.event_id, day, event.channel, -amount))

@@ -347,3 +347,15 @@ def test_five_order_customer_fits_in_512_bytes_under_the_example_rules() -> None
     state, _ = _five_order_customer()
     size = len(state_to_bytes(state))  # type: ignore[arg-type]
     assert size <= 512, size
+
+
+def test_an_unknown_currency_is_rejected_before_the_state_changes() -> None:
+    rules = rules_of('  - name: recent\n    when: orders(within="7d") >= 1\n')
+    now = t("2024-03-01T12:00:00Z")
+    state, _ = step(None, buy("e1", "2024-03-01T12:00:00Z"), rules, now)
+    before = state_to_bytes(state)
+    later = t("2024-03-09T12:00:00Z")  # the exit is due at 03-08: not applied on a rejection
+    with pytest.raises(Rejection) as raised:
+        step(state, buy("e2", "2024-03-09T12:00:00Z", currency="JPY"), rules, later)
+    assert raised.value.reason == "unknown_currency"
+    assert state_to_bytes(state) == before

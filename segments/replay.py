@@ -15,10 +15,9 @@ from typing import Any
 
 import orjson
 
-from segments import events as _events
 from segments.aggregates import CustomerState
 from segments.changes import Change
-from segments.events import ClockMark, Event, Rejection
+from segments.events import ClockMark, Event, Rejection, decode_event, encode_event
 from segments.membership import DuplicateEvent, Tick, step
 from segments.rules.evaluator import CompiledRules
 
@@ -187,7 +186,7 @@ def _replay(
                 continue
             result.events_read += 1
             try:
-                item = _events.decode_event(raw, currencies)
+                item = decode_event(raw, currencies)
             except Rejection as rejection:
                 reject(line_no, raw, rejection.reason, rejection.message)
                 continue
@@ -217,7 +216,7 @@ def _replay(
             except DuplicateEvent:
                 result.duplicates += 1
             except Rejection as rejection:
-                reject(line_no, _events.encode_event(item), rejection.reason, rejection.message)
+                reject(line_no, encode_event(item), rejection.reason, rejection.message)
         if as_of is not None:
             engine.advance(as_of, emit)
 

@@ -131,17 +131,7 @@ def decode_event(raw: bytes, currencies: Container[str]) -> Purchase | Return | 
     and the keys of its rate table. Amounts keep their exact decimal value,
     whether sent as strings or as JSON numbers.
     """
-    if len(raw) > MAX_PAYLOAD_BYTES:
-        raise Rejection(
-            "payload_too_large",
-            f"payload is {len(raw)} bytes, the limit is {MAX_PAYLOAD_BYTES} (1 MiB)",
-        )
-    try:
-        obj = _loads(raw)
-    except orjson.JSONDecodeError as exc:
-        _reject_unreadable(raw, exc, lambda obj: _event_from_object(obj, currencies))
-    if obj.__class__ is not dict:
-        raise Rejection("not_an_object", f"expected a JSON object, got {_json_type(obj)}")
+    obj = _read_object(raw, lambda obj: _event_from_object(obj, currencies))
     try:
         return _event_from_object(obj, currencies)
     except _InexactNumber:
@@ -155,13 +145,8 @@ def decode_event(raw: bytes, currencies: Container[str]) -> Purchase | Return | 
     return _event_from_object(_exact_loads(raw), currencies)
 
 
-def load_object(raw: bytes) -> dict[str, Any]:
-    """Bytes -> a JSON object whose non-integer numbers are exact Decimals (adapters' first step).
-
-    Raises Rejection for the payload-level reasons: payload_too_large,
-    invalid_utf8, invalid_json (not_a_number / infinite_amount for NaN and
-    Infinity literals) and not_an_object.
-    """
+def _read_object(raw: bytes, validate: Callable[[dict[str, Any]], object] | None) -> dict[str, Any]:
+    """The payload-level checks both readers share: size, UTF-8 and JSON, an object."""
     if len(raw) > MAX_PAYLOAD_BYTES:
         raise Rejection(
             "payload_too_large",
@@ -170,9 +155,20 @@ def load_object(raw: bytes) -> dict[str, Any]:
     try:
         obj = _loads(raw)
     except orjson.JSONDecodeError as exc:
-        _reject_unreadable(raw, exc, None)
+        _reject_unreadable(raw, exc, validate)
     if obj.__class__ is not dict:
         raise Rejection("not_an_object", f"expected a JSON object, got {_json_type(obj)}")
+    return obj
+
+
+def load_object(raw: bytes) -> dict[str, Any]:
+    """Bytes -> a JSON object whose non-integer numbers are exact Decimals (adapters' first step).
+
+    Raises Rejection for the payload-level reasons: payload_too_large,
+    invalid_utf8, invalid_json (not_a_number / infinite_amount for NaN and
+    Infinity literals) and not_an_object.
+    """
+    obj = _read_object(raw, None)
     if _has_long_digit_run(raw):
         exact: dict[str, Any] = _exact_loads(raw)
         return exact

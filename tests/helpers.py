@@ -72,3 +72,26 @@ async def wait_until_async(
                 f"{timeout:g}s; last result: {last!r}"
             )
         await asyncio.sleep(interval)
+
+
+async def wait_for(
+    predicate: Callable[[], T | Awaitable[T]],
+    timeout: float = DEFAULT_TIMEOUT,
+    what: str = "condition",
+    interval: float = 0.05,
+) -> T:
+    """Polls a sync or async predicate from async code until it returns something truthy.
+
+    Unlike `wait_until_async`, an exception from the predicate fails at once: these
+    callers check things that are always readable (HTTP receivers, Redis keys).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result  # type: ignore[return-value]
+        if time.monotonic() > deadline:
+            raise WaitTimeout(f"timed out after {timeout}s waiting for {what}; last {result!r}")
+        await asyncio.sleep(interval)

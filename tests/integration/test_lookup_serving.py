@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import uuid
 
 import aiohttp
@@ -16,6 +15,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from streams.serving import ServingConfig, run_serving
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -27,18 +27,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-async def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        last = await predicate()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last {last!r}")
-        await asyncio.sleep(interval)
 
 
 @pytest.fixture

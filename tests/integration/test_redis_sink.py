@@ -19,22 +19,12 @@ from aiokafka import AIOKafkaProducer
 from streams.cache_sink import Backoff, CacheSink
 from streams.resync import resync_cache
 from streams.sinks.redis import RedisCache, connect
+from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.integration]
 
 BOOTSTRAP = os.environ.get("SEGMENTS_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
 OUTAGE_SECONDS = float(os.environ.get("SEGMENTS_TEST_REDIS_OUTAGE", "30"))
-
-
-async def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
-    """Polls an async predicate until true; fails with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if await predicate():
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 class PrivateRedis:

@@ -22,6 +22,7 @@ from aiohttp import web
 from kafka import KafkaProducer
 
 from segments.clock import parse_instant
+from tests.helpers import wait_for
 from tests.integration.worker_harness import (
     REPO_ROOT,
     committed_offsets,
@@ -67,19 +68,6 @@ def event(event_id: str, customer: str, kind: str = "purchase", **extra: str) ->
             **extra,
         }
     )
-
-
-async def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 def test_worker_to_lookup_and_webhooks(segments_env, topics, tmp_path: Path) -> None:

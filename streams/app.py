@@ -8,6 +8,7 @@ from typing import Any
 import faust
 
 from streams.config import WorkerConfig
+from streams.faust_fixes import App
 from streams.settings import Topics
 
 # RocksDB per table partition, sized for a 2-core / 24 GiB machine running
@@ -45,7 +46,7 @@ class SegmentsApp:
 
 def create_app(config: WorkerConfig) -> SegmentsApp:
     names = config.names
-    app = faust.App(
+    app = App(
         config.app_id,
         broker=f"kafka://{config.kafka_bootstrap}",
         store="rocksdb://",

@@ -67,7 +67,7 @@ def test_sigkill_mid_stream_then_restart_equals_replay(
         assert _progress(bootstrap, group, topics.purchases) < 1.0, "killed too late"
         second.start()
         second.wait_ready(90)
-        wait_drained(bootstrap, group, topics.purchases, timeout=300)
+        wait_drained(bootstrap, group, topics.purchases, timeout=300, workers=(second,))
         published = read_published(bootstrap, topics, list(reference.memberships))
         assert second.stop() == 0
     finally:
@@ -91,7 +91,7 @@ def test_second_worker_joins_mid_stream_equals_replay(
         first.wait_ready()
         wait_until(lambda: _progress(bootstrap, group, topics.purchases) >= 0.3, 120, interval=0.1)
         second.start()
-        wait_drained(bootstrap, group, topics.purchases, timeout=300)
+        wait_drained(bootstrap, group, topics.purchases, timeout=300, workers=(first, second))
         published = read_published(bootstrap, topics, list(reference.memberships))
         assert "partition_opened" in second.log_text(), "the second worker never got a partition"
         assert first.stop() == 0

@@ -109,6 +109,21 @@ class WorkerProcess:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def dump_tasks(self, timeout: float = 10) -> str:
+        """The stacks of every thread and asyncio task, from mode's SIGUSR1 handler.
+
+        For a failing test: what a worker that stopped making progress waits on.
+        """
+        if self.process is None or self.process.poll() is not None:
+            return "(worker not running)"
+        before = len(self.log_text())
+        self.process.send_signal(signal.SIGUSR1)
+        try:
+            wait_until(lambda: "THREAD" in self.log_text()[before:], timeout, interval=0.2)
+        except AssertionError:
+            return f"(no task dump within {timeout:g}s)"
+        return self.log_text()[before:]
+
 
 @contextlib.contextmanager
 def running_workers(env: Mapping[str, str], log_dir: Path, count: int = 1) -> Iterator[list[Any]]:
@@ -167,11 +182,19 @@ def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
     return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
 
 
-def wait_drained(bootstrap: str, group: str, topic: str, timeout: float = 240) -> None:
+def wait_drained(
+    bootstrap: str,
+    group: str,
+    topic: str,
+    timeout: float = 240,
+    workers: tuple[WorkerProcess, ...] = (),
+) -> None:
     """Until the worker group has committed every message of `topic`.
 
     Faust flushes its producer before committing offsets, so once the input is
-    committed every change it caused is in Kafka.
+    committed every change it caused is in Kafka. On timeout the error names
+    the committed and end offsets of each partition, with the task stacks of
+    `workers`.
     """
     ends = end_offsets(bootstrap, topic)
 
@@ -179,7 +202,13 @@ def wait_drained(bootstrap: str, group: str, topic: str, timeout: float = 240) -
         committed = committed_offsets(bootstrap, group, topic)
         return all(committed.get(p, -1) >= end for p, end in ends.items() if end > 0)
 
-    wait_until(drained, timeout, interval=0.5, what=f"group {group} committed all of {topic}")
+    try:
+        wait_until(drained, timeout, interval=0.5, what=f"group {group} committed all of {topic}")
+    except AssertionError as error:
+        committed = committed_offsets(bootstrap, group, topic)
+        offsets = ", ".join(f"{p}: {committed.get(p)}/{end}" for p, end in sorted(ends.items()))
+        dumps = "\n".join(worker.dump_tasks() for worker in workers)
+        raise AssertionError(f"{error}\ncommitted/end by partition: {offsets}\n{dumps}") from None
 
 
 @dataclass(frozen=True)

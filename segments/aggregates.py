@@ -93,6 +93,9 @@ class CustomerState:
     lifetime: dict[FilterKey, Lifetime] = field(default_factory=dict)
     memberships: dict[str, Membership] = field(default_factory=dict)
     due: int | None = None  # next instant at which time alone may change a segment
+    # Derived from `orders` by the compiled rules (evaluator.py), never serialized:
+    # every change to the records sets it back to None.
+    index: tuple[Any, ...] | None = field(default=None, compare=False, repr=False)
 
     def has_seen(self, event_id: str) -> bool:
         for order in self.orders:
@@ -154,6 +157,7 @@ def _contribute(lifetime: Lifetime, key: FilterKey, order: Order, sign: int) -> 
 
 
 def add_order(state: CustomerState, order: Order) -> None:
+    state.index = None
     insort(state.orders, order)
     if order.net > 0:
         for key, lifetime in state.lifetime.items():
@@ -165,6 +169,7 @@ def refund_order(
     state: CustomerState, order: Order, amount: Decimal, lines: list[tuple[str, Decimal, int]]
 ) -> None:
     """Lower a known order's net by `amount` (base currency) and its categories by `lines`."""
+    state.index = None
     counted_keys = [key for key in state.lifetime if order.net > 0 and matches(order, key)]
     for key in counted_keys:
         _contribute(state.lifetime[key], key, order, -1)
@@ -219,6 +224,7 @@ def ensure_lifetime_keys(
 
 
 def add_adjustment(state: CustomerState, adjustment: Adjustment) -> None:
+    state.index = None
     insort(state.adjustments, adjustment)
     for key, lifetime in state.lifetime.items():
         if adjustment_matches(adjustment, key):
@@ -248,8 +254,10 @@ def prune(state: CustomerState, oldest_order_day: int, oldest_seen_day: int) -> 
                     ):
                         lifetime.pruned_last_day = order.day
         state.orders = [o for o in state.orders if o.day >= oldest_order_day]
+        state.index = None
     if state.adjustments and state.adjustments[0].day < oldest_order_day:
         state.adjustments = [a for a in state.adjustments if a.day >= oldest_order_day]
+        state.index = None
     if state.returns_seen:
         state.returns_seen = [r for r in state.returns_seen if r[1] >= oldest_seen_day]
 

@@ -19,9 +19,7 @@ from segments.aggregates import (
     Order,
     add_adjustment,
     add_order,
-    adjustment_matches,
     ensure_lifetime_keys,
-    matches,
     prune,
     refund_order,
 )
@@ -32,7 +30,6 @@ from segments.money import to_base
 from segments.rules.evaluator import CompiledRules
 
 ZERO = Decimal(0)
-_ANY = (None, None, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,38 +226,7 @@ def next_deadline(state: CustomerState, rules: CompiledRules, now: int) -> int |
     and emits only what really changed.
     """
     today = rules.calendar.day_of(now)
-    best: int | None = None
-    orders = state.orders
-    for window, key, with_adjustments in rules.window_filters:
-        filtered = key != _ANY
-        for order in orders:  # ordered by day: the first match leaves its window first
-            day = order.day + window
-            if best is not None and day >= best:
-                break  # no later order of this window can come earlier
-            if day > today and order.net > ZERO and (not filtered or matches(order, key)):
-                best = day
-                break
-        if with_adjustments:
-            for adjustment in state.adjustments:
-                day = adjustment.day + window
-                if day > today and adjustment_matches(adjustment, key):
-                    if best is None or day < best:
-                        best = day
-                    break
-    for index, number in rules.day_thresholds:
-        spec = rules.specs[index]
-        if spec.within_days is None:
-            lifetime = state.lifetime[spec.key]
-            base = (
-                lifetime.last_day if spec.name == "days_since_last_purchase" else lifetime.first_day
-            )
-            bases: list[int] = [] if base is None else [base]
-        else:
-            bases = [o.day for o in orders if o.net > ZERO]
-        for base in bases:
-            day = base + number
-            if day > today and (best is None or day < best):
-                best = day
+    best = rules.next_day(state, today)
     instant = rules.calendar.midnight(best) if best is not None else None
     for _, name, _, min_dwell in rules.dwell_plan:
         current = state.memberships.get(name)

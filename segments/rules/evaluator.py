@@ -8,9 +8,11 @@ boolean expression over those values. Nothing is parsed or walked per event.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
+from operator import attrgetter
 from typing import Any
 
 from segments.aggregates import CustomerState, FilterKey
@@ -77,6 +79,8 @@ class CompiledRules:
     day_thresholds: tuple[tuple[int, int], ...]
     segment_metrics: tuple[tuple[tuple[str, int], ...], ...]  # per segment: (label, spec index)
     evaluate: Callable[[CustomerState, int], Evaluation]
+    # the first day after `today` on which time alone changes a metric (see next_deadline)
+    next_day: Callable[[CustomerState, int], int | None]
     # per segment: (index, name, has exit_when, min_dwell); the hot loop reads only these
     segment_plan: tuple[tuple[int, str, bool, int | None], ...]
     dwell_plan: tuple[tuple[int, str, bool, int], ...]  # the segments with a min_dwell
@@ -165,7 +169,19 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
         flags.append(emit(segment.exit_when, used) if segment.exit_when is not None else "False")
         segment_metrics.append(tuple(sorted(used)))
 
-    source, namespace = _generate(specs, flags)
+    window_filters = tuple(
+        dict.fromkeys(
+            (
+                s.within_days,
+                s.key,
+                s.name in ("spend", "avg_order_value") and s.category is None,
+            )
+            for s in specs
+            if s.within_days is not None
+        )
+    )
+    day_thresholds = tuple(sorted(thresholds))
+    source, namespace = _generate(specs, flags, window_filters, day_thresholds)
     exec(compile(source, f"<rules {ruleset.source} v{ruleset.version}>", "exec"), namespace)
     evaluate = namespace["evaluate"]
 
@@ -187,24 +203,15 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
             s.name == "distinct_categories" and s.within_days is None for s in specs
         ),
         windows=windows,
-        window_filters=tuple(
-            dict.fromkeys(
-                (
-                    s.within_days,
-                    s.key,
-                    s.name in ("spend", "avg_order_value") and s.category is None,
-                )
-                for s in specs
-                if s.within_days is not None
-            )
-        ),
+        window_filters=window_filters,
         horizon_days=max((*windows, seen_days)),
         seen_days=seen_days,
-        day_thresholds=tuple(sorted(thresholds)),
+        day_thresholds=day_thresholds,
         segment_metrics=tuple(
             tuple((specs[i].label, i) for i in indexes) for indexes in segment_metrics
         ),
         evaluate=evaluate,
+        next_day=namespace["next_day"],
         segment_plan=plan,
         dwell_plan=tuple((i, n, e, d) for i, n, e, d in plan if d is not None),
         source=source,
@@ -240,103 +247,208 @@ def _season_test(season: tuple[int, int, int, int]) -> str:
     return f"(md >= {start} or md <= {end})"
 
 
-def _generate(specs: list[MetricSpec], flags: list[str]) -> tuple[str, dict[str, Any]]:
-    namespace: dict[str, Any] = {"Decimal": Decimal, "month_day": month_day, "ZERO": Decimal(0)}
-    init: list[str] = []
-    per_order: list[str] = []
-    per_adjustment: list[str] = []
-    finish: list[str] = []
-    uses_season = any(s.season is not None and s.within_days is not None for s in specs)
-    uses_categories = any(s.within_days is not None for s in specs)
+def _generate(
+    specs: list[MetricSpec],
+    flags: list[str],
+    window_filters: tuple[tuple[int, FilterKey, bool], ...],
+    day_thresholds: tuple[tuple[int, int], ...],
+) -> tuple[str, dict[str, Any]]:
+    """Source of `build_index`, `evaluate` and `next_day`.
 
+    The index (CustomerState.index) holds, per distinct filter of the windowed
+    metrics, the days of the counted orders that match it and the amounts,
+    units, discount flags or categories the metrics read, in record order.
+    A windowed metric at `today` is then one or two bisections plus, for a
+    sum, the sum of a slice; the day an order leaves a window is one bisection.
+    Ticks, which change no records, reuse the index built at the customer's
+    last event. Sums add the same amounts in the same order as a pass over
+    the records would, so every value is identical.
+    """
+    namespace: dict[str, Any] = {
+        "Decimal": Decimal,
+        "month_day": month_day,
+        "ZERO": Decimal(0),
+        "TOKEN": object(),  # an index built by other compiled rules is rebuilt
+        "bisect_left": bisect_left,
+        "bisect_right": bisect_right,
+        "DAY": attrgetter("day"),
+        "NET": attrgetter("net"),
+        "UNITS": attrgetter("units"),
+        "DISCOUNTED": attrgetter("discounted"),
+        "NO_DAY": _NO_DAY,
+    }
+    windowed = [s for s in specs if s.within_days is not None]
+    keys = list(dict.fromkeys(s.key for s in windowed))
+    fields: dict[FilterKey, list[str]] = {key: ["days"] for key in keys}
+    for spec in windowed:
+        wanted = {
+            "spend": "amount",
+            "avg_order_value": "amount",
+            "units": "units",
+            "discounted_orders": "discounted",
+            "distinct_categories": "categories" if spec.category is None else None,
+        }.get(spec.name)
+        if wanted is not None and wanted not in fields[spec.key]:
+            fields[spec.key].append(wanted)
+    names = ["counted"]
+    for j, key in enumerate(keys):
+        names.extend(f"x{j}_{field}" for field in fields[key])
+
+    build = [
+        "def build_index(state):",
+        "    counted_orders = [o for o in state.orders if o.net > ZERO]",
+        "    counted = list(map(DAY, counted_orders))",
+    ]
+    for j, key in enumerate(keys):
+        channel, category, season = key
+        conditions = []
+        if channel is not None:
+            conditions.append(f"o.channel == {channel!r}")
+        if category is not None:
+            conditions.append(f"o.categories is not None and {category!r} in o.categories")
+        if season is not None:
+            conditions.append(_season_test(season).replace("md", "month_day(o.day)"))
+        if conditions:
+            build.append(f"    x{j} = [o for o in counted_orders if {' and '.join(conditions)}]")
+            build.append(f"    x{j}_days = list(map(DAY, x{j}))")
+        else:
+            build.append(f"    x{j} = counted_orders")
+            build.append(f"    x{j}_days = counted")
+        for field in fields[key][1:]:
+            value = {
+                "amount": (
+                    f"[o.categories[{category!r}].amount for o in x{j}]"
+                    if category is not None
+                    else f"list(map(NET, x{j}))"
+                ),
+                "units": (
+                    f"[o.categories[{category!r}].units for o in x{j}]"
+                    if category is not None
+                    else f"list(map(UNITS, x{j}))"
+                ),
+                "discounted": f"list(map(DISCOUNTED, x{j}))",
+                "categories": f"[o.categories or () for o in x{j}]",
+            }[field]
+            build.append(f"    x{j}_{field} = {value}")
+    build.append(f"    index = state.index = (TOKEN, {', '.join(names)})")
+    build.append("    return index")
+    unpack = [
+        "    index = state.index",
+        "    if index is None or index[0] is not TOKEN:",
+        "        index = build_index(state)",
+        f"    _, {', '.join(names)} = index",
+    ]
+
+    lines = ["def evaluate(state, today):", "    lifetime = state.lifetime"]
+    if windowed:
+        lines.extend(unpack)
+    for j in range(len(keys)):
+        lines.append(f"    h{j} = bisect_right(x{j}_days, today)")
+    lows: dict[tuple[int, int], str] = {}
+    per_adjustment: list[str] = []
+    sums: list[str] = []  # values that read a sum: after unknown-order returns are added
     for i, spec in enumerate(specs):
         name = spec.name
         if spec.within_days is None:
             namespace[f"K{i}"] = spec.key
-            finish.append(f"L{i} = lifetime[K{i}]")
-            finish.append(f"v{i} = {_lifetime_value(i, name)}")
+            lines.append(f"    L{i} = lifetime[K{i}]")
+            lines.append(f"    v{i} = {_lifetime_value(i, name)}")
             continue
-        conditions = [f"age < {spec.within_days}"]
-        if spec.channel is not None:
-            conditions.append(f"o.channel == {spec.channel!r}")
-        if spec.category is not None:
-            conditions.append(f"cats is not None and {spec.category!r} in cats")
-        if spec.season is not None:
-            conditions.append(_season_test(spec.season))
-        body = _window_body(i, name, spec.category)
-        init.extend(body[0])
-        per_order.append(f"if {' and '.join(conditions)}:")
-        per_order.extend("    " + line for line in body[1])
-        if name in ("spend", "avg_order_value") and spec.category is None:
-            adj_conditions = [conditions[0]]
+        j = keys.index(spec.key)
+        window = spec.within_days
+        low = lows.get((j, window))
+        if low is None:
+            low = lows[(j, window)] = f"b{j}_{window}"
+            lines.append(f"    {low} = bisect_left(x{j}_days, today - {window - 1})")
+        value = f"    v{i} = {_window_value(i, name, j, low, spec.category)}"
+        if name not in ("spend", "avg_order_value"):
+            lines.append(value)
+            continue
+        lines.append(f"    s{i} = sum(x{j}_amount[{low}:h{j}], ZERO)")
+        sums.append(value)
+        if spec.category is None:
+            conditions = [f"age < {window}"]
             if spec.channel is not None:
-                adj_conditions.append(f"a.channel == {spec.channel!r}")
+                conditions.append(f"a.channel == {spec.channel!r}")
             if spec.season is not None:
-                adj_conditions.append(_season_test(spec.season).replace("md", "month_day(a.day)"))
-            per_adjustment.append(f"if {' and '.join(adj_conditions)}:")
+                conditions.append(_season_test(spec.season).replace("md", "month_day(a.day)"))
+            per_adjustment.append(f"if {' and '.join(conditions)}:")
             per_adjustment.append(f"    s{i} += a.amount")
-        finish.append(f"v{i} = {_window_value(i, name)}")
-
-    lines = ["def evaluate(state, today):", "    lifetime = state.lifetime"]
-    lines.extend("    " + line for line in init)
-    if per_order:
-        lines.append("    for o in state.orders:")
-        lines.append("        net = o.net")
-        lines.append("        if not net > ZERO:")
-        lines.append("            continue")
-        lines.append("        age = today - o.day")
-        lines.append("        if age < 0:")
-        lines.append("            continue")
-        if uses_categories:
-            lines.append("        cats = o.categories")
-        if uses_season:
-            lines.append("        md = month_day(o.day)")
-        lines.extend("        " + line for line in per_order)
     if per_adjustment:
         lines.append("    for a in state.adjustments:")
         lines.append("        age = today - a.day")
         lines.append("        if age < 0:")
         lines.append("            continue")
         lines.extend("        " + line for line in per_adjustment)
-    lines.extend("    " + line for line in finish)
+    lines.extend(sums)
     values = ", ".join(f"v{i}" for i in range(len(specs)))
     lines.append(f"    return ({', '.join(flags)},), ({values}{',' if specs else ''})")
-    return "\n".join(lines) + "\n", namespace
+
+    # next_day: the first day after `today` on which time alone changes a metric value
+    following = ["def next_day(state, today):", "    best = NO_DAY"]
+    if windowed:
+        following.extend(unpack)
+    adjusted: list[str] = []
+    for window, key, with_adjustments in window_filters:
+        # the first counted matching order still inside the window leaves it first
+        j = keys.index(key)
+        following.append(f"    p = bisect_right(x{j}_days, today - {window})")
+        following.append(f"    if p < len(x{j}_days) and x{j}_days[p] + {window} < best:")
+        following.append(f"        best = x{j}_days[p] + {window}")
+        if with_adjustments:
+            channel, _, season = key
+            conditions = ["day > today"]
+            if channel is not None:
+                conditions.append(f"a.channel == {channel!r}")
+            if season is not None:
+                conditions.append(_season_test(season).replace("md", "month_day(a.day)"))
+            adjusted.append("for a in state.adjustments:")
+            adjusted.append(f"    day = a.day + {window}")
+            adjusted.append(f"    if {' and '.join(conditions)}:")
+            adjusted.append("        if day < best:")
+            adjusted.append("            best = day")
+            adjusted.append("        break")
+    if adjusted:
+        following.append("    if state.adjustments:")
+        following.extend("        " + line for line in adjusted)
+    for index, number in day_thresholds:
+        spec = specs[index]
+        if spec.within_days is None:
+            namespace[f"K{index}"] = spec.key
+            field = "last_day" if spec.name == "days_since_last_purchase" else "first_day"
+            following.append(f"    base = state.lifetime[K{index}].{field}")
+            following.append(f"    if base is not None and today < base + {number} < best:")
+            following.append(f"        best = base + {number}")
+        else:
+            # the first counted order (of any filter) whose day + number is still ahead
+            following.append(f"    p = bisect_right(counted, today - {number})")
+            following.append(f"    if p < len(counted) and counted[p] + {number} < best:")
+            following.append(f"        best = counted[p] + {number}")
+    following.append("    return None if best == NO_DAY else best")
+
+    source = "\n".join([*build, "", *lines, "", *following]) + "\n"
+    return source, namespace
 
 
-def _window_body(i: int, name: str, category: str | None) -> tuple[list[str], list[str]]:
-    amount = f"cats[{category!r}].amount" if category is not None else "net"
-    units = f"cats[{category!r}].units" if category is not None else "o.units"
-    if name == "orders":
-        return [f"c{i} = 0"], [f"c{i} += 1"]
-    if name == "spend":
-        return [f"s{i} = ZERO"], [f"s{i} += {amount}"]
-    if name == "avg_order_value":
-        return [f"c{i} = 0", f"s{i} = ZERO"], [f"c{i} += 1", f"s{i} += {amount}"]
-    if name == "units":
-        return [f"u{i} = 0"], [f"u{i} += {units}"]
-    if name == "discounted_orders":
-        return [f"d{i} = 0"], [f"if o.discounted: d{i} += 1"]
-    if name == "distinct_categories":
-        update = f"k{i}.add({category!r})" if category is not None else f"k{i}.update(cats)"
-        return [f"k{i} = set()"], [f"if cats: {update}"]
-    if name == "days_since_last_purchase":
-        return [f"l{i} = None"], [f"l{i} = o.day"]  # records are ordered by day
-    if name == "days_since_first_purchase":
-        return [f"f{i} = None"], [f"if f{i} is None: f{i} = o.day"]
-    raise ValueError(f"unknown metric {name!r}")
+# later than any day: next_day's starting point, so that the hot path compares ints only
+_NO_DAY = 1 << 62
 
 
-def _window_value(i: int, name: str) -> str:
+def _window_value(i: int, name: str, j: int, low: str, category: str | None) -> str:
+    count = f"(h{j} - {low})"
     return {
-        "orders": f"c{i}",
+        "orders": count,
         "spend": f"s{i}",
-        "avg_order_value": f"(s{i} / c{i} if c{i} else None)",
-        "units": f"u{i}",
-        "discounted_orders": f"d{i}",
-        "distinct_categories": f"len(k{i})",
-        "days_since_last_purchase": f"(today - l{i} if l{i} is not None else None)",
-        "days_since_first_purchase": f"(today - f{i} if f{i} is not None else None)",
+        "avg_order_value": f"(s{i} / {count} if h{j} > {low} else None)",
+        "units": f"sum(x{j}_units[{low}:h{j}])",
+        "discounted_orders": f"sum(x{j}_discounted[{low}:h{j}])",
+        "distinct_categories": (
+            f"(1 if h{j} > {low} else 0)"
+            if category is not None
+            else f"len(set().union(*x{j}_categories[{low}:h{j}]))"
+        ),
+        "days_since_last_purchase": f"(today - x{j}_days[h{j} - 1] if h{j} > {low} else None)",
+        "days_since_first_purchase": f"(today - x{j}_days[{low}] if h{j} > {low} else None)",
     }[name]
 
 

@@ -359,3 +359,39 @@ def test_an_unknown_currency_is_rejected_before_the_state_changes() -> None:
         step(state, buy("e2", "2024-03-09T12:00:00Z", currency="JPY"), rules, later)
     assert raised.value.reason == "unknown_currency"
     assert state_to_bytes(state) == before
+
+
+def test_a_state_evaluated_under_other_compiled_rules_is_not_misread() -> None:
+    # The order index a state keeps between steps belongs to the rules that built it.
+    spend = rules_of('  - name: spender\n    when: spend(within="30d") >= 15\n')
+    state, _ = step(
+        None, buy("e1", "2024-03-01T12:00:00Z", "10.00"), WINDOW, t("2024-03-01T12:00:00Z")
+    )
+    state, _ = step(
+        state, buy("e2", "2024-03-02T12:00:00Z", "10.00"), WINDOW, t("2024-03-02T12:00:00Z")
+    )
+    flags, values = spend.evaluate(state, spend.calendar.day_of(t("2024-03-03T00:00:00Z")))
+    assert values == (Decimal("20.00"),)
+    assert flags == (True, False)
+
+
+def test_a_refund_and_pruning_are_seen_by_the_next_evaluation() -> None:
+    spend = rules_of('  - name: spender\n    when: spend(within="30d") >= 15\n')
+    day = spend.calendar.day_of
+    state, _ = step(
+        None, buy("e1", "2024-03-01T12:00:00Z", "10.00"), spend, t("2024-03-01T12:00:00Z")
+    )
+    state, _ = step(
+        state, buy("e2", "2024-03-02T12:00:00Z", "10.00"), spend, t("2024-03-02T12:00:00Z")
+    )
+    assert spend.evaluate(state, day(t("2024-03-03T00:00:00Z")))[1] == (Decimal("20.00"),)
+    state, changes = step(
+        state, refund("r1", "2024-03-03T12:00:00Z", "4.00", "e2"), spend, t("2024-03-03T12:00:00Z")
+    )
+    assert [c.change for c in changes] == []
+    assert spend.evaluate(state, day(t("2024-03-03T12:00:00Z")))[1] == (Decimal("16.00"),)
+    later = t("2024-05-01T12:00:00Z")
+    state, _ = step(state, buy("e3", "2024-05-01T12:00:00Z", "1.00"), spend, later)
+    assert [o.event_id for o in state.orders] == ["e3"]
+    assert spend.evaluate(state, day(later))[1] == (Decimal("1.00"),)
+    assert next_deadline(state, spend, later) == t("2024-05-31T00:00:00Z")

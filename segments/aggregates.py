@@ -12,6 +12,7 @@ from __future__ import annotations
 from bisect import insort
 from dataclasses import dataclass, field
 from decimal import Decimal
+from operator import attrgetter, itemgetter
 from typing import Any
 
 import orjson
@@ -19,6 +20,8 @@ import orjson
 from segments.clock import month_day
 
 ZERO = Decimal(0)
+_EVENT_ID = attrgetter("event_id")
+_FIRST = itemgetter(0)
 
 # (channel, category, season) of an unwindowed metric; None means "any".
 FilterKey = tuple[str | None, str | None, tuple[int, int, int, int] | None]
@@ -96,12 +99,12 @@ class CustomerState:
     # Derived from `orders` by the compiled rules (evaluator.py), never serialized:
     # every change to the records sets it back to None.
     index: tuple[Any, ...] | None = field(default=None, compare=False, repr=False)
+    # (rules, flags) of the last evaluation when evaluating the same flags again would
+    # change nothing at any later instant (membership.py); not serialized either.
+    settled: tuple[Any, ...] | None = field(default=None, compare=False, repr=False)
 
     def has_seen(self, event_id: str) -> bool:
-        for order in self.orders:
-            if order.event_id == event_id:
-                return True
-        return any(seen_id == event_id for seen_id, _ in self.returns_seen)
+        return event_id in map(_EVENT_ID, self.orders) or event_id in map(_FIRST, self.returns_seen)
 
     def find_order(self, event_id: str) -> Order | None:
         for order in self.orders:

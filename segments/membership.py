@@ -121,8 +121,12 @@ def _evaluate(
     changes: list[Change],
 ) -> None:
     flags, values = rules.evaluate(state, rules.calendar.day_of(at))
+    settled = state.settled
+    if settled is not None and settled[1] == flags and settled[0] is rules:
+        return  # the memberships already agree with these flags
     memberships = state.memberships
     get = memberships.get
+    stable = True
     for index, name, has_exit_rule, min_dwell in rules.segment_plan:
         current = get(name)
         if current is None or not current.member:
@@ -131,15 +135,20 @@ def _evaluate(
             seq = current.seq + 1 if current is not None else 1
             kind = ENTERED
             memberships[name] = Membership(True, seq, at)
+            if has_exit_rule and flags[2 * index + 1]:
+                stable = False  # the same flags make the new member leave
         else:
             leaving = flags[2 * index + 1] if has_exit_rule else not flags[2 * index]
             if not leaving:
                 continue
             if min_dwell is not None and at < current.since + min_dwell:
+                stable = False  # the same flags make it leave once the dwell is over
                 continue  # the dwell expiry is a deadline of its own
             seq = current.seq + 1
             kind = EXITED
             memberships[name] = Membership(False, seq, at)
+            if flags[2 * index]:
+                stable = False  # the same flags make it enter again
         changes.append(
             Change(
                 customer_id=state.customer_id,
@@ -153,6 +162,9 @@ def _evaluate(
                 metrics=rules.metrics_of(index, values),
             )
         )
+    # Flags equal to settled ones leave every segment as it is, whatever the instant:
+    # entering reads only the flags, and leaving too unless a min_dwell holds it back.
+    state.settled = (rules, flags) if stable else None
 
 
 def _order_of(event: Purchase, rules: CompiledRules) -> Order:

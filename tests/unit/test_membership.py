@@ -395,3 +395,23 @@ def test_a_refund_and_pruning_are_seen_by_the_next_evaluation() -> None:
     assert [o.event_id for o in state.orders] == ["e3"]
     assert spend.evaluate(state, day(later))[1] == (Decimal("1.00"),)
     assert next_deadline(state, spend, later) == t("2024-05-31T00:00:00Z")
+
+
+def test_flags_that_both_enter_and_exit_toggle_the_segment_at_each_evaluation() -> None:
+    # Re-evaluating unchanged flags may still change a segment: here entering and
+    # leaving hold together, so each evaluation flips the membership.
+    toggle = rules_of(
+        '  - name: toggle\n    when: orders(within="30d") >= 1\n'
+        '    exit_when: orders(within="30d") >= 1\n'
+    )
+    changes = run(
+        toggle,
+        [buy("e1", "2024-03-01T12:00:00Z"), buy("e2", "2024-03-02T12:00:00Z"),
+         buy("e3", "2024-03-03T12:00:00Z")],
+        "2024-03-04T00:00:00Z",
+    )  # fmt: skip
+    assert [(c.change, c.event_id) for c in changes] == [
+        ("entered", "e1"),
+        ("exited", "e2"),
+        ("entered", "e3"),
+    ]

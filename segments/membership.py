@@ -92,8 +92,7 @@ def step(
         _advance(state, rules, now, changes)
         _apply_return(state, item, refund, rules)
         cause = "return"
-    _evaluate(state, rules, now, cause, item.event_id, changes)
-    state.due = next_deadline(state, rules, now)
+    state.due = _evaluate(state, rules, now, cause, item.event_id, changes)
     today = rules.calendar.day_of(now)
     prune(state, today - rules.horizon_days + 1, today - rules.seen_days)
     return state, changes
@@ -104,12 +103,10 @@ def _advance(state: CustomerState, rules: CompiledRules, now: int, changes: list
     if state.rules_version != rules.ruleset.version:
         ensure_lifetime_keys(state, rules.lifetime_keys, rules.lifetime_categories)
         state.rules_version = rules.ruleset.version
-        _evaluate(state, rules, now, "definition", None, changes)
-        state.due = next_deadline(state, rules, now)
+        state.due = _evaluate(state, rules, now, "definition", None, changes)
     while state.due is not None and state.due <= now:
         due = state.due
-        _evaluate(state, rules, due, "time", None, changes)
-        state.due = next_deadline(state, rules, due)
+        state.due = _evaluate(state, rules, due, "time", None, changes)
 
 
 def _evaluate(
@@ -119,11 +116,12 @@ def _evaluate(
     cause: str,
     event_id: str | None,
     changes: list[Change],
-) -> None:
-    flags, values = rules.evaluate(state, rules.calendar.day_of(at))
+) -> int | None:
+    """Evaluate the rules at `at` and apply what changed; returns next_deadline(state, at)."""
+    flags, values, day = rules.assess(state, rules.calendar.day_of(at))
     settled = state.settled
     if settled is not None and settled[1] == flags and settled[0] is rules:
-        return  # the memberships already agree with these flags
+        return _deadline(state, rules, at, day)  # the memberships agree with these flags
     memberships = state.memberships
     get = memberships.get
     stable = True
@@ -165,6 +163,7 @@ def _evaluate(
     # Flags equal to settled ones leave every segment as it is, whatever the instant:
     # entering reads only the flags, and leaving too unless a min_dwell holds it back.
     state.settled = (rules, flags) if stable else None
+    return _deadline(state, rules, at, day)
 
 
 def _order_of(event: Purchase, rules: CompiledRules) -> Order:
@@ -237,9 +236,12 @@ def next_deadline(state: CustomerState, rules: CompiledRules, now: int) -> int |
     changes, so no transition can be missed; at a candidate step() evaluates
     and emits only what really changed.
     """
-    today = rules.calendar.day_of(now)
-    best = rules.next_day(state, today)
-    instant = rules.calendar.midnight(best) if best is not None else None
+    return _deadline(state, rules, now, rules.next_day(state, rules.calendar.day_of(now)))
+
+
+def _deadline(state: CustomerState, rules: CompiledRules, now: int, day: int | None) -> int | None:
+    """next_deadline() once `day`, the first day on which time alone changes a metric, is known."""
+    instant = rules.calendar.midnight(day) if day is not None else None
     for _, name, _, min_dwell in rules.dwell_plan:
         current = state.memberships.get(name)
         if current is not None and current.member:

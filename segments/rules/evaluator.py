@@ -81,6 +81,8 @@ class CompiledRules:
     evaluate: Callable[[CustomerState, int], Evaluation]
     # the first day after `today` on which time alone changes a metric (see next_deadline)
     next_day: Callable[[CustomerState, int], int | None]
+    # evaluate and next_day at one day, sharing their bisections: (flags, values), day
+    assess: Callable[[CustomerState, int], tuple[tuple[bool, ...], tuple[Value, ...], int | None]]
     # per segment: (index, name, has exit_when, min_dwell); the hot loop reads only these
     segment_plan: tuple[tuple[int, str, bool, int | None], ...]
     dwell_plan: tuple[tuple[int, str, bool, int], ...]  # the segments with a min_dwell
@@ -212,6 +214,7 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
         ),
         evaluate=evaluate,
         next_day=namespace["next_day"],
+        assess=namespace["assess"],
         segment_plan=plan,
         dwell_plan=tuple((i, n, e, d) for i, n, e, d in plan if d is not None),
         source=source,
@@ -253,7 +256,7 @@ def _generate(
     window_filters: tuple[tuple[int, FilterKey, bool], ...],
     day_thresholds: tuple[tuple[int, int], ...],
 ) -> tuple[str, dict[str, Any]]:
-    """Source of `build_index`, `evaluate` and `next_day`.
+    """Source of `build_index`, `evaluate`, `next_day` and `assess` (both at once).
 
     The index (CustomerState.index) holds, per distinct filter of the windowed
     metrics, the days of the counted orders that match it and the amounts,
@@ -382,51 +385,69 @@ def _generate(
         lines.extend("        " + line for line in per_adjustment)
     lines.extend(sums)
     values = ", ".join(f"v{i}" for i in range(len(specs)))
-    lines.append(f"    return ({', '.join(flags)},), ({values}{',' if specs else ''})")
+    result = f"({', '.join(flags)},), ({values}{',' if specs else ''})"
 
-    # next_day: the first day after `today` on which time alone changes a metric value
-    following = ["def next_day(state, today):", "    best = NO_DAY"]
+    def day_lines(after_evaluation: bool) -> list[str]:
+        """Lines that set `best`: the first day after `today` on which time alone changes a
+        metric value. After the evaluation's lines, they reuse its bisections and lookups."""
+        out = ["    best = NO_DAY"]
+        adjusted: list[str] = []
+        for window, key, with_adjustments in window_filters:
+            # the first counted matching order still inside the window leaves it first
+            j = keys.index(key)
+            if after_evaluation:
+                # bisect_left(days, today - window + 1) == bisect_right(days, today - window)
+                position = lows[(j, window)]
+            else:
+                position = "p"
+                out.append(f"    p = bisect_right(x{j}_days, today - {window})")
+            out.append(
+                f"    if {position} < len(x{j}_days) and x{j}_days[{position}] + {window} < best:"
+            )
+            out.append(f"        best = x{j}_days[{position}] + {window}")
+            if with_adjustments:
+                channel, _, season = key
+                conditions = ["day > today"]
+                if channel is not None:
+                    conditions.append(f"a.channel == {channel!r}")
+                if season is not None:
+                    conditions.append(_season_test(season).replace("md", "month_day(a.day)"))
+                adjusted.append("for a in state.adjustments:")
+                adjusted.append(f"    day = a.day + {window}")
+                adjusted.append(f"    if {' and '.join(conditions)}:")
+                adjusted.append("        if day < best:")
+                adjusted.append("            best = day")
+                adjusted.append("        break")
+        if adjusted:
+            out.append("    if state.adjustments:")
+            out.extend("        " + line for line in adjusted)
+        for index, number in day_thresholds:
+            spec = specs[index]
+            if spec.within_days is None:
+                namespace[f"K{index}"] = spec.key
+                field = "last_day" if spec.name == "days_since_last_purchase" else "first_day"
+                lifetime = f"L{index}" if after_evaluation else f"state.lifetime[K{index}]"
+                out.append(f"    base = {lifetime}.{field}")
+                out.append(f"    if base is not None and today < base + {number} < best:")
+                out.append(f"        best = base + {number}")
+            else:
+                # the first counted order (of any filter) whose day + number is still ahead
+                out.append(f"    p = bisect_right(counted, today - {number})")
+                out.append(f"    if p < len(counted) and counted[p] + {number} < best:")
+                out.append(f"        best = counted[p] + {number}")
+        return out
+
+    evaluate = [*lines, f"    return {result}"]
+    # assess: evaluate and next_day at one `today` (step() always needs both)
+    assess = ["def assess(state, today):", *lines[1:], *day_lines(True)]
+    assess.append(f"    return {result}, None if best == NO_DAY else best")
+    following = ["def next_day(state, today):"]
     if windowed:
         following.extend(unpack)
-    adjusted: list[str] = []
-    for window, key, with_adjustments in window_filters:
-        # the first counted matching order still inside the window leaves it first
-        j = keys.index(key)
-        following.append(f"    p = bisect_right(x{j}_days, today - {window})")
-        following.append(f"    if p < len(x{j}_days) and x{j}_days[p] + {window} < best:")
-        following.append(f"        best = x{j}_days[p] + {window}")
-        if with_adjustments:
-            channel, _, season = key
-            conditions = ["day > today"]
-            if channel is not None:
-                conditions.append(f"a.channel == {channel!r}")
-            if season is not None:
-                conditions.append(_season_test(season).replace("md", "month_day(a.day)"))
-            adjusted.append("for a in state.adjustments:")
-            adjusted.append(f"    day = a.day + {window}")
-            adjusted.append(f"    if {' and '.join(conditions)}:")
-            adjusted.append("        if day < best:")
-            adjusted.append("            best = day")
-            adjusted.append("        break")
-    if adjusted:
-        following.append("    if state.adjustments:")
-        following.extend("        " + line for line in adjusted)
-    for index, number in day_thresholds:
-        spec = specs[index]
-        if spec.within_days is None:
-            namespace[f"K{index}"] = spec.key
-            field = "last_day" if spec.name == "days_since_last_purchase" else "first_day"
-            following.append(f"    base = state.lifetime[K{index}].{field}")
-            following.append(f"    if base is not None and today < base + {number} < best:")
-            following.append(f"        best = base + {number}")
-        else:
-            # the first counted order (of any filter) whose day + number is still ahead
-            following.append(f"    p = bisect_right(counted, today - {number})")
-            following.append(f"    if p < len(counted) and counted[p] + {number} < best:")
-            following.append(f"        best = counted[p] + {number}")
+    following.extend(day_lines(False))
     following.append("    return None if best == NO_DAY else best")
 
-    source = "\n".join([*build, "", *lines, "", *following]) + "\n"
+    source = "\n".join([*build, "", *evaluate, "", *assess, "", *following]) + "\n"
     return source, namespace
 
 

@@ -18,17 +18,25 @@ def _date_prefix(day: int) -> str:
     return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(days=day)).strftime("%Y-%m-%dT")
 
 
+_TWO_DIGITS = tuple(f"{n:02d}" for n in range(60))
+_THREE_DIGITS = tuple(f"{n:03d}" for n in range(1000))
+
+
 def format_instant(micros: int) -> str:
     """Epoch microseconds -> ISO-8601 UTC with a Z, milliseconds shown when not whole seconds."""
+    # One change per ~event is formatted: table lookups instead of format specs.
     day, rest = divmod(micros, 86_400_000_000)
+    if rest == 0:  # a time-driven change at midnight
+        return _date_prefix(day) + "00:00:00Z"
     seconds, micro = divmod(rest, 1_000_000)
-    hours, seconds = divmod(seconds, 3600)
-    minutes, seconds = divmod(seconds, 60)
-    base = f"{_date_prefix(day)}{hours:02d}:{minutes:02d}:{seconds:02d}"
+    minutes, second = divmod(seconds, 60)
+    hour, minute = divmod(minutes, 60)
+    two = _TWO_DIGITS
+    base = f"{_date_prefix(day)}{two[hour]}:{two[minute]}:{two[second]}"
     if micro == 0:
         return base + "Z"
     if micro % 1000 == 0:
-        return f"{base}.{micro // 1000:03d}Z"
+        return f"{base}.{_THREE_DIGITS[micro // 1000]}Z"
     return f"{base}.{micro:06d}Z"
 
 
@@ -50,7 +58,7 @@ class Change:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "change_id": self.change_id,
+            "change_id": f"{self.customer_id}:{self.segment}:{self.seq}",
             "customer_id": self.customer_id,
             "segment": self.segment,
             "change": self.change,

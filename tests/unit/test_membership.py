@@ -415,3 +415,20 @@ def test_flags_that_both_enter_and_exit_toggle_the_segment_at_each_evaluation() 
         ("exited", "e2"),
         ("entered", "e3"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "micros"),
+    [
+        ("2026-11-20T00:00:00Z", 1_795_132_800_000_000),
+        ("2026-11-20T14:03:11Z", 1_795_183_391_000_000),
+        ("2026-11-20T14:03:11.120Z", 1_795_183_391_120_000),
+        ("2026-11-20T14:03:11.000001Z", 1_795_183_391_000_001),
+        ("1969-12-31T23:59:59.999Z", -1_000),
+    ],
+)
+def test_format_instant_shows_milliseconds_only_when_needed(text: str, micros: int) -> None:
+    from segments.changes import format_instant
+
+    assert t(text) == micros
+    assert format_instant(micros) == text

@@ -85,7 +85,10 @@ def step(
     if isinstance(item, Purchase):
         order = _order_of(item, rules)
         _advance(state, rules, now, changes)
-        add_order(state, order)
+        index = state.index
+        add_order(state, order)  # drops the index: update it instead of building it again
+        if index is not None:
+            state.index = rules.index_add(index, order)
         cause = "purchase"
     else:
         refund = _refund_of(item, rules)
@@ -94,7 +97,10 @@ def step(
         cause = "return"
     state.due = _evaluate(state, rules, now, cause, item.event_id, changes)
     today = rules.calendar.day_of(now)
+    index = state.index
     prune(state, today - rules.horizon_days + 1, today - rules.seen_days)
+    if index is not None and state.index is None:
+        state.index = rules.index_prune(index, today - rules.horizon_days + 1)
     return state, changes
 
 

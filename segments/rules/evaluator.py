@@ -15,7 +15,7 @@ from decimal import Decimal
 from operator import attrgetter
 from typing import Any
 
-from segments.aggregates import CustomerState, FilterKey
+from segments.aggregates import CustomerState, FilterKey, Order
 from segments.clock import MICROS_PER_DAY, Calendar, month_day
 from segments.rules.ast import And, Between, Compare, Expr, Metric, Not, Number, Or, String
 from segments.rules.ruleset import RuleSet
@@ -83,6 +83,9 @@ class CompiledRules:
     next_day: Callable[[CustomerState, int], int | None]
     # evaluate and next_day at one day, sharing their bisections: (flags, values), day
     assess: Callable[[CustomerState, int], tuple[tuple[bool, ...], tuple[Value, ...], int | None]]
+    # an index updated in place for one added order / records pruned before a day (None: stale)
+    index_add: Callable[[tuple[Any, ...], Order], tuple[Any, ...] | None]
+    index_prune: Callable[[tuple[Any, ...], int], tuple[Any, ...] | None]
     # per segment: (index, name, has exit_when, min_dwell); the hot loop reads only these
     segment_plan: tuple[tuple[int, str, bool, int | None], ...]
     dwell_plan: tuple[tuple[int, str, bool, int], ...]  # the segments with a min_dwell
@@ -215,6 +218,8 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
         evaluate=evaluate,
         next_day=namespace["next_day"],
         assess=namespace["assess"],
+        index_add=namespace["index_add"],
+        index_prune=namespace["index_prune"],
         segment_plan=plan,
         dwell_plan=tuple((i, n, e, d) for i, n, e, d in plan if d is not None),
         source=source,
@@ -256,7 +261,7 @@ def _generate(
     window_filters: tuple[tuple[int, FilterKey, bool], ...],
     day_thresholds: tuple[tuple[int, int], ...],
 ) -> tuple[str, dict[str, Any]]:
-    """Source of `build_index`, `evaluate`, `next_day` and `assess` (both at once).
+    """Source of `build_index`, `index_add`, `index_prune`, `evaluate`, `next_day`, `assess`.
 
     The index (CustomerState.index) holds, per distinct filter of the windowed
     metrics, the days of the counted orders that match it and the amounts,
@@ -335,6 +340,61 @@ def _generate(
             build.append(f"    x{j}_{field} = {value}")
     build.append(f"    index = state.index = (TOKEN, {', '.join(names)})")
     build.append("    return index")
+
+    # index_add / index_prune: keep an index up to date with one added order or with
+    # records pruned before a day (step() does both on most events), in place.
+    grow = [
+        "def index_add(index, o):",
+        "    if index[0] is not TOKEN:",
+        "        return None",
+        "    if not o.net > ZERO:",
+        "        return index",
+        f"    _, {', '.join(names)} = index",
+        "    day = o.day",
+        "    at = bisect_right(counted, day)",
+        "    counted.insert(at, day)",
+    ]
+    trim = [
+        "def index_prune(index, oldest):",
+        "    if index[0] is not TOKEN:",
+        "        return None",
+        f"    _, {', '.join(names)} = index",
+        "    cut = bisect_left(counted, oldest)",
+        "    if cut:",
+        "        del counted[:cut]",
+    ]
+    for j, key in enumerate(keys):
+        channel, category, season = key
+        conditions = []
+        if channel is not None:
+            conditions.append(f"o.channel == {channel!r}")
+        if category is not None:
+            conditions.append(f"o.categories is not None and {category!r} in o.categories")
+        if season is not None:
+            conditions.append(_season_test(season).replace("md", "month_day(day)"))
+        inserted = {
+            "amount": f"o.categories[{category!r}].amount" if category is not None else "o.net",
+            "units": f"o.categories[{category!r}].units" if category is not None else "o.units",
+            "discounted": "o.discounted",
+            "categories": "o.categories or ()",
+        }
+        if not conditions:  # x{j}_days is `counted` itself: already updated above
+            grow.extend(
+                f"    x{j}_{field}.insert(at, {inserted[field]})" for field in fields[key][1:]
+            )
+            trim.extend(f"        del x{j}_{field}[:cut]" for field in fields[key][1:])
+            continue
+        grow.append(f"    if {' and '.join(conditions)}:")
+        grow.append(f"        at = bisect_right(x{j}_days, day)")
+        grow.append(f"        x{j}_days.insert(at, day)")
+        grow.extend(
+            f"        x{j}_{field}.insert(at, {inserted[field]})" for field in fields[key][1:]
+        )
+        trim.append(f"    cut = bisect_left(x{j}_days, oldest)")
+        trim.append("    if cut:")
+        trim.extend(f"        del x{j}_{field}[:cut]" for field in fields[key])
+    grow.append("    return index")
+    trim.append("    return index")
     unpack = [
         "    index = state.index",
         "    if index is None or index[0] is not TOKEN:",
@@ -447,8 +507,8 @@ def _generate(
     following.extend(day_lines(False))
     following.append("    return None if best == NO_DAY else best")
 
-    source = "\n".join([*build, "", *evaluate, "", *assess, "", *following]) + "\n"
-    return source, namespace
+    source = "\n".join([*build, "", *grow, "", *trim, "", *evaluate, "", *assess, "", *following])
+    return source + "\n", namespace
 
 
 # later than any day: next_day's starting point, so that the hot path compares ints only

@@ -196,3 +196,29 @@ def test_conformance_rules_agree_with_reference(history: tuple[list[Event], int]
 @given(histories())
 def test_rich_rules_agree_with_reference(history: tuple[list[Event], int]) -> None:
     _check(history[0], RICH, history[1])
+
+
+@SETTINGS
+@given(histories())
+def test_the_order_index_step_keeps_up_to_date_equals_a_fresh_one(
+    history: tuple[list[Event], int],
+) -> None:
+    # step() updates a customer's order index in place for added and pruned orders
+    # (the evaluator's index_add / index_prune) instead of building it again.
+    from segments.membership import DuplicateEvent
+
+    rules = compile_rules(RICH)
+    engine = Engine(rules)
+    for event in sorted(history[0], key=lambda e: e.occurred_at):
+        with suppress(DuplicateEvent):
+            engine.apply(event, lambda changes: None)
+        for state in engine.states.values():
+            kept = state.index
+            if kept is None:
+                continue
+            state.index = None
+            rules.evaluate(state, 0)  # builds a fresh index
+            assert state.index is not None
+            assert [list(map(str, part)) for part in state.index[1:]] == [
+                list(map(str, part)) for part in kept[1:]
+            ]

@@ -102,9 +102,16 @@ class CustomerState:
     # (rules, flags) of the last evaluation when evaluating the same flags again would
     # change nothing at any later instant (membership.py); not serialized either.
     settled: tuple[Any, ...] | None = field(default=None, compare=False, repr=False)
+    # The ids of `orders` and `returns_seen` as a set for has_seen(), built on first use
+    # and kept up to date by add_order, note_return and prune; not serialized either.
+    seen_ids: set[str] | None = field(default=None, compare=False, repr=False)
 
     def has_seen(self, event_id: str) -> bool:
-        return event_id in map(_EVENT_ID, self.orders) or event_id in map(_FIRST, self.returns_seen)
+        ids = self.seen_ids
+        if ids is None:
+            ids = self.seen_ids = set(map(_EVENT_ID, self.orders))
+            ids.update(map(_FIRST, self.returns_seen))
+        return event_id in ids
 
     def find_order(self, event_id: str) -> Order | None:
         for order in self.orders:
@@ -162,6 +169,8 @@ def _contribute(lifetime: Lifetime, key: FilterKey, order: Order, sign: int) -> 
 def add_order(state: CustomerState, order: Order) -> None:
     state.index = None
     insort(state.orders, order)
+    if state.seen_ids is not None:
+        state.seen_ids.add(order.event_id)
     if order.net > 0:
         for key, lifetime in state.lifetime.items():
             if matches(order, key):
@@ -226,6 +235,13 @@ def ensure_lifetime_keys(
         state.lifetime[key] = lifetime
 
 
+def note_return(state: CustomerState, event_id: str, day: int) -> None:
+    """Remember a return's id (dedupe) until it is older than max_lateness."""
+    state.returns_seen.append((event_id, day))
+    if state.seen_ids is not None:
+        state.seen_ids.add(event_id)
+
+
 def add_adjustment(state: CustomerState, adjustment: Adjustment) -> None:
     state.index = None
     insort(state.adjustments, adjustment)
@@ -256,12 +272,20 @@ def prune(state: CustomerState, oldest_order_day: int, oldest_seen_day: int) -> 
                         lifetime.pruned_last_day is None or order.day > lifetime.pruned_last_day
                     ):
                         lifetime.pruned_last_day = order.day
+        if state.seen_ids is not None:
+            state.seen_ids.difference_update(
+                o.event_id for o in state.orders if o.day < oldest_order_day
+            )
         state.orders = [o for o in state.orders if o.day >= oldest_order_day]
         state.index = None
     if state.adjustments and state.adjustments[0].day < oldest_order_day:
         state.adjustments = [a for a in state.adjustments if a.day >= oldest_order_day]
         state.index = None
     if state.returns_seen:
+        if state.seen_ids is not None:
+            state.seen_ids.difference_update(
+                r[0] for r in state.returns_seen if r[1] < oldest_seen_day
+            )
         state.returns_seen = [r for r in state.returns_seen if r[1] >= oldest_seen_day]
 
 

@@ -20,6 +20,7 @@ from segments.aggregates import (
     add_adjustment,
     add_order,
     ensure_lifetime_keys,
+    note_return,
     prune,
     refund_order,
 )
@@ -230,7 +231,7 @@ def _apply_return(
         refund_order(state, original, amount, lines)
     else:
         add_adjustment(state, Adjustment(event.event_id, day, event.channel, -amount))
-    state.returns_seen.append((event.event_id, day))
+    note_return(state, event.event_id, day)
 
 
 def next_deadline(state: CustomerState, rules: CompiledRules, now: int) -> int | None:

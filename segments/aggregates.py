@@ -168,7 +168,11 @@ def _contribute(lifetime: Lifetime, key: FilterKey, order: Order, sign: int) -> 
 
 def add_order(state: CustomerState, order: Order) -> None:
     state.index = None
-    insort(state.orders, order)
+    orders = state.orders
+    if not orders or orders[-1].day <= order.day:
+        orders.append(order)  # the usual case, and where insort would put it
+    else:
+        insort(orders, order)
     if state.seen_ids is not None:
         state.seen_ids.add(order.event_id)
     if order.net > 0:

@@ -198,7 +198,9 @@ class SegmentProcessor:
         customer_id = event.customer_id
         record = self._load(customer_id)
         state = state_from_bytes(customer_id, record.state) if record is not None else None
-        previous_due = record.due if record is not None else None
+        previous_due = part.due_of(customer_id, record.due) if record is not None else None
+        if state is not None:
+            state.due = previous_due  # deadlines before it were checked and changed nothing
         try:
             state, changes = step(state, event, self.rules, now)
         except DuplicateEvent:
@@ -222,14 +224,22 @@ class SegmentProcessor:
         """Apply every deadline of this partition due at or before `to`, in `at` order."""
         for due, customer_id in part.pop_due(to):
             record = self._load(customer_id)
-            if record is None or record.due != due:
+            if record is None or part.due_of(customer_id, record.due) != due:
                 continue  # superseded: the customer's deadline moved after this entry
             part.advance_clock(due)
             if not self.event_clock:
                 DEADLINE_LATENESS.observe(max(0, wall_now() - due) / 1_000_000)
             state = state_from_bytes(customer_id, record.state)
+            state.due = due
+            version = state.rules_version
             state, changes = step(state, Tick(due), self.rules, due)
-            await self._save(part, customer_id, record, state, changes)
+            if changes or state.rules_version != version:
+                await self._save(part, customer_id, record, state, changes)
+            else:
+                # Only the deadline moved: no table write (no changelog message). After a
+                # restart the stored, older deadline is evaluated again and changes nothing.
+                self.counts["ticks_unwritten"] += 1
+                part.unwritten_due[customer_id] = state.due
             part.schedule(state.due, customer_id)
         part.advance_clock(to)
 
@@ -247,6 +257,7 @@ class SegmentProcessor:
     ) -> None:
         outbox = record.outbox if record is not None else []
         acked = part.acked.pop(customer_id, None)
+        part.unwritten_due.pop(customer_id, None)  # the record written now holds the due
         if outbox and record is not None and record.offset < self._flushed_before(part.partition):
             outbox = []  # written before the last commit, so flushed to Kafka
         elif acked:

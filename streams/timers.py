@@ -40,6 +40,13 @@ class PartitionTime:
     handled_offset: int = -1  # the largest offset found in the table when the partition opened
     deadlines: list[tuple[int, str]] = field(default_factory=list)
     acked: dict[str, set[str]] = field(default_factory=dict)  # customer -> published change ids
+    # customer -> due after a tick that changed nothing and so was not written to the
+    # table; the stored `due` is older, and every deadline before this one changed nothing
+    unwritten_due: dict[str, int | None] = field(default_factory=dict)
+
+    def due_of(self, customer_id: str, stored_due: int | None) -> int | None:
+        """The customer's current deadline: a tick's unwritten one, else the stored one."""
+        return self.unwritten_due.get(customer_id, stored_due)
 
     def schedule(self, due: int | None, customer_id: str) -> None:
         if due is not None:

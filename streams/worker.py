@@ -54,12 +54,15 @@ def register_pages(segments_app: SegmentsApp) -> None:
 def register_metrics(
     segments_app: SegmentsApp, processor: SegmentProcessor, adapter: AdapterProcessor
 ) -> None:
-    """GET /metrics: events processed, dead letters by reason, deadline lateness."""
+    """GET /metrics: events processed, dead letters by reason, deadline lateness, lag."""
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-    from streams.worker_metrics import REGISTRY, ProcessorCounts
+    from streams.worker_metrics import REGISTRY, ConsumerLag, ProcessorCounts
 
     REGISTRY.register(ProcessorCounts({"segments": processor.counts, "adapter": adapter.counts}))
+    names = segments_app.names
+    inputs = (names.purchases, names.purchases_pos, names.purchases_online)
+    REGISTRY.register(ConsumerLag(lambda: segments_app.app.consumer, inputs))
 
     @segments_app.app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:

@@ -1,7 +1,9 @@
-"""Worker settings beyond SPEC's table: the identity map and segment-changes retention."""
+"""Worker settings beyond SPEC's table (identity map, segment-changes retention); consumer lag."""
 
 from __future__ import annotations
 
+import re
+import urllib.request
 from pathlib import Path
 
 import orjson
@@ -62,6 +64,20 @@ def _changes_retention(bootstrap: str, topic: str) -> str:
     return next(str(entry[1]) for entry in entries if entry[0] == "retention.ms")
 
 
+def _lag_by_partition(port: int, topic: str) -> dict[int, float]:
+    """segments_worker_consumer_lag of `topic` from the worker's /metrics, by partition."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    lag = {}
+    for line in text.splitlines():
+        match = re.fullmatch(
+            r'segments_worker_consumer_lag\{partition="(\d+)",topic="([^"]+)"\} (\S+)', line
+        )
+        if match and match[2] == topic:
+            lag[int(match[1])] = float(match[3])
+    return lag
+
+
 def test_identity_map_joins_till_and_shop_and_retention_is_applied(
     segments_env: dict[str, str], topics: object, tmp_path: Path
 ) -> None:
@@ -93,6 +109,9 @@ def test_identity_map_joins_till_and_shop_and_retention_is_applied(
         wait_drained(bootstrap, group, topics.purchases_online, workers=(worker,))
         wait_drained(bootstrap, group, topics.purchases, workers=(worker,))
         published = read_published(bootstrap, topics, ["buyer", "repeat_buyer"])
+        lag = _lag_by_partition(worker.port, topics.purchases)
         assert worker.stop() == 0
+    # drained: the worker reports every partition of `purchases` it owns, each with no lag
+    assert lag == {p: 0.0 for p in range(int(env["SEGMENTS_PARTITIONS"]))}
     assert published.memberships["repeat_buyer"] == ["c-joined"]
     assert sorted(published.memberships["buyer"]) == ["c-joined", "loyalty-L2"]

@@ -154,6 +154,12 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=600, help="of generated traffic")
     parser.add_argument("--latency-events", type=int, default=3_000)
     parser.add_argument("--latency-rate", type=float, default=200.0, help="events per second")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="run the product worker under pyinstrument (profile.txt in the work dir);"
+        " no baseline, no latency run",
+    )
     parser.add_argument("--baseline-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.baseline_worker:
@@ -183,10 +189,15 @@ def main() -> None:
         env={**os.environ, **base_env}, cwd=REPO, check=True, capture_output=True,
     )  # fmt: skip
     results: dict[str, Any] = {}
-    for name, command in (
+    runs = [
         ("baseline", [sys.executable, __file__, "--baseline-worker"]),
         ("product", [sys.executable, "-m", "streams", "worker"]),
-    ):
+    ]
+    if args.profile:
+        profiler = [sys.executable, "-m", "pyinstrument", "-r", "text", "--show-all"]
+        output = ["-o", str(work / "profile.txt"), "-m", "streams", "worker"]
+        runs = [("product", profiler + output)]
+    for name, command in runs:
         port = free_port()
         env = {
             **base_env,
@@ -201,6 +212,10 @@ def main() -> None:
             stop(process)
         results[name] = {"rate": rate, "seconds": seconds, "messages": measured}
         print(f"{name}: {rate:.0f} msg/s ({measured} messages in {seconds:.1f} s)", flush=True)
+
+    if args.profile:
+        print(f"profile: {work / 'profile.txt'}")
+        return
 
     # Latency: a fresh prefix, the product worker ready, events produced at a steady rate.
     latency_prefix = f"worker-bench-{run}-latency."

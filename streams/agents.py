@@ -196,9 +196,10 @@ class SegmentProcessor:
         redelivered: bool,
     ) -> None:
         customer_id = event.customer_id
-        record = self._load(customer_id)
-        state = state_from_bytes(customer_id, record.state) if record is not None else None
-        previous_due = record.due if record is not None else None
+        record, state = self._stored(part, customer_id)
+        if record is not None:
+            state = self._decoded(part, customer_id, record, state)
+        previous_due = state.due if state is not None else None
         try:
             state, changes = step(state, event, self.rules, now)
         except DuplicateEvent:
@@ -206,6 +207,7 @@ class SegmentProcessor:
             log.debug("duplicate_event partition=%d offset=%d", source[1], source[2])
             return
         except Rejection as rejection:
+            part.states.pop(customer_id, None)  # step() leaves it untouched; be sure anyway
             if redelivered and rejection.reason == "too_late":
                 # Applied before a crash, and its id is no longer remembered
                 # (ids are kept for max_lateness): a duplicate, not a late event.
@@ -221,21 +223,57 @@ class SegmentProcessor:
     async def _advance(self, part: PartitionTime, to: int) -> None:
         """Apply every deadline of this partition due at or before `to`, in `at` order."""
         for due, customer_id in part.pop_due(to):
-            record = self._load(customer_id)
-            if record is None or record.due != due:
+            record, state = self._stored(part, customer_id)
+            if record is None or part.due_of(customer_id, record.due) != due:
                 continue  # superseded: the customer's deadline moved after this entry
+            state = self._decoded(part, customer_id, record, state)
             part.advance_clock(due)
             if not self.event_clock:
                 DEADLINE_LATENESS.observe(max(0, wall_now() - due) / 1_000_000)
-            state = state_from_bytes(customer_id, record.state)
+            version = state.rules_version
             state, changes = step(state, Tick(due), self.rules, due)
-            await self._save(part, customer_id, record, state, changes)
+            if changes or state.rules_version != version:
+                await self._save(part, customer_id, record, state, changes)
+            else:
+                # Only the deadline moved: no table write (no changelog message). After a
+                # restart the stored, older deadline is evaluated again and changes nothing.
+                self.counts["ticks_unwritten"] += 1
+                part.unwritten_due[customer_id] = state.due
             part.schedule(state.due, customer_id)
         part.advance_clock(to)
 
-    def _load(self, customer_id: str) -> CustomerRecord | None:
+    def _stored(
+        self, part: PartitionTime, customer_id: str
+    ) -> tuple[CustomerRecord | None, CustomerState | None]:
+        """The customer's table value, with its decoded state when that is kept in memory.
+
+        Decoded states of recently read or written customers are kept per
+        partition (`PartitionTime.states`): the agent is the only writer of its
+        partitions' table values, so a kept state is what the table holds, but
+        for the due of an unwritten tick. step() updates a kept state in place;
+        every path that does not then write it either leaves it untouched (a
+        duplicate or rejection) or drops the whole partition (an unexpected error).
+        """
+        cached = part.states.get(customer_id)
+        if cached is not None:
+            return cached
         data = self.table.get(customer_id.encode())
-        return CustomerRecord.from_bytes(data) if data is not None else None
+        return (CustomerRecord.from_bytes(data), None) if data is not None else (None, None)
+
+    def _decoded(
+        self,
+        part: PartitionTime,
+        customer_id: str,
+        record: CustomerRecord,
+        state: CustomerState | None,
+    ) -> CustomerState:
+        """The state of `record`, kept, with its current due."""
+        if state is None:
+            state = state_from_bytes(customer_id, record.state)
+            part.keep(customer_id, record, state)
+        # deadlines before this due were checked and changed nothing
+        state.due = part.due_of(customer_id, record.due)
+        return state
 
     async def _save(
         self,
@@ -247,14 +285,17 @@ class SegmentProcessor:
     ) -> None:
         outbox = record.outbox if record is not None else []
         acked = part.acked.pop(customer_id, None)
+        part.unwritten_due.pop(customer_id, None)  # the record written now holds the due
         if outbox and record is not None and record.offset < self._flushed_before(part.partition):
             outbox = []  # written before the last commit, so flushed to Kafka
         elif acked:
             outbox = [change for change in outbox if change["change_id"] not in acked]
         new = [change.to_dict() for change in changes]
-        self.table[customer_id.encode()] = CustomerRecord(
+        written = CustomerRecord(
             part.clock, state.due, part.offset, outbox + new, state_to_bytes(state)
-        ).to_bytes()
+        )
+        self.table[customer_id.encode()] = written.to_bytes()
+        part.keep(customer_id, written, state)
         part.persisted_clock = part.clock
         if new:
             await self._publish(part, customer_id, new)

@@ -1,4 +1,8 @@
-"""The worker's view of the SEGMENTS_* settings, plus the few knobs only the worker has."""
+"""The worker's view of the SEGMENTS_* settings, plus the few knobs only the worker has.
+
+Every value a user sets comes from streams.settings.Settings (its defaults are
+the SPEC table); this only narrows it to what the worker reads.
+"""
 
 from __future__ import annotations
 
@@ -6,26 +10,43 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streams.settings import Topics
+from streams.settings import Settings, Topics
 
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    kafka_bootstrap: str = "127.0.0.1:9092"
-    rules: str | None = None  # None: the example rule set shipped in the package
-    clock: str = "wall"  # wall | event
-    topic_prefix: str = ""
-    app_id: str = "purchase-segments"
-    partitions: int = 8
-    data_dir: Path = Path("./.segments-data")
-    web_host: str = "127.0.0.1"
-    web_port: int = 6066
-    changes_retention_ms: int | None = None
+    kafka_bootstrap: str
+    rules: str
+    clock: str  # wall | event
+    topic_prefix: str
+    app_id: str
+    partitions: int
+    data_dir: Path
+    web_host: str
+    web_port: int
+    changes_retention_ms: int | None  # None: the broker's default; -1: forever
+    identity_map: Path | None  # None: every native id is its own customer
     tick_interval: float = 0.5  # seconds between ticks per owned partition
 
     @property
     def names(self) -> Topics:
         return Topics(self.topic_prefix)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WorkerConfig:
+        return cls(
+            kafka_bootstrap=settings.kafka_bootstrap,
+            rules=str(settings.rules),
+            clock=settings.clock,
+            topic_prefix=settings.topic_prefix,
+            app_id=settings.app_id,
+            partitions=settings.partitions,
+            data_dir=Path(settings.data_dir),
+            web_host=settings.web_host,
+            web_port=settings.web_port,
+            changes_retention_ms=settings.changes_retention_ms,
+            identity_map=settings.identity_map,
+        )
 
 
 def load_config(**overrides: Any) -> WorkerConfig:
@@ -38,14 +59,4 @@ def load_config(**overrides: Any) -> WorkerConfig:
         settings = load_settings(**overrides)
     except SettingsError as error:
         raise click.ClickException(str(error)) from None
-    return WorkerConfig(
-        kafka_bootstrap=settings.kafka_bootstrap,
-        rules=str(settings.rules),
-        clock=settings.clock,
-        topic_prefix=settings.topic_prefix,
-        app_id=settings.app_id,
-        partitions=settings.partitions,
-        data_dir=Path(settings.data_dir),
-        web_host=settings.web_host,
-        web_port=settings.web_port,
-    )
+    return WorkerConfig.from_settings(settings)

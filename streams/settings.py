@@ -19,6 +19,7 @@ from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from segments.adapters import IdentityMap
 from segments.data import EXAMPLE_RULES
 
 ENV_PREFIX = "SEGMENTS_"
@@ -116,6 +117,16 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = Field(
         None, description="When set, HTTP requests need `Authorization: Bearer <token>`"
     )
+    changes_retention: str | None = Field(
+        None,
+        description="Retention of segment-changes when the worker creates it: <n>ms|s|m|h|d or"
+        " 'forever'; unset: the broker's default",
+    )
+    identity_map: Path | None = Field(
+        None,
+        description="Identity file (CSV or JSON) joining POS loyalty ids and online customer"
+        " ids into one customer_id; unset: each native id is its own customer",
+    )
 
     @field_validator("kafka_bootstrap")
     @classmethod
@@ -180,6 +191,39 @@ class Settings(BaseSettings):
     def _empty_token_is_unset(cls, value: Any) -> Any:
         return None if value == "" else value
 
+    @field_validator("changes_retention", mode="before")
+    @classmethod
+    def _check_changes_retention(cls, value: Any) -> Any:
+        if value in (None, ""):
+            return None
+        text = str(value).strip().lower()
+        if text != "forever" and retention_ms(text) is None:
+            raise ValueError("must be a duration like 30d, 12h, 90m, 3600s, 500ms, or 'forever'")
+        return text
+
+    @field_validator("identity_map", mode="before")
+    @classmethod
+    def _check_identity_map(cls, value: Any) -> Any:
+        if value in (None, ""):
+            return None
+        path = Path(value).expanduser()
+        try:
+            IdentityMap.load(path)
+        except OSError as error:
+            raise ValueError(f"cannot read the identity file: {error.strerror}") from None
+        except ValueError as error:
+            raise ValueError(f"not a valid identity file: {error}") from None
+        return path
+
+    @property
+    def changes_retention_ms(self) -> int | None:
+        """`retention.ms` for segment-changes: None = broker default, -1 = forever."""
+        if self.changes_retention is None:
+            return None
+        if self.changes_retention == "forever":
+            return -1
+        return retention_ms(self.changes_retention)
+
     @field_validator("data_dir")
     @classmethod
     def _expand_data_dir(cls, value: Path) -> Path:
@@ -194,6 +238,18 @@ class Settings(BaseSettings):
     def faust_broker(self) -> str:
         """`kafka_bootstrap` as Faust's broker setting: `kafka://host:port;kafka://...`."""
         return ";".join(f"kafka://{server}" for server in self.kafka_bootstrap.split(","))
+
+
+_DURATION = re.compile(r"^([0-9]+)(ms|s|m|h|d)$")
+_MILLISECONDS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def retention_ms(text: str) -> int | None:
+    """`30d` -> 2592000000; None for anything that is not a positive duration."""
+    match = _DURATION.match(text)
+    if match is None or int(match[1]) == 0:
+        return None
+    return int(match[1]) * _MILLISECONDS[match[2]]
 
 
 # What each variable must be, for errors whose pydantic wording would be about Python types.

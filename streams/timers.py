@@ -13,10 +13,14 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 TICK = b"{}"
+# Decoded customer states kept per partition between their events and ticks: each
+# is a few KiB, so 8 partitions keep well under 200 MiB.
+MAX_KEPT_STATES = 4_096
 
 
 def wall_now() -> int:
@@ -40,6 +44,24 @@ class PartitionTime:
     handled_offset: int = -1  # the largest offset found in the table when the partition opened
     deadlines: list[tuple[int, str]] = field(default_factory=list)
     acked: dict[str, set[str]] = field(default_factory=dict)  # customer -> published change ids
+    # customer -> due after a tick that changed nothing and so was not written to the
+    # table; the stored `due` is older, and every deadline before this one changed nothing
+    unwritten_due: dict[str, int | None] = field(default_factory=dict)
+
+    # customer -> (table value, decoded state) of recently read or written customers,
+    # oldest first; bounded by MAX_KEPT_STATES (streams.agents._stored says why it is safe)
+    states: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+
+    def keep(self, customer_id: str, record: Any, state: Any) -> None:
+        states = self.states
+        states.pop(customer_id, None)
+        states[customer_id] = (record, state)
+        if len(states) > MAX_KEPT_STATES:
+            del states[next(iter(states))]
+
+    def due_of(self, customer_id: str, stored_due: int | None) -> int | None:
+        """The customer's current deadline: a tick's unwritten one, else the stored one."""
+        return self.unwritten_due.get(customer_id, stored_due)
 
     def schedule(self, due: int | None, customer_id: str) -> None:
         if due is not None:

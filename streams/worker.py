@@ -27,8 +27,9 @@ def build_worker_app(config: WorkerConfig) -> tuple[SegmentsApp, SegmentProcesso
     rules = compile_rules(load_ruleset_or_exit(config.rules or EXAMPLE_RULES))
     segments_app = create_app(config)
     processor = SegmentProcessor(segments_app, rules)
-    # No identity file is configured yet: native ids stand for their own customers.
-    adapter = AdapterProcessor(segments_app, rules, IdentityMap())
+    # Without an identity file every native id stands for its own customer.
+    identities = IdentityMap.load(config.identity_map) if config.identity_map else IdentityMap()
+    adapter = AdapterProcessor(segments_app, rules, identities)
     register_agents(segments_app, processor, adapter)
     register_pages(segments_app)
     register_metrics(segments_app, processor, adapter)
@@ -53,12 +54,15 @@ def register_pages(segments_app: SegmentsApp) -> None:
 def register_metrics(
     segments_app: SegmentsApp, processor: SegmentProcessor, adapter: AdapterProcessor
 ) -> None:
-    """GET /metrics: events processed, dead letters by reason, deadline lateness."""
+    """GET /metrics: events processed, dead letters by reason, deadline lateness, lag."""
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-    from streams.worker_metrics import REGISTRY, ProcessorCounts
+    from streams.worker_metrics import REGISTRY, ConsumerLag, ProcessorCounts
 
     REGISTRY.register(ProcessorCounts({"segments": processor.counts, "adapter": adapter.counts}))
+    names = segments_app.names
+    inputs = (names.purchases, names.purchases_pos, names.purchases_online)
+    REGISTRY.register(ConsumerLag(lambda: segments_app.app.consumer, inputs))
 
     @segments_app.app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
@@ -99,7 +103,9 @@ def worker_command() -> None:
     import faust
 
     config = load_config()
-    ensure_topics(config.kafka_bootstrap, config.names, config.partitions)
+    ensure_topics(
+        config.kafka_bootstrap, config.names, config.partitions, config.changes_retention_ms
+    )
     if prepare_data_dir(config.data_dir):
         # Faust has not set up logging yet.
         click.echo("unclean_stop_detected local_state=discarded restore=changelog", err=True)

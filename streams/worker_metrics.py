@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 # Each worker process has its own registry: the serving process exports the cache,
@@ -47,3 +48,40 @@ class ProcessorCounts(Collector):
                     messages.add_metric([agent, name], value)
         yield messages
         yield dead
+
+
+class ConsumerLag(Collector):
+    """segments_worker_consumer_lag{topic,partition}: for each input partition this worker
+    owns, messages the group has not committed yet (Kafka's high watermark minus the
+    committed offset), read from Faust's consumer at scrape time."""
+
+    def __init__(self, consumer: Callable[[], Any], topics: Iterable[str]) -> None:
+        self.consumer = consumer
+        self.topics = frozenset(topics)
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "segments_worker_consumer_lag",
+            "Messages of an owned input partition not yet committed by the worker's group.",
+            labels=["topic", "partition"],
+        )
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield self._family()  # registering must not need a running consumer
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        lag = self._family()
+        consumer = self.consumer()
+        for tp in sorted(consumer.assignment()):
+            if tp.topic not in self.topics:
+                continue
+            try:
+                end = consumer.highwater(tp)
+            except Exception:  # not fetched yet, or revoked while scraping
+                continue
+            if end is None:
+                continue
+            committed = consumer._committed_offset.get(tp) or 0
+            lag.add_metric([tp.topic, str(tp.partition)], max(0, end - committed))
+        yield lag

@@ -13,6 +13,8 @@ from prometheus_client import REGISTRY
 import streams.cache_sink
 import streams.triggers
 import streams.web  # noqa: F401
+from streams.worker_metrics import REGISTRY as WORKER_REGISTRY
+from streams.worker_metrics import ConsumerLag, ProcessorCounts
 
 pytestmark = pytest.mark.unit
 
@@ -22,10 +24,14 @@ SUFFIXES = ("_bucket", "_sum", "_count", "_total", "_created")
 
 
 def exported() -> set[str]:
+    """What `segments serve` (the default registry) and `segments worker` export."""
     names: set[str] = set()
     for collector in list(REGISTRY._collector_to_names):
         for metric in collector.describe() if hasattr(collector, "describe") else []:
             names.add(metric.name)
+    names.update(metric.name for metric in ProcessorCounts({}).collect())
+    names.update(metric.name for metric in ConsumerLag(lambda: None, ()).describe())
+    names.update(WORKER_REGISTRY._names_to_collectors)
     return names
 
 

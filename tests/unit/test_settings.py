@@ -218,3 +218,70 @@ def test_unprefixed_topic_names_are_the_spec_names() -> None:
         "segment-memberships",
         "purchases.dlq",
     )
+
+
+def test_changes_retention_and_identity_map_default_to_unset() -> None:
+    settings = load_settings()
+    assert settings.changes_retention is None
+    assert settings.changes_retention_ms is None
+    assert settings.identity_map is None
+
+
+@pytest.mark.parametrize(
+    ("value", "milliseconds"),
+    [
+        ("30d", 2_592_000_000),
+        ("12h", 43_200_000),
+        ("90m", 5_400_000),
+        ("500ms", 500),
+        ("FOREVER", -1),
+        ("", None),
+    ],
+)
+def test_changes_retention_is_a_duration(
+    monkeypatch: pytest.MonkeyPatch, value: str, milliseconds: int | None
+) -> None:
+    monkeypatch.setenv("SEGMENTS_CHANGES_RETENTION", value)
+    assert load_settings().changes_retention_ms == milliseconds
+
+
+@pytest.mark.parametrize("value", ["30 days", "0d", "-1d", "1w", "d"])
+def test_a_bad_changes_retention_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("SEGMENTS_CHANGES_RETENTION", value)
+    with pytest.raises(SettingsError) as excinfo:
+        load_settings()
+    [problem] = problems_of(excinfo)
+    assert problem.startswith("SEGMENTS_CHANGES_RETENTION: must be a duration like 30d")
+    assert repr(value) in problem
+
+
+def test_the_identity_map_file_is_read_at_start(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    identities = tmp_path / "identities.csv"
+    identities.write_text("customer_id,loyalty_id,shopify_customer_id\nc-1,L1,701\n")
+    monkeypatch.setenv("SEGMENTS_IDENTITY_MAP", str(identities))
+    assert load_settings().identity_map == identities
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (None, "SEGMENTS_IDENTITY_MAP: cannot read the identity file: No such file"),
+        ("loyalty_id\nL1\n", "SEGMENTS_IDENTITY_MAP: not a valid identity file: "),
+        ("customer_id,loyalty_id\nc-1,L1\nc-2,L1\n", "SEGMENTS_IDENTITY_MAP: not a valid"),
+    ],
+)
+def test_a_bad_identity_map_fails_at_start_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, text: str | None, expected: str
+) -> None:
+    identities = tmp_path / "identities.csv"
+    if text is not None:
+        identities.write_text(text)
+    monkeypatch.setenv("SEGMENTS_IDENTITY_MAP", str(identities))
+    with pytest.raises(SettingsError) as excinfo:
+        load_settings()
+    [problem] = problems_of(excinfo)
+    assert problem.startswith(expected), problem

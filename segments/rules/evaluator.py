@@ -1,8 +1,10 @@
-"""Compiles a RuleSet once into one generated Python function that evaluates every segment.
+"""Compiles a RuleSet once into generated Python functions that evaluate every segment.
 
-Every metric the rules use is computed in a single pass over the customer's
-order records, then each segment's `when` (and `exit_when`) is a plain Python
-boolean expression over those values. Nothing is parsed or walked per event.
+Windowed metrics are read from a per-customer index of the counted orders
+(bisections over their days, built once and kept up to date as orders are
+added and pruned), unwindowed ones from the lifetime accumulators; each
+segment's `when` (and `exit_when`) is then a plain Python boolean expression
+over those values. Nothing is parsed or walked per event.
 """
 
 from __future__ import annotations

@@ -249,6 +249,20 @@ def _literal(value: Decimal) -> str:
     return f"Decimal({str(value)!r})"
 
 
+def _order_conditions(key: FilterKey, day: str) -> list[str]:
+    """Generated tests that an order `o` (whose local day is the expression `day`)
+    matches a filter key's channel, category and season; empty: every order does."""
+    channel, category, season = key
+    conditions = []
+    if channel is not None:
+        conditions.append(f"o.channel == {channel!r}")
+    if category is not None:
+        conditions.append(f"o.categories is not None and {category!r} in o.categories")
+    if season is not None:
+        conditions.append(_season_test(season).replace("md", f"month_day({day})"))
+    return conditions
+
+
 def _season_test(season: tuple[int, int, int, int]) -> str:
     start = season[0] * 100 + season[1]
     end = season[2] * 100 + season[3]
@@ -310,14 +324,8 @@ def _generate(
         "    counted = list(map(DAY, counted_orders))",
     ]
     for j, key in enumerate(keys):
-        channel, category, season = key
-        conditions = []
-        if channel is not None:
-            conditions.append(f"o.channel == {channel!r}")
-        if category is not None:
-            conditions.append(f"o.categories is not None and {category!r} in o.categories")
-        if season is not None:
-            conditions.append(_season_test(season).replace("md", "month_day(o.day)"))
+        category = key[1]
+        conditions = _order_conditions(key, "o.day")
         if conditions:
             build.append(f"    x{j} = [o for o in counted_orders if {' and '.join(conditions)}]")
             build.append(f"    x{j}_days = list(map(DAY, x{j}))")
@@ -366,14 +374,8 @@ def _generate(
         "        del counted[:cut]",
     ]
     for j, key in enumerate(keys):
-        channel, category, season = key
-        conditions = []
-        if channel is not None:
-            conditions.append(f"o.channel == {channel!r}")
-        if category is not None:
-            conditions.append(f"o.categories is not None and {category!r} in o.categories")
-        if season is not None:
-            conditions.append(_season_test(season).replace("md", "month_day(day)"))
+        category = key[1]
+        conditions = _order_conditions(key, "day")
         inserted = {
             "amount": f"o.categories[{category!r}].amount" if category is not None else "o.net",
             "units": f"o.categories[{category!r}].units" if category is not None else "o.units",

@@ -14,11 +14,9 @@ import pytest
 from tests.conformance_cases import RULES, Case, all_cases, assert_conforms
 from tests.integration.worker_harness import (
     assert_equals_replay,
+    drain_with_one_worker,
     produce,
-    read_published,
     replay_reference,
-    running_workers,
-    wait_drained,
 )
 
 pytestmark = pytest.mark.slow
@@ -38,11 +36,6 @@ def test_conformance_case_through_kafka(
     }
     reference = replay_reference(RULES, case.events, tmp_path / "replay", case.as_of)
     produce(env, case.events, case.as_of)
-    with running_workers(env, tmp_path) as (worker,):
-        worker.wait_ready()
-        wait_drained(env["SEGMENTS_KAFKA_BOOTSTRAP"], env["SEGMENTS_APP_ID"], topics.purchases)
-        segments = list(reference.memberships)
-        published = read_published(env["SEGMENTS_KAFKA_BOOTSTRAP"], topics, segments)
-        assert worker.stop() == 0
+    published, _ = drain_with_one_worker(env, tmp_path, topics, list(reference.memberships))
     assert_conforms(case, published.changes, published.memberships)
     assert_equals_replay(published, reference)

@@ -11,13 +11,10 @@ import pytest
 from segments.data import EXAMPLE_RULES
 from tests.integration.worker_harness import (
     assert_equals_replay,
+    drain_with_one_worker,
     produce,
-    read_published,
-    read_topic,
     replay_reference,
-    running_workers,
     synthetic_events,
-    wait_drained,
     write_jsonl,
 )
 
@@ -55,13 +52,7 @@ def test_invalid_events_are_dead_lettered_and_the_rest_equals_replay(
     rejected = [orjson.loads(line) for line in (tmp_path / "replay" / "rejected.jsonl").open("rb")]
     assert len(rejected) == len(INVALID)
     produce(env, events, AS_OF)
-    bootstrap = env["SEGMENTS_KAFKA_BOOTSTRAP"]
-    with running_workers(env, tmp_path) as (worker,):
-        worker.wait_ready()
-        wait_drained(bootstrap, env["SEGMENTS_APP_ID"], topics.purchases)
-        published = read_published(bootstrap, topics, list(reference.memberships))
-        dead = read_topic(bootstrap, topics.purchases_dlq)
-        assert worker.stop() == 0
+    published, dead = drain_with_one_worker(env, tmp_path, topics, list(reference.memberships))
     assert_equals_replay(published, reference)
     assert sorted(record.value for record in dead) == sorted(INVALID)
     reasons = Counter(dict(record.headers)["reason"].decode() for record in dead)
@@ -88,13 +79,7 @@ def test_dirty_generated_traffic_equals_replay(
     env = {**segments_env, "SEGMENTS_CLOCK": "event", "SEGMENTS_RULES": str(EXAMPLE_RULES)}
     reference = replay_reference(EXAMPLE_RULES, events, tmp_path / "replay", "2026-03-01T00:00:00Z")
     produce(env, events, "2026-03-01T00:00:00Z")
-    bootstrap = env["SEGMENTS_KAFKA_BOOTSTRAP"]
-    with running_workers(env, tmp_path) as (worker,):
-        worker.wait_ready()
-        wait_drained(bootstrap, env["SEGMENTS_APP_ID"], topics.purchases)
-        published = read_published(bootstrap, topics, list(reference.memberships))
-        dead = read_topic(bootstrap, topics.purchases_dlq)
-        assert worker.stop() == 0
+    published, dead = drain_with_one_worker(env, tmp_path, topics, list(reference.memberships))
     assert_equals_replay(published, reference)
     reasons = Counter(dict(record.headers)["reason"].decode() for record in dead)
     assert reasons == Counter(reference.summary["rejected_by_reason"])

@@ -16,13 +16,10 @@ from segments.data import EXAMPLE_RULES
 from segments.generate import generate_events
 from tests.integration.worker_harness import (
     assert_equals_replay,
+    drain_with_one_worker,
     memberships_from_changes,
     produce,
-    read_published,
-    read_topic,
     replay_reference,
-    running_workers,
-    wait_drained,
 )
 
 pytestmark = pytest.mark.slow
@@ -42,13 +39,8 @@ def test_generated_events_equal_replay(
     assert sum(1 for members in reference.memberships.values() for _ in members) >= 2_000
     assert any(change["cause"] == "time" for change in reference.changes)
     produce(env, events, AS_OF)
-    with running_workers(env, tmp_path) as (worker,):
-        worker.wait_ready()
-        wait_drained(env["SEGMENTS_KAFKA_BOOTSTRAP"], env["SEGMENTS_APP_ID"], topics.purchases)
-        segments = list(reference.memberships)
-        published = read_published(env["SEGMENTS_KAFKA_BOOTSTRAP"], topics, segments)
-        dead = read_topic(env["SEGMENTS_KAFKA_BOOTSTRAP"], topics.purchases_dlq)
-        assert worker.stop() == 0
+    segments = list(reference.memberships)
+    published, dead = drain_with_one_worker(env, tmp_path, topics, segments)
     assert dead == [], "replay rejects nothing"
     assert_equals_replay(published, reference)
     assert memberships_from_changes(published.changes, segments) == reference.memberships

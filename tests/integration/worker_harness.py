@@ -211,6 +211,23 @@ def wait_drained(
         raise AssertionError(f"{error}\ncommitted/end by partition: {offsets}\n{dumps}") from None
 
 
+def drain_with_one_worker(
+    env: Mapping[str, str], log_dir: Path, topics: Any, segments: list[str]
+) -> tuple[Published, list[Record]]:
+    """One worker reads everything already produced to `purchases`, then stops cleanly.
+
+    Returns what it published (for `segments`) and the records of the dead-letter topic.
+    """
+    bootstrap = env["SEGMENTS_KAFKA_BOOTSTRAP"]
+    with running_workers(env, log_dir) as (worker,):
+        worker.wait_ready()
+        wait_drained(bootstrap, env["SEGMENTS_APP_ID"], topics.purchases, workers=(worker,))
+        published = read_published(bootstrap, topics, segments)
+        dead = read_topic(bootstrap, topics.purchases_dlq)
+        assert worker.stop() == 0
+    return published, dead
+
+
 @dataclass(frozen=True)
 class Record:
     partition: int

@@ -39,18 +39,22 @@ def free_port() -> int:
 
 @dataclass
 class WorkerProcess:
-    """One `segments worker` subprocess with its own web port; its log goes to a file."""
+    """One `segments worker` subprocess with its own web port; its log goes to a file.
+
+    `arguments` follow the Python interpreter; the smoke tests run a bare Faust app with it.
+    """
 
     env: dict[str, str]
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     port: int = field(default_factory=free_port)
+    arguments: tuple[str, ...] = ("-m", "streams", "worker")
 
     def start(self) -> WorkerProcess:
         env = {**os.environ, **self.env, "SEGMENTS_WEB_PORT": str(self.port)}
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "streams", "worker"],
+            [sys.executable, *self.arguments],
             env=env,
             cwd=REPO_ROOT,
             stdout=log,

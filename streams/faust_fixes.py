@@ -9,6 +9,8 @@ import faust
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP
 from faust.types.transports import TransportT
+from mode.utils.objects import cached_property
+from mode.utils.queues import FlowControlEvent
 
 
 class DedupingAcksConsumer(AIOKafkaConsumer):
@@ -39,8 +41,36 @@ class DedupingAcksConsumer(AIOKafkaConsumer):
         return super()._new_offset(tp)
 
 
+class KeepingFlowControl(FlowControlEvent):
+    """Flow control whose `resume` empties the stream queues only after a suspension.
+
+    faust-streaming#596, the other half: when recovery ends, Faust resumes the
+    stream partitions, seeks them to their committed offsets and only then calls
+    `flow_control.resume()`, which empties every agent's queue. Flow has been on
+    since recovery began, so records fetched after the seek may already sit in a
+    queue; they are dropped unacknowledged, and no later seek fetches them again.
+    The partition's committed offset then stops in front of the lost message
+    until the next rebalance (seen as a restarted worker that published nothing
+    for one partition, with that partition's committed offset one short).
+
+    A suspension (a rebalance) still empties the queues, on suspend as before and
+    on the resume that ends it. A resume while flow is already on keeps what is
+    queued: those events belong to the current assignment, and if the seek does
+    fetch one again the agent dedupes it by event id (and the consumer above
+    dedupes its acknowledgement).
+    """
+
+    def resume(self) -> None:
+        if not self.is_active():
+            super().resume()
+
+
 class App(faust.App):
-    """faust.App whose Kafka consumer is the fixed one."""
+    """faust.App whose Kafka consumer and flow control are the fixed ones."""
+
+    @cached_property
+    def flow_control(self) -> FlowControlEvent:
+        return KeepingFlowControl(loop=self.loop)
 
     def _new_transport(self) -> TransportT:
         transport = super()._new_transport()

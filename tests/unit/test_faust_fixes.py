@@ -1,8 +1,11 @@
-"""The consumer work-around for faust-streaming#596 (streams.faust_fixes).
+"""The work-arounds for faust-streaming#596 (streams.faust_fixes).
 
 Faust's commit bookkeeping is exercised directly on a consumer built without
-its Kafka connection (a unit test of the shell); the integration test that
-proves the effect is tests/integration/test_worker_recovery.py.
+its Kafka connection, and its flow control on a queue of its own (unit tests of
+the shell); the integration tests that prove the effect are
+tests/integration/test_worker_recovery.py and, for a bare app built on the
+fixed App, test_faust_table_is_restored_from_its_changelog in
+tests/integration/test_smoke_kafka.py.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ import pytest
 from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
 from faust.types import TP
 from intervaltree import IntervalTree
+from mode.utils.queues import FlowControlEvent, FlowControlQueue
 
-from streams.faust_fixes import App, DedupingAcksConsumer
+from streams.faust_fixes import App, DedupingAcksConsumer, KeepingFlowControl
 
 PARTITION = TP("purchases", 0)
 
@@ -73,6 +77,42 @@ def test_first_commit_of_a_partition(committed: int | None) -> None:
     assert drain(bookkeeping(DedupingAcksConsumer, committed, [0, 0, 1, 2, 2])) == [3]
 
 
-def test_the_worker_app_builds_its_consumer_from_the_fixed_class() -> None:
+def stream_queue(flow: FlowControlEvent) -> FlowControlQueue[str]:
+    """An agent's input queue as Faust builds it: emptied when flow resumes."""
+    return FlowControlQueue(flow_control=flow, clear_on_resume=True)
+
+
+def recovery_with_an_event_fetched_after_the_seek(flow: FlowControlEvent) -> int:
+    """What recovery does to flow control; returns how many events the agent still has."""
+    queue = stream_queue(flow)
+    flow.resume()  # recovery starts reading the changelogs: flow is on from here
+    queue.put_nowait("event fetched after the seek to the committed offset")
+    flow.resume()  # recovery is complete
+    assert flow.is_active()
+    return queue.qsize()
+
+
+def test_faust_alone_drops_an_event_queued_while_flow_was_on() -> None:
+    # Why the work-around exists; if this fails, Faust fixed it and it can go.
+    assert recovery_with_an_event_fetched_after_the_seek(FlowControlEvent()) == 0
+
+
+def test_a_resume_while_flow_is_on_keeps_the_queued_events() -> None:
+    assert recovery_with_an_event_fetched_after_the_seek(KeepingFlowControl()) == 1
+
+
+def test_a_resume_after_a_suspension_still_empties_the_queues() -> None:
+    flow = KeepingFlowControl()
+    queue = stream_queue(flow)
+    flow.resume()
+    queue.put_nowait("event of a partition that the rebalance may take away")
+    flow.suspend()
+    flow.resume()
+    assert flow.is_active()
+    assert queue.qsize() == 0
+
+
+def test_the_worker_app_is_built_from_the_fixed_classes() -> None:
     app = App("faust-fixes-test", broker="kafka://127.0.0.1:1")
     assert app.transport.Consumer is DedupingAcksConsumer
+    assert isinstance(app.flow_control, KeepingFlowControl)

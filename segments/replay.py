@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import gzip
-import heapq
 import sys
 import time
 from collections import Counter
@@ -15,75 +14,11 @@ from typing import Any
 
 import orjson
 
-from segments.aggregates import CustomerState
 from segments.changes import Change
+from segments.engine import Engine, MemoryStates
 from segments.events import ClockMark, Event, Rejection, decode_event, encode_event
-from segments.membership import DuplicateEvent, Tick, step
+from segments.membership import DuplicateEvent
 from segments.rules.evaluator import CompiledRules
-
-EmitChanges = Callable[[list[Change]], None]
-
-
-class Engine:
-    """Customer states plus one time-ordered queue of deadlines for all customers.
-
-    Time-driven changes of every customer come out of the queue in `at` order,
-    before any event at or after them (SPEC section 4), so the change stream is
-    ordered by `at` across customers.
-    """
-
-    def __init__(self, rules: CompiledRules) -> None:
-        self.rules = rules
-        self.states: dict[str, CustomerState] = {}
-        self.clock: int | None = None
-        self._deadlines: list[tuple[int, int, str]] = []  # (due, tie-breaker, customer)
-        self._pushed = 0
-
-    def advance(self, to: int, emit: EmitChanges) -> None:
-        """Apply every time-driven transition due at or before `to`; the clock moves to `to`."""
-        deadlines = self._deadlines
-        rules = self.rules
-        while deadlines and deadlines[0][0] <= to:
-            due, _, customer_id = heapq.heappop(deadlines)
-            state = self.states[customer_id]
-            if state.due != due:
-                continue  # superseded by a later event of this customer
-            state, changes = step(state, Tick(due), rules, due)
-            if changes:
-                emit(changes)
-            self._schedule(state)
-        if self.clock is None or to > self.clock:
-            self.clock = to
-
-    def apply(self, event: Event, emit: EmitChanges) -> None:
-        """Apply one event at max(event time, clock). Raises DuplicateEvent or Rejection."""
-        now = event.occurred_at
-        if self.clock is not None and self.clock > now:
-            now = self.clock
-        self.advance(now, emit)
-        state = self.states.get(event.customer_id)
-        previous_due = state.due if state is not None else None
-        state, changes = step(state, event, self.rules, now)
-        self.states[event.customer_id] = state
-        if changes:
-            emit(changes)
-        if state.due != previous_due:
-            self._schedule(state)
-
-    def _schedule(self, state: CustomerState) -> None:
-        if state.due is not None:
-            self._pushed += 1
-            heapq.heappush(self._deadlines, (state.due, self._pushed, state.customer_id))
-
-    def memberships(self) -> dict[str, list[str]]:
-        result: dict[str, list[str]] = {s.name: [] for s in self.rules.ruleset.segments}
-        for customer_id, state in self.states.items():
-            for name, membership in state.memberships.items():
-                if membership.member and name in result:
-                    result[name].append(customer_id)
-        for members in result.values():
-            members.sort()
-        return result
 
 
 @dataclass
@@ -134,8 +69,13 @@ def replay(
     out_dir: Path,
     as_of: int | None = None,
     progress: Callable[[int], None] | None = None,
+    wall: int | None = None,
 ) -> ReplayResult:
-    """Run the pipeline over input lines and write changes, memberships, rejections, summary."""
+    """Run the pipeline over input lines and write changes, memberships, rejections, summary.
+
+    `wall`: the wall clock of the run; an event more than max_future_skew ahead
+    of it is rejected (too_far_ahead), as the worker rejects it (SPEC section 2).
+    """
     started = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     # Millions of small, acyclic objects (states, Decimals) make the cyclic
@@ -143,7 +83,7 @@ def replay(
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _replay(lines, rules, out_dir, as_of, progress, started)
+        return _replay(lines, rules, out_dir, as_of, progress, wall, started)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -155,6 +95,7 @@ def _replay(
     out_dir: Path,
     as_of: int | None,
     progress: Callable[[int], None] | None,
+    wall: int | None,
     started: float,
 ) -> ReplayResult:
     result = ReplayResult()
@@ -204,24 +145,26 @@ def _replay(
                 counts[(change.segment, change.change)] += 1
                 write(change.to_json() + b"\n")
 
-        engine = Engine(rules)
+        states = MemoryStates(emit)
+        engine = Engine(rules, states)
         for _, line_no, item in timeline:
             if isinstance(item, ClockMark):
                 result.clock_marks += 1
-                engine.advance(item.at, emit)
+                engine.advance(item.at)
                 continue
             try:
-                engine.apply(item, emit)
+                engine.apply(item, wall)
                 result.applied += 1
             except DuplicateEvent:
                 result.duplicates += 1
             except Rejection as rejection:
                 reject(line_no, encode_event(item), rejection.reason, rejection.message)
         if as_of is not None:
-            engine.advance(as_of, emit)
+            engine.advance(as_of)
 
+    memberships = states.memberships(s.name for s in ruleset.segments)
     (out_dir / "memberships.json").write_bytes(
-        orjson.dumps(engine.memberships(), option=orjson.OPT_INDENT_2)
+        orjson.dumps(memberships, option=orjson.OPT_INDENT_2)
     )
     result.seconds = time.perf_counter() - started
     (out_dir / "summary.json").write_bytes(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -28,6 +29,8 @@ def replay_command(rules_path: str, input_path: str, as_of: str | None, out_dir:
         except ValueError as error:
             raise click.BadParameter(str(error), param_hint="--as-of") from error
     rules = compile_rules(ruleset)
+    # Events dated more than max_future_skew after this run are refused, as the worker does.
+    wall = time.time_ns() // 1000
     show_progress = sys.stderr.isatty()
     if show_progress:
         from rich.progress import Progress
@@ -40,9 +43,12 @@ def replay_command(rules_path: str, input_path: str, as_of: str | None, out_dir:
                 Path(out_dir),
                 as_of=as_of_instant,
                 progress=lambda n: bar.update(task, completed=n),
+                wall=wall,
             )
     else:
-        result = replay(read_lines(input_path), rules, Path(out_dir), as_of=as_of_instant)
+        result = replay(
+            read_lines(input_path), rules, Path(out_dir), as_of=as_of_instant, wall=wall
+        )
     summary = result.summary()
     click.echo(
         f"read {summary['events_read']} applied {summary['applied']} "

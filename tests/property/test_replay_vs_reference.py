@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from segments.clock import to_micros
+from segments.engine import Engine, MemoryStates
 from segments.events import Event, Line, Purchase, Return
-from segments.replay import Engine
 from segments.rules.evaluator import compile_rules
 from segments.rules.ruleset import RuleSet, parse_ruleset
 from tests.conformance_cases import RULES
@@ -137,19 +137,16 @@ def _engine_run(events: list[Event], ruleset: RuleSet, as_of: int) -> tuple[list
     from segments.membership import DuplicateEvent
 
     rules = compile_rules(ruleset)
-    engine = Engine(rules)
     out: list[Any] = []
-
-    def emit(changes: Any) -> None:
-        out.extend(changes)
-
+    states = MemoryStates(out.extend)
+    engine = Engine(rules, states)
     for event in sorted(events, key=lambda e: e.occurred_at):
         with suppress(DuplicateEvent):
-            engine.apply(event, emit)
-    engine.advance(as_of, emit)
+            engine.apply(event)
+    engine.advance(as_of)
     instants = [c.at for c in out]
     assert instants == sorted(instants), "changes must come out in `at` order"
-    return out, engine.memberships()
+    return out, states.memberships(s.name for s in ruleset.segments)
 
 
 def _key(change: Any) -> tuple[Any, ...]:
@@ -208,11 +205,12 @@ def test_the_order_index_and_seen_ids_step_keeps_equal_fresh_ones(
     from segments.membership import DuplicateEvent
 
     rules = compile_rules(RICH)
-    engine = Engine(rules)
+    states = MemoryStates()
+    engine = Engine(rules, states)
     for event in sorted(history[0], key=lambda e: e.occurred_at):
         with suppress(DuplicateEvent):
-            engine.apply(event, lambda changes: None)
-        for state in engine.states.values():
+            engine.apply(event)
+        for state in states.states.values():
             if state.seen_ids is not None:  # kept up to date like the index
                 fresh = {o.event_id for o in state.orders} | {r[0] for r in state.returns_seen}
                 assert state.seen_ids == fresh

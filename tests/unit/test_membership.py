@@ -9,9 +9,9 @@ import pytest
 from segments.aggregates import state_from_bytes, state_to_bytes
 from segments.changes import Change
 from segments.clock import parse_instant
+from segments.engine import Engine, MemoryStates
 from segments.events import Line, Purchase, Rejection, Return
 from segments.membership import DuplicateEvent, Tick, next_deadline, step
-from segments.replay import Engine
 from segments.rules.evaluator import CompiledRules, compile_rules
 from segments.rules.ruleset import load_ruleset, parse_ruleset
 
@@ -53,11 +53,11 @@ def refund(
 
 
 def run(rules: CompiledRules, events: list[Purchase | Return], as_of: str) -> list[Change]:
-    engine = Engine(rules)
     out: list[Change] = []
+    engine = Engine(rules, MemoryStates(out.extend))
     for event in sorted(events, key=lambda e: e.occurred_at):
-        engine.apply(event, out.extend)
-    engine.advance(t(as_of), out.extend)
+        engine.apply(event)
+    engine.advance(t(as_of))
     return out
 
 

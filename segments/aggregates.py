@@ -392,6 +392,13 @@ def state_to_bytes(state: CustomerState) -> bytes:
     )
 
 
+def stored_rules_version(data: bytes) -> int:
+    """The rule version of an encoded state, read from its prefix `[format,version,`
+    without decoding the rest (a worker reads every stored customer at a rollout)."""
+    start = data.index(b",") + 1
+    return int(data[start : data.index(b",", start)])
+
+
 def state_from_bytes(customer_id: str, data: bytes) -> CustomerState:
     (fmt, rules_version, due, orders, adjustments, returns_seen, lifetime, memberships) = (
         orjson.loads(data)

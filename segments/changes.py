@@ -5,9 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    from segments.aggregates import CustomerState
 
 ENTERED = "entered"
 EXITED = "exited"
@@ -72,3 +75,34 @@ class Change:
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.to_dict())
+
+
+def membership_value(change: dict[str, Any]) -> bytes | None:
+    """The compacted `segment-memberships` value of a change: a record on entry, a
+    tombstone (None) on exit (SPEC section 4)."""
+    if change["change"] != ENTERED:
+        return None
+    return orjson.dumps(
+        {
+            "customer_id": change["customer_id"],
+            "segment": change["segment"],
+            "since": change["at"],
+            "seq": change["seq"],
+            "change_id": change["change_id"],
+            "rules_version": change["rules_version"],
+        }
+    )
+
+
+def current_membership_change(state: CustomerState, segment: str) -> dict[str, Any]:
+    """The state's membership of a segment, shaped like the change that led to it."""
+    membership = state.memberships[segment]
+    return {
+        "customer_id": state.customer_id,
+        "segment": segment,
+        "change": ENTERED if membership.member else EXITED,
+        "at": format_instant(membership.since),
+        "seq": membership.seq,
+        "change_id": f"{state.customer_id}:{segment}:{membership.seq}",
+        "rules_version": state.rules_version,
+    }

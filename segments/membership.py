@@ -110,10 +110,38 @@ def _advance(state: CustomerState, rules: CompiledRules, now: int, changes: list
     if state.rules_version != rules.ruleset.version:
         ensure_lifetime_keys(state, rules.lifetime_keys, rules.lifetime_categories)
         state.rules_version = rules.ruleset.version
+        _exit_removed_segments(state, rules, now, changes)
         state.due = _evaluate(state, rules, now, "definition", None, changes)
     while state.due is not None and state.due <= now:
         due = state.due
         state.due = _evaluate(state, rules, due, "time", None, changes)
+
+
+def _exit_removed_segments(
+    state: CustomerState, rules: CompiledRules, at: int, changes: list[Change]
+) -> None:
+    """A segment the new rule version no longer has: every member exits (cause definition).
+
+    The exit keeps its seq in the state, so a segment of that name added back
+    later continues the sequence and its change ids never repeat.
+    """
+    current = {name for _, name, _, _ in rules.segment_plan}
+    for name, membership in sorted(state.memberships.items()):
+        if membership.member and name not in current:
+            seq = membership.seq + 1
+            state.memberships[name] = Membership(False, seq, at)
+            changes.append(
+                Change(
+                    customer_id=state.customer_id,
+                    segment=name,
+                    change=EXITED,
+                    at=at,
+                    cause="definition",
+                    event_id=None,
+                    rules_version=rules.ruleset.version,
+                    seq=seq,
+                )
+            )
 
 
 def _evaluate(

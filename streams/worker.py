@@ -13,9 +13,10 @@ import click
 from segments.adapters import IdentityMap
 from segments.rules.evaluator import compile_rules
 from segments.rules.validate import load_ruleset_or_exit
-from streams.agents import AdapterProcessor, SegmentProcessor, register_agents
+from streams.agents import AdapterProcessor, build_processor, register_agents
 from streams.app import SegmentsApp, create_app
 from streams.config import WorkerConfig, load_config
+from streams.processor import SegmentProcessor
 from streams.topics import ensure_topics
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ def build_worker_app(config: WorkerConfig) -> tuple[SegmentsApp, SegmentProcesso
 
     rules = compile_rules(load_ruleset_or_exit(config.rules or EXAMPLE_RULES))
     segments_app = create_app(config)
-    processor = SegmentProcessor(segments_app, rules)
+    processor = build_processor(segments_app, rules)
     # Without an identity file every native id stands for its own customer.
     identities = IdentityMap.load(config.identity_map) if config.identity_map else IdentityMap()
     adapter = AdapterProcessor(segments_app, rules, identities)

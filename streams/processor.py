@@ -1,0 +1,431 @@
+"""The segment worker without Faust: a message -> engine calls -> table writes and an outbox.
+
+The processor is synchronous and knows no broker: it reads and writes
+customer records through a `CustomerTable`, asks a `committed_offset`
+function what Kafka has committed, and returns what must be sent (`Publish`,
+`DeadLetter`). The Faust agent (streams.agents) sends them; the broker-free
+driver (streams.driver) keeps them in lists. Delivery works like an outbox:
+the table value carries the customer's unacknowledged changes, so a crash
+between the table write and the publish re-publishes the same changes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+
+from segments.aggregates import (
+    CustomerState,
+    state_from_bytes,
+    state_to_bytes,
+    stored_rules_version,
+)
+from segments.changes import Change, current_membership_change, membership_value
+from segments.engine import Engine
+from segments.events import ClockMark, Purchase, Rejection, Return, decode_event
+from segments.membership import DuplicateEvent
+from segments.rules.evaluator import CompiledRules
+from streams.settings import Topics
+
+log = logging.getLogger(__name__)
+
+RECORD_FORMAT = 1
+MAX_ACKED_CUSTOMERS = 100_000  # acknowledged ids remembered per partition until the next save
+CLOCK_KEY = b"\x00clock:"  # + partition number; never a customer id (ids are text)
+# Decoded customer states kept per partition between their events and ticks: each
+# is a few KiB, so 8 partitions keep well under 200 MiB.
+MAX_KEPT_STATES = 4_096
+
+
+class CustomerTable(Protocol):
+    """The customers table as the processor sees it: bytes by key, and one partition's items."""
+
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def set(self, key: bytes, value: bytes) -> None: ...
+
+    def partition_items(self, partition: int) -> Iterable[tuple[bytes, bytes]]: ...
+
+
+@dataclass
+class CustomerRecord:
+    """The table value: header [format, clock, due, offset, outbox] newline CustomerState.
+
+    `due` is copied out of the state so the deadline queue is rebuilt without
+    decoding states; `clock` is the partition clock and `offset` the `purchases`
+    offset being handled when it was written: the largest of each restore the
+    partition's event clock and tell re-delivered messages from new ones.
+    """
+
+    clock: int | None
+    due: int | None
+    offset: int
+    outbox: list[dict[str, Any]]  # Change.to_dict() of changes not yet acknowledged by Kafka
+    state: bytes
+
+    def to_bytes(self) -> bytes:
+        header = orjson.dumps([RECORD_FORMAT, self.clock, self.due, self.offset, self.outbox])
+        return header + b"\n" + self.state
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> CustomerRecord:
+        header, _, state = data.partition(b"\n")
+        fmt, clock, due, offset, outbox = orjson.loads(header)
+        if fmt != RECORD_FORMAT:
+            raise ValueError(f"customer record format {fmt} is not {RECORD_FORMAT}")
+        return cls(clock, due, offset, outbox, state)
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """One customer's changes and membership records; `acked` runs once Kafka has them all."""
+
+    messages: list[tuple[str, bytes, bytes | None]]  # (topic, key, value)
+    acked: Callable[[], None]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    key: bytes | None
+    value: bytes | None
+    reason: str
+    message: str
+    source: tuple[str, int, int]  # topic, partition, offset
+
+
+Outgoing = Publish | DeadLetter
+
+
+class PartitionStates:
+    """The engine's `States` over one table partition, with decoded states kept in memory.
+
+    The processor is the only writer of its partitions' table values, so a
+    kept state is what the table holds, but for the due of an unwritten tick
+    (`unwritten_due`). step() updates a kept state in place; every path that
+    does not then write it either leaves it untouched (a duplicate, a
+    rejection) or drops the whole partition (an unexpected error).
+    """
+
+    def __init__(self, processor: SegmentProcessor, partition: int) -> None:
+        self.processor = processor
+        self.partition = partition
+        self.engine = Engine(
+            processor.rules,
+            self,
+            wall_clock=not processor.event_clock,
+            on_due=processor.on_due,
+        )
+        self.persisted_clock: int | None = None  # the largest clock already written
+        self.offset = -1  # the largest `purchases` offset handled
+        self.handled_offset = -1  # the largest offset found in the table at open
+        self.acked: dict[str, set[str]] = {}  # customer -> published change ids
+        # customer -> due after a tick that changed nothing and so was not written;
+        # the stored `due` is older, and every deadline before this one changed nothing
+        self.unwritten_due: dict[str, int | None] = {}
+        # customer -> (table value, decoded state), oldest first, at most MAX_KEPT_STATES
+        self.kept: dict[str, tuple[CustomerRecord, CustomerState]] = {}
+        self.outgoing: list[Outgoing] = []
+
+    @property
+    def clock(self) -> int | None:
+        return self.engine.clock
+
+    def _keep(self, customer_id: str, record: CustomerRecord, state: CustomerState) -> None:
+        kept = self.kept
+        kept.pop(customer_id, None)
+        kept[customer_id] = (record, state)
+        if len(kept) > MAX_KEPT_STATES:
+            del kept[next(iter(kept))]
+
+    def _record(self, customer_id: str) -> tuple[CustomerRecord | None, CustomerState | None]:
+        kept = self.kept.get(customer_id)
+        if kept is not None:
+            return kept
+        data = self.processor.table.get(customer_id.encode())
+        return (CustomerRecord.from_bytes(data), None) if data is not None else (None, None)
+
+    def get(self, customer_id: str) -> CustomerState | None:
+        record, state = self._record(customer_id)
+        if record is None:
+            return None
+        if state is None:
+            state = state_from_bytes(customer_id, record.state)
+            self._keep(customer_id, record, state)
+        # deadlines before this due were checked and changed nothing
+        state.due = self.unwritten_due.get(customer_id, record.due)
+        return state
+
+    def put(self, state: CustomerState, changes: list[Change], *, due_only: bool) -> None:
+        customer_id = state.customer_id
+        if due_only:
+            # Only the deadline moved: no table write (no changelog message). After a
+            # restart the stored, older deadline is evaluated again and changes nothing.
+            self.processor.counts["ticks_unwritten"] += 1
+            self.unwritten_due[customer_id] = state.due
+            return
+        record, _ = self._record(customer_id)
+        outbox = record.outbox if record is not None else []
+        acked = self.acked.pop(customer_id, None)
+        self.unwritten_due.pop(customer_id, None)  # the record written now holds the due
+        if outbox and record is not None and record.offset < self.processor.flushed_before(self):
+            outbox = []  # written before the last commit, so flushed to Kafka
+        elif acked:
+            outbox = [change for change in outbox if change["change_id"] not in acked]
+        new = [change.to_dict() for change in changes]
+        written = CustomerRecord(
+            self.clock, state.due, self.offset, outbox + new, state_to_bytes(state)
+        )
+        self.processor.table.set(customer_id.encode(), written.to_bytes())
+        self._keep(customer_id, written, state)
+        self.persisted_clock = self.clock
+        if new:
+            self.publish(customer_id, new)
+
+    def forget(self, customer_id: str) -> None:
+        self.kept.pop(customer_id, None)
+
+    def publish(
+        self, customer_id: str, changes: list[dict[str, Any]], state: CustomerState | None = None
+    ) -> None:
+        """Queue changes and membership records; once Kafka has all, mark them acked.
+
+        Republishing an outbox passes the current `state`: the membership records
+        then come from it, so an old change sent again never overwrites a newer
+        membership in the compacted topic.
+        """
+        names = self.processor.names
+        key = customer_id.encode()
+        messages: list[tuple[str, bytes, bytes | None]] = []
+        for change in changes:
+            messages.append((names.segment_changes, key, orjson.dumps(change)))
+        self.processor.counts["changes"] += len(changes)
+        last = {change["segment"]: change for change in changes}  # the last of each
+        for segment, change in last.items():
+            if state is not None:
+                change = current_membership_change(state, segment)
+            messages.append(
+                (
+                    names.segment_memberships,
+                    f"{customer_id}|{segment}".encode(),
+                    membership_value(change),
+                )
+            )
+        ids = {change["change_id"] for change in changes}
+        acked = self.acked
+
+        def on_acked() -> None:
+            if len(acked) >= MAX_ACKED_CUSTOMERS:
+                acked.clear()  # only an optimisation: the next save keeps more
+            acked.setdefault(customer_id, set()).update(ids)
+
+        self.outgoing.append(Publish(messages, on_acked))
+
+    def persist_clock(self) -> None:
+        """Write the clock when no customer record carried it (a mark, a duplicate)."""
+        clock = self.clock
+        if clock is not None and clock != self.persisted_clock:
+            self.processor.table.set(
+                CLOCK_KEY + str(self.partition).encode(), orjson.dumps([clock, self.offset])
+            )
+            self.persisted_clock = clock
+
+    def take_outgoing(self) -> list[Outgoing]:
+        outgoing, self.outgoing = self.outgoing, []
+        return outgoing
+
+
+class SegmentProcessor:
+    """Turns one message of `purchases`, or one tick, into engine calls; returns what to send.
+
+    `committed_offset(partition)`: the `purchases` offset Kafka has committed
+    for the partition (None before the first commit). The shell flushes every
+    send before it commits, so a record written before that offset has all its
+    changes in Kafka. `on_due(due)`: called for every deadline evaluated.
+    """
+
+    def __init__(
+        self,
+        rules: CompiledRules,
+        names: Topics,
+        table: CustomerTable,
+        committed_offset: Callable[[int], int | None],
+        *,
+        event_clock: bool,
+        on_due: Callable[[int], None] | None = None,
+    ) -> None:
+        self.rules = rules
+        self.names = names
+        self.table = table
+        self.committed_offset = committed_offset
+        self.event_clock = event_clock
+        self.on_due = on_due
+        ruleset = rules.ruleset
+        self.currencies = frozenset((ruleset.base_currency, *ruleset.rates))
+        self.partitions: dict[int, PartitionStates] = {}
+        self.counts: Counter[str] = Counter()
+
+    def forget_partitions(self) -> None:
+        """After a rebalance every partition is opened again from the table.
+
+        Faust re-runs recovery and seeks kept partitions back to their committed
+        offsets, so in-memory clocks and queues could be ahead of what comes next.
+        """
+        self.partitions.clear()
+
+    def forget_partition(self, partition: int) -> None:
+        self.partitions.pop(partition, None)
+
+    def flushed_before(self, part: PartitionStates) -> int:
+        """Records written at an offset below this one have every change in Kafka.
+
+        Writes during a tick carry the offset of the message before the tick,
+        hence the one-message margin below the committed offset.
+        """
+        committed = self.committed_offset(part.partition)
+        return -1 if committed is None else int(committed) - 1
+
+    def message(
+        self, partition: int, offset: int, key: bytes | None, value: bytes | None, wall: int
+    ) -> list[Outgoing]:
+        """A `purchases` message; an unexpected error dead-letters it (processing_error)
+        and reopens the partition from the table, so the partition never blocks."""
+        try:
+            return self._message(partition, offset, key, value, wall)
+        except Exception as error:
+            log.exception("processing_error partition=%d offset=%d", partition, offset)
+            self.partitions.pop(partition, None)  # reopened from the table next time
+            self.counts["rejected.processing_error"] += 1
+            source = (self.names.purchases, partition, offset)
+            message = f"{type(error).__name__}: {error}"
+            return [DeadLetter(key, value, "processing_error", message, source)]
+
+    def tick(self, partition: int, wall: int) -> list[Outgoing]:
+        """A tick of an owned partition: opens it (and rolls out a new rule version), and
+        on the wall clock applies every deadline due by now."""
+        self.counts["ticks"] += 1
+        try:
+            part = self._partition(partition, wall)
+            if not self.event_clock:
+                part.engine.advance(wall)
+            return part.take_outgoing()
+        except Exception:
+            log.exception("processing_error partition=%d tick", partition)
+            self.partitions.pop(partition, None)
+            return []
+
+    def _message(
+        self, partition: int, offset: int, key: bytes | None, value: bytes | None, wall: int
+    ) -> list[Outgoing]:
+        part = self._partition(partition, wall)
+        self.counts["messages"] += 1
+        redelivered = offset <= part.handled_offset
+        part.offset = max(part.offset, offset)
+        source = (self.names.purchases, partition, offset)
+        try:
+            item = decode_event(value or b"", self.currencies)
+            if not isinstance(item, ClockMark):
+                _check_key(item, key)
+        except Rejection as rejection:
+            return [*part.take_outgoing(), self._dead_letter(key, value, rejection, source)]
+        engine = part.engine
+        if isinstance(item, ClockMark):
+            self.counts["clock_marks"] += 1
+            if self.event_clock:
+                engine.advance(item.at)
+                part.persist_clock()
+            return part.take_outgoing()
+        outgoing: list[Outgoing] = []
+        try:
+            engine.apply(item, wall)
+            self.counts["applied"] += 1
+        except DuplicateEvent:
+            self.counts["duplicates"] += 1
+        except Rejection as rejection:
+            part.forget(item.customer_id)  # step() leaves it untouched; be sure anyway
+            if redelivered and rejection.reason == "too_late":
+                # Applied before a crash, and its id is no longer remembered
+                # (ids are kept for max_lateness): a duplicate, not a late event.
+                self.counts["duplicates"] += 1
+            else:
+                outgoing.append(self._dead_letter(key, value, rejection, source))
+        if self.event_clock:
+            part.persist_clock()
+        return [*part.take_outgoing(), *outgoing]
+
+    def _dead_letter(
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        rejection: Rejection,
+        source: tuple[str, int, int],
+    ) -> DeadLetter:
+        self.counts[f"rejected.{rejection.reason}"] += 1
+        return DeadLetter(key, value, rejection.reason, rejection.message, source)
+
+    def _partition(self, partition: int, wall: int) -> PartitionStates:
+        part = self.partitions.get(partition)
+        if part is None:
+            part = self._open(partition, wall)
+        return part
+
+    def _open(self, partition: int, wall: int) -> PartitionStates:
+        """Rebuild a partition's deadline queue and clock from the table, republish
+        outboxes, and switch customers stored under another rule version (SPEC §3)."""
+        part = PartitionStates(self, partition)
+        engine = part.engine
+        unsure_from = self.flushed_before(part)
+        version = self.rules.ruleset.version
+        pending: list[tuple[str, CustomerRecord]] = []
+        stale: list[str] = []
+        customers = 0
+        for key, value in self.table.partition_items(partition):
+            if key.startswith(CLOCK_KEY):
+                clock, offset = orjson.loads(value)
+                engine.restore_clock(clock)
+                part.handled_offset = max(part.handled_offset, offset)
+                continue
+            record = CustomerRecord.from_bytes(value)
+            customer_id = key.decode()
+            customers += 1
+            engine.schedule(customer_id, record.due)
+            engine.restore_clock(record.clock)
+            part.handled_offset = max(part.handled_offset, record.offset)
+            if record.outbox and record.offset >= unsure_from:
+                pending.append((customer_id, record))
+            if stored_rules_version(record.state) != version:
+                stale.append(customer_id)
+        part.persisted_clock = engine.clock
+        part.offset = part.handled_offset
+        self.partitions[partition] = part
+        log.info(
+            "partition_opened partition=%d customers=%d clock=%s republish=%d rollout=%d",
+            partition,
+            customers,
+            engine.clock,
+            sum(len(record.outbox) for _, record in pending),
+            len(stale),
+        )
+        for customer_id, record in pending:
+            state = state_from_bytes(customer_id, record.state)
+            part.publish(customer_id, record.outbox, state)
+        if stale:
+            # SPEC section 3: every stored customer switches now, at the clock.
+            at = engine.clock if self.event_clock and engine.clock is not None else wall
+            switched = engine.switch_version(stale, at)
+            self.counts["rollout_switched"] += switched
+            log.info(
+                "rules_rollout partition=%d version=%d customers=%d", partition, version, switched
+            )
+        return part
+
+
+def _check_key(event: Purchase | Return, key: bytes | None) -> None:
+    # State lives in the partition of the message; a wrongly keyed event would
+    # split a customer over two partitions.
+    if key != event.customer_id.encode():
+        raise Rejection("wrong_key", "the message key is not the event's customer_id")

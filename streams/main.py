@@ -11,8 +11,8 @@ import click
 COMMANDS = {
     "demo": "streams.demo:demo_command",
     "replay": "streams.replay_command:replay_command",
-    "validate": "segments.rules.validate:validate_command",
-    "generate": "segments.generate:generate_command",
+    "validate": "streams.cli.validate:validate_command",
+    "generate": "streams.cli.generate:generate_command",
     "produce": "streams.produce:produce_command",
     "worker": "streams.worker:worker_command",
     "serve": "streams.serving:serve_command",

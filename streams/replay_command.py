@@ -11,7 +11,7 @@ import click
 from segments.clock import parse_instant
 from segments.replay import read_lines, replay
 from segments.rules.evaluator import compile_rules
-from segments.rules.validate import load_ruleset_or_exit
+from streams.cli.validate import load_ruleset_or_exit
 
 
 @click.command("replay")

@@ -12,9 +12,9 @@ import click
 
 from segments.adapters import IdentityMap
 from segments.rules.evaluator import compile_rules
-from segments.rules.validate import load_ruleset_or_exit
 from streams.agents import AdapterProcessor, build_processor, register_agents
 from streams.app import SegmentsApp, create_app
+from streams.cli.validate import load_ruleset_or_exit
 from streams.config import WorkerConfig, load_config
 from streams.processor import SegmentProcessor
 from streams.topics import ensure_topics

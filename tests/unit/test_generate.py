@@ -14,12 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 from segments.events import Purchase, Rejection, Return, decode_event, encode_event
-from segments.generate import (
-    MALFORMED_KINDS,
-    GenerationReport,
-    generate_command,
-    generate_events,
-)
+from segments.generate import MALFORMED_KINDS, GenerationReport, generate_events
+from streams.cli.generate import generate_command
 
 pytestmark = pytest.mark.unit
 

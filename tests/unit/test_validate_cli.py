@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from segments.data import EXAMPLE_RULES
-from segments.rules.validate import load_ruleset_or_exit, validate_command
+from streams.cli.validate import load_ruleset_or_exit, validate_command
 from streams.main import cli
 
 pytestmark = pytest.mark.unit

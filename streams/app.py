@@ -62,6 +62,10 @@ def create_app(config: WorkerConfig) -> SegmentsApp:
         # Fewer, larger produce requests: each event sends about five messages
         # (changelog, changes, memberships); 20 ms is far inside the 1 s budget.
         producer_linger=0.02,
+        # 1 MiB instead of Faust's 1,000,000 bytes: a dead letter keeps an
+        # original of up to about 1 MiB - 4 KiB whole, and a default topic
+        # (max.message.bytes 1,048,588) still takes the record (streams/dlq.py).
+        producer_max_request_size=1024 * 1024,
         broker_commit_every=1000,
         broker_commit_interval=1.0,
         table_standby_replicas=0,

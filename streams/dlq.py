@@ -3,7 +3,7 @@
 SPEC section 1: the original bytes, or, when they cannot fit in one Kafka
 record, their size, a hash, the first bytes and the reason, always reach the
 dead-letter topic (the record format is in docs/event-formats.md, the
-decision in docs/decisions/0005-oversize-dead-letters.md).
+decision in docs/decisions/0005-worker-edges.md).
 """
 
 from __future__ import annotations

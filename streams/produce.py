@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import click
@@ -174,7 +174,7 @@ def _reason(error: BaseException) -> str:
     return text if name in text else f"{name}: {text}"
 
 
-def _ticker(total: int) -> Iterator[None]:
+def _ticker(total: int) -> Generator[None, None, None]:
     from rich.progress import Progress
 
     with Progress(transient=True) as bar:

@@ -116,7 +116,7 @@ def _worker_class() -> type[Any]:
 
     from streams.log_rate import limit_repeated_messages
 
-    class Worker(faust.Worker):  # type: ignore[misc]
+    class Worker(faust.Worker):
         """faust.Worker whose log writes each repeated warning or error at a bounded rate."""
 
         def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:

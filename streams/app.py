@@ -10,6 +10,7 @@ import faust
 from streams.config import WorkerConfig
 from streams.faust_fixes import App
 from streams.settings import Topics
+from streams.worker_web import faust_web_settings
 
 # RocksDB per table partition, sized for a 2-core / 24 GiB machine running
 # SEGMENTS_PARTITIONS partitions: small memtables and a shared-size block cache
@@ -61,6 +62,10 @@ def create_app(config: WorkerConfig) -> SegmentsApp:
         # Fewer, larger produce requests: each event sends about five messages
         # (changelog, changes, memberships); 20 ms is far inside the 1 s budget.
         producer_linger=0.02,
+        # 1 MiB instead of Faust's 1,000,000 bytes: a dead letter keeps an
+        # original of up to about 1 MiB - 4 KiB whole, and a default topic
+        # (max.message.bytes 1,048,588) still takes the record (streams/dlq.py).
+        producer_max_request_size=1024 * 1024,
         broker_commit_every=1000,
         broker_commit_interval=1.0,
         table_standby_replicas=0,
@@ -68,9 +73,7 @@ def create_app(config: WorkerConfig) -> SegmentsApp:
         broker_session_timeout=10.0,
         broker_heartbeat_interval=2.0,
         stream_buffer_maxsize=1024,
-        web_host=config.web_host,
-        web_port=config.web_port,
-        web_in_thread=False,
+        **faust_web_settings(config.web_host, config.web_port, config.api_token),
     )
     # purchases and ticks share partition numbers: one agent reads both, so a
     # tick for partition p is handled in the same stream, in order, as p's events.

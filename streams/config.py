@@ -6,7 +6,7 @@ the SPEC table); this only narrows it to what the worker reads.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,9 @@ class WorkerConfig:
     changes_retention_ms: int | None  # None: the broker's default; -1: forever
     identity_map: Path | None  # None: every native id is its own customer
     tick_interval: float = 0.5  # seconds between ticks per owned partition
+    # When set, every route of the worker's web server but /healthz and /readyz
+    # needs `Authorization: Bearer <token>`; kept out of repr so it is never logged.
+    api_token: str | None = field(default=None, repr=False)
 
     @property
     def names(self) -> Topics:
@@ -46,6 +49,7 @@ class WorkerConfig:
             web_port=settings.web_port,
             changes_retention_ms=settings.changes_retention_ms,
             identity_map=settings.identity_map,
+            api_token=settings.api_token.get_secret_value() if settings.api_token else None,
         )
 
 

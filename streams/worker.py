@@ -14,6 +14,7 @@ from segments.adapters import IdentityMap
 from segments.rules.evaluator import compile_rules
 from streams.agents import AdapterProcessor, build_processor, register_agents
 from streams.app import SegmentsApp, create_app
+from streams.broker_probe import SILENCE_LIMIT, BrokerProbe, Readiness
 from streams.cli.validate import load_ruleset_or_exit
 from streams.config import WorkerConfig, load_config
 from streams.processor import SegmentProcessor
@@ -32,14 +33,19 @@ def build_worker_app(config: WorkerConfig) -> tuple[SegmentsApp, SegmentProcesso
     identities = IdentityMap.load(config.identity_map) if config.identity_map else IdentityMap()
     adapter = AdapterProcessor(segments_app, rules, identities)
     register_agents(segments_app, processor, adapter)
-    register_pages(segments_app)
-    register_metrics(segments_app, processor, adapter)
+    probe = BrokerProbe(config.kafka_bootstrap)
+    register_pages(segments_app, probe)
+    register_metrics(segments_app, processor, adapter, probe)
     return segments_app, processor
 
 
-def register_pages(segments_app: SegmentsApp) -> None:
-    """/healthz: the process runs; /readyz: table recovery is done and no rebalance is running."""
+def register_pages(segments_app: SegmentsApp, probe: BrokerProbe) -> None:
+    """/healthz: the process runs; /readyz: recovered, assigned, no rebalance, broker answers."""
     app = segments_app.app
+
+    @app.task
+    async def probe_broker() -> None:
+        await probe.run()
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
@@ -47,23 +53,31 @@ def register_pages(segments_app: SegmentsApp) -> None:
 
     @app.page("/readyz")
     async def readyz(web: Any, request: Any) -> Any:
-        recovered = app.tables.recovery.completed.is_set() and not app.in_recovery
-        ready = recovered and not app.rebalancing and not app.unassigned
-        return web.json({"ready": ready}, status=200 if ready else 503)
+        readiness = Readiness(
+            recovered=app.tables.recovery.completed.is_set() and not app.in_recovery,
+            rebalancing=bool(app.rebalancing),
+            assigned=not app.unassigned,
+            broker_silence=probe.silence(),
+        )
+        return web.json(readiness.body(), status=200 if readiness.ready else 503)
 
 
 def register_metrics(
-    segments_app: SegmentsApp, processor: SegmentProcessor, adapter: AdapterProcessor
+    segments_app: SegmentsApp,
+    processor: SegmentProcessor,
+    adapter: AdapterProcessor,
+    probe: BrokerProbe,
 ) -> None:
-    """GET /metrics: events processed, dead letters by reason, deadline lateness, lag."""
+    """GET /metrics: events processed, dead letters by reason, deadline lateness, lag, broker."""
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-    from streams.worker_metrics import REGISTRY, ConsumerLag, ProcessorCounts
+    from streams.worker_metrics import REGISTRY, BrokerContact, ConsumerLag, ProcessorCounts
 
     REGISTRY.register(ProcessorCounts({"segments": processor.counts, "adapter": adapter.counts}))
     names = segments_app.names
     inputs = (names.purchases, names.purchases_pos, names.purchases_online)
     REGISTRY.register(ConsumerLag(lambda: segments_app.app.consumer, inputs))
+    REGISTRY.register(BrokerContact(probe.silence, probe.interval, SILENCE_LIMIT))
 
     @segments_app.app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
@@ -98,11 +112,27 @@ def prepare_data_dir(data_dir: Path) -> bool:
     return unclean
 
 
+def _worker_class() -> type[Any]:
+    import faust
+
+    from streams.log_rate import limit_repeated_messages
+
+    class Worker(faust.Worker):
+        """faust.Worker whose log writes each repeated warning or error at a bounded rate."""
+
+        def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+            super().on_setup_root_logger(logger, level)
+            # The Kafka client logs a refused connection thousands of times a
+            # second while the broker is down (docs/operations.md).
+            limit_repeated_messages(logger)
+
+    return Worker
+
+
 @click.command("worker")
 def worker_command() -> None:
     """Run the streaming worker (Faust) with the SEGMENTS_* configuration."""
-    import faust
-
+    worker_class = _worker_class()
     config = load_config()
     ensure_topics(
         config.kafka_bootstrap, config.names, config.partitions, config.changes_retention_ms
@@ -120,7 +150,7 @@ def worker_command() -> None:
     )
     # faust.Worker installs SIGTERM/SIGINT handlers that stop the app cleanly
     # (commit offsets, flush the producer, close RocksDB).
-    worker = faust.Worker(segments_app.app, loglevel="info")
+    worker = worker_class(segments_app.app, loglevel="info")
     try:
         worker.execute_from_commandline()
     except SystemExit as stop:

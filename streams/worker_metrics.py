@@ -85,3 +85,28 @@ class ConsumerLag(Collector):
             committed = consumer._committed_offset.get(tp) or 0
             lag.add_metric([tp.topic, str(tp.partition)], max(0, end - committed))
         yield lag
+
+
+class BrokerContact(Collector):
+    """segments_worker_broker_reachable and segments_worker_broker_silence_seconds, from the
+    worker's own metadata probe (streams.broker_probe): the consumer alone cannot tell an
+    idle topic from a broker that is gone."""
+
+    def __init__(self, silence: Callable[[], float], interval: float, limit: float) -> None:
+        self.silence = silence
+        self.interval = interval
+        self.limit = limit
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        seconds = self.silence()
+        yield GaugeMetricFamily(
+            "segments_worker_broker_reachable",
+            f"1 when a broker answered the worker's metadata probe (sent every "
+            f"{self.interval:g} s) within the last {self.limit:g} s, else 0.",
+            value=1.0 if seconds <= self.limit else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "segments_worker_broker_silence_seconds",
+            "Seconds since a broker last answered the worker's metadata probe.",
+            value=seconds,
+        )

@@ -30,18 +30,21 @@ HEAD_GAP_GRACE = 5.0
 HEAD_GAP_MAX_BACKOFF = 300.0
 
 
-def head_gap(committed: int | None, acked: Iterable[int]) -> int | None:
-    """The first acknowledged offset when the messages from `committed` up to it are not.
+def head_gap(committed: int | None, acked: Iterable[int], read: int | None = None) -> int | None:
+    """Where the unacknowledged offsets at a partition's head end, if they end a gap.
 
-    None when there is no gap at the head, or when nothing was committed yet
-    (Faust then does not know where the partition starts).
+    The offsets from `committed` up to the returned one are not acknowledged
+    while a later one is (the first of `acked`) or, when none is, while the
+    fetcher has delivered a later one (`read`, the last offset it delivered).
+    None when there is no such gap, or when nothing was committed yet (Faust
+    then does not know where the partition starts).
     """
     if committed is None:
         return None
     first = min(acked, default=None)
-    if first is None or first <= committed:
-        return None
-    return first
+    if first is not None:
+        return first if first > committed else None
+    return read + 1 if read is not None and read > committed else None
 
 
 @dataclass
@@ -68,15 +71,15 @@ class HeadGapWatch:
         self._stalls: dict[TP, _Stall] = {}
 
     def observe(
-        self, tp: TP, committed: int | None, first_acked: int | None, in_flight: bool, now: float
+        self, tp: TP, committed: int | None, gap_end: int | None, in_flight: bool, now: float
     ) -> int | None:
         """The offset to seek `tp` to now, or None.
 
-        `first_acked` is `head_gap(...)`'s answer; `in_flight` says whether a
+        `gap_end` is `head_gap(...)`'s answer; `in_flight` says whether a
         message of `tp` below it is still queued, being processed or not yet
         delivered by the fetcher.
         """
-        if committed is None or first_acked is None:
+        if committed is None or gap_end is None:
             self._stalls.pop(tp, None)
             return None
         stall = self._stalls.get(tp)
@@ -162,11 +165,12 @@ class HeadGapHealingConsumer(DedupingAcksConsumer):
     the restarted worker had processed the rest of it.
 
     On each fetch, at most every `head_gap_check_interval` seconds, every owned
-    partition whose acknowledged offsets have a gap at the head is checked: if
-    no message below the gap is in a stream queue, being processed, or still to
-    be delivered by the fetcher (its read offset is below the gap) for
-    `head_gap_grace` seconds, the partition is sought back to its committed
-    offset. The messages come again; those already processed are deduped by the
+    partition whose unacknowledged head ends a gap (`head_gap`: a later offset
+    is acknowledged, or delivered when none is) is checked: if no message below
+    the gap's end is in a stream queue, being processed, or still to be
+    delivered by the fetcher (its read offset has not reached the gap's end since
+    the last seek) for `head_gap_grace` seconds, the partition is sought back to
+    its committed offset. The messages come again; those already processed are deduped by the
     agent (event ids) and their acknowledgements by the consumer above.
 
     The check runs inside `_getmany`, which the fetcher calls only between two
@@ -199,38 +203,39 @@ class HeadGapHealingConsumer(DedupingAcksConsumer):
         """The partitions to fetch again now, with the offset to fetch them from."""
         if self.app.rebalancing or not self.flow_active:
             return {}
-        self._head_gaps.retain(self._acked.keys())  # a revoked partition's stall ends with it
+        owned = [tp for tp in active if self.app.topics.acks_enabled_for(tp.topic)]
+        self._head_gaps.retain(owned)  # a revoked or paused partition's stall ends with it
         seeks: dict[TP, int] = {}
-        for tp in list(self._acked):
-            if tp not in active:
-                self._head_gaps.forget([tp])
-                continue
+        for tp in owned:
             committed = self._committed_offset.get(tp)
-            first_acked = head_gap(committed, self._acked[tp])
-            in_flight = first_acked is not None and self._in_flight_below(tp, first_acked)
-            offset = self._head_gaps.observe(tp, committed, first_acked, in_flight, now)
+            end = head_gap(committed, self._acked.get(tp) or (), self._read_offset.get(tp))
+            in_flight = end is not None and self._in_flight_below(tp, end)
+            offset = self._head_gaps.observe(tp, committed, end, in_flight, now)
             if offset is not None:
                 seeks[tp] = offset
         return seeks
 
-    def _in_flight_below(self, tp: TP, offset: int) -> bool:
-        """Whether a message of `tp` below `offset` may still be acknowledged without a re-fetch."""
+    def _in_flight_below(self, tp: TP, end: int) -> bool:
+        """Whether a message of `tp` below `end` may still be acknowledged without a re-fetch."""
         read = self._read_offset.get(tp)
-        if read is None or read < offset:
-            return True  # the fetcher has not delivered past the gap since the last seek
-        if any(not m.acked and m.tp == tp and m.offset < offset for m in self.unacked):
+        committed = self._committed_offset.get(tp)
+        # The fetcher has not delivered up to the gap's end since the last seek
+        # (a seek sets the read offset to the committed offset).
+        if read is None or read < end - 1 or read == committed:
+            return True
+        if any(not m.acked and m.tp == tp and m.offset < end for m in list(self.unacked)):
             return True  # taken from a queue by a stream, not finished
-        return any(m.tp == tp and m.offset < offset for m in _queued_messages(self.app, tp.topic))
+        return any(m.tp == tp and m.offset < end for m in _queued_messages(self.app, tp.topic))
 
     async def _heal(self, tp: TP, offset: int) -> None:
         acked = self._acked.get(tp) or []
         log.warning(
-            "head_gap_refetch topic=%s partition=%d committed=%d first_acked=%d acked=%d",
+            "head_gap_refetch topic=%s partition=%d committed=%d first_acked=%d read=%s",
             tp.topic,
             tp.partition,
             offset,
             min(acked, default=-1),
-            len(acked),
+            self._read_offset.get(tp),
         )
         await self.seek_wait({tp: offset})
 

@@ -177,11 +177,16 @@ def test_without_healing_two_lost_messages_hold_the_committed_offset(
     assert not run.seen & {f"0:{HEAD}", f"0:{HEAD + 1}"}
 
 
-@pytest.mark.parametrize("lose", [[HEAD, HEAD + 1], [HEAD]], ids=["two-lost", "one-lost"])
+@pytest.mark.parametrize(
+    "lose",
+    [[HEAD, HEAD + 1], [HEAD], [MESSAGES - 2, MESSAGES - 1]],
+    ids=["two-lost", "one-lost", "lost-tail"],
+)
 def test_lost_messages_at_the_head_are_fetched_again(
     run: Run, tmp_path: Path, lose: list[int]
 ) -> None:
-    # One lost message is the case Faust alone commits over (faust-streaming#606).
+    # One lost message is the case Faust alone commits over (faust-streaming#606); a
+    # lost tail has no acknowledged message after it, only delivered ones.
     run.start_losing(lose, heal=True, log=tmp_path / "worker.log")
     everything = [f"0:{offset}" for offset in range(MESSAGES)]
     run.wait(lambda: run.forwarded(*everything), 60, "every message forwarded")

@@ -163,17 +163,21 @@ GRACE = 5.0
 
 
 @pytest.mark.parametrize(
-    ("committed", "acked", "first"),
+    ("committed", "acked", "read", "end"),
     [
-        (10, [12, 13], 12),
-        (10, [11], 11),  # one missing offset is a gap too
-        (10, [10, 12], None),  # the head is acknowledged: Faust commits up to 11
-        (10, [], None),
-        (None, [12, 13], None),  # nothing committed yet: where the partition starts is unknown
+        (10, [12, 13], 13, 12),
+        (10, [11], 11, 11),  # one missing offset is a gap too
+        (10, [10, 12], 12, None),  # the head is acknowledged: Faust commits up to 11
+        (10, [], 11, 12),  # 10 and 11 delivered, neither acknowledged: the lost tail
+        (10, [], 10, None),  # a seek to 10 sets the read offset to 10: nothing delivered
+        (10, [], None, None),
+        (None, [12, 13], 13, None),  # nothing committed yet: where the partition starts is unknown
     ],
 )
-def test_head_gap(committed: int | None, acked: list[int], first: int | None) -> None:
-    assert head_gap(committed, acked) == first
+def test_head_gap(
+    committed: int | None, acked: list[int], read: int | None, end: int | None
+) -> None:
+    assert head_gap(committed, acked, read) == end
 
 
 def observe(watch: HeadGapWatch, now: float, committed: int = 10, in_flight: bool = False) -> Any:
@@ -229,8 +233,7 @@ def healing(committed: int, acked: list[int], read: int | None) -> HeadGapHealin
     consumer._head_gaps = HeadGapWatch(grace=GRACE)
     consumer._head_gap_checked = 0.0
     consumer.flow_active = True
-    app = App("faust-fixes-test", broker="kafka://127.0.0.1:1")
-    consumer.app = app
+    consumer.app = App("faust-fixes-test", broker="kafka://127.0.0.1:1")
     return consumer
 
 
@@ -243,6 +246,7 @@ def stream_channel(consumer: HeadGapHealingConsumer) -> Any:
     channel = consumer.app.topic(PARTITION.topic)
     consumer.app.topics.add(channel)
     asyncio.run(consumer.app.topics._update_indices())
+    assert consumer.app.topics.acks_enabled_for(PARTITION.topic)
     return channel
 
 
@@ -274,10 +278,19 @@ def test_a_message_being_processed_below_the_gap_is_in_flight() -> None:
     assert not consumer._in_flight_below(PARTITION, 12)
 
 
-@pytest.mark.parametrize("read", [None, 10, 11])
-def test_a_gap_the_fetcher_has_not_delivered_past_is_in_flight(read: int | None) -> None:
+@pytest.mark.parametrize("read", [None, 10])
+def test_a_gap_the_fetcher_has_not_delivered_through_is_in_flight(read: int | None) -> None:
     # After a seek the read offset is the committed one until the fetcher delivers again.
     assert healing(10, [12, 13], read=read)._in_flight_below(PARTITION, 12)
+    assert not healing(10, [12, 13], read=11)._in_flight_below(PARTITION, 12)
+
+
+def test_a_lost_tail_is_sought_too() -> None:
+    # The last messages of a partition, delivered and lost: nothing later is acknowledged.
+    consumer = healing(10, [], read=11)
+    stream_channel(consumer)
+    calls = fetches(consumer, [100.0, 105.0])
+    assert calls == [("fetch",), ("seek", {PARTITION: 10}), ("fetch",)]
 
 
 class FetcherThread:
@@ -307,6 +320,7 @@ def fetches(consumer: HeadGapHealingConsumer, times: list[float]) -> list[tuple[
 
 def test_a_stalled_partition_is_sought_to_its_committed_offset_before_a_fetch() -> None:
     consumer = healing(10, [12, 13], read=13)
+    stream_channel(consumer)
     calls = fetches(consumer, [100.0, 103.0, 105.0, 106.0, 200.0])
     # The seek resets the read offset: the re-fetched messages are in flight from then on.
     assert calls == [("fetch",)] * 2 + [("seek", {PARTITION: 10})] + [("fetch",)] * 3
@@ -315,6 +329,7 @@ def test_a_stalled_partition_is_sought_to_its_committed_offset_before_a_fetch() 
 @pytest.mark.parametrize("state", ["rebalancing", "flow stopped", "partition paused", "disabled"])
 def test_no_seek_while_the_partition_is_not_flowing(state: str) -> None:
     consumer = healing(10, [12, 13], read=13)
+    stream_channel(consumer)
     active = {PARTITION}
     if state == "rebalancing":
         consumer.app.rebalancing = True

@@ -237,7 +237,16 @@ class HeadGapHealingConsumer(DedupingAcksConsumer):
             min(acked, default=-1),
             self._read_offset.get(tp),
         )
-        await self.seek_wait({tp: offset})
+        try:
+            await self.seek_wait({tp: offset})
+        except Exception as error:  # e.g. the partition was revoked meanwhile
+            # The fetch must go on: a failed seek leaves the stall, which is tried again.
+            log.warning(
+                "head_gap_refetch_failed topic=%s partition=%d error=%r",
+                tp.topic,
+                tp.partition,
+                error,
+            )
 
 
 def _queued_messages(app: Any, topic: str) -> list[Message]:

@@ -326,6 +326,23 @@ def test_a_stalled_partition_is_sought_to_its_committed_offset_before_a_fetch() 
     assert calls == [("fetch",)] * 2 + [("seek", {PARTITION: 10})] + [("fetch",)] * 3
 
 
+def test_a_failed_seek_does_not_stop_the_fetcher() -> None:
+    consumer = healing(10, [12, 13], read=13)
+    stream_channel(consumer)
+
+    class RevokedMeanwhile(FetcherThread):
+        async def seek_wait(self, offsets: dict[TP, int]) -> None:
+            self.calls.append(("seek", offsets))
+            raise RuntimeError("partition no longer assigned")
+
+    consumer._thread = thread = RevokedMeanwhile(consumer)
+    clock = iter([100.0, 105.0])
+    with patch.object(consumer, "_now", lambda: next(clock)):
+        for _ in range(2):
+            asyncio.run(consumer._getmany({PARTITION}, timeout=1.0))
+    assert thread.calls == [("fetch",), ("seek", {PARTITION: 10}), ("fetch",)]
+
+
 @pytest.mark.parametrize("state", ["rebalancing", "flow stopped", "partition paused", "disabled"])
 def test_no_seek_while_the_partition_is_not_flowing(state: str) -> None:
     consumer = healing(10, [12, 13], read=13)

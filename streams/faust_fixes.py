@@ -153,25 +153,26 @@ class DedupingAcksConsumer(AIOKafkaConsumer):
 class HeadGapHealingConsumer(DedupingAcksConsumer):
     """Fetches a partition again from its committed offset when messages at its head were lost.
 
-    The other half of faust-streaming#596, and whatever else drops a delivered
-    message unacknowledged: Faust commits a partition only up to its first
-    unacknowledged offset, so a message that reached the stream's queue and
-    left it without being processed (the queue emptied by a flow-control
-    resume, fixed by `KeepingFlowControl`; a stale fetched batch delivered after
-    a seek, whose read offset then makes Faust's fetcher drop the records the
-    seek fetches again, robinhood/faust#115) holds the partition's committed
-    offset below everything processed after it until the next rebalance. The
-    SIGKILL recovery test saw one: partition 2 committed at 752 of 1,726 after
-    the restarted worker had processed the rest of it.
+    Faust commits a partition only up to its first unacknowledged offset, so a
+    message the fetcher got past without its being processed holds the
+    partition's committed offset below everything processed after it until the
+    next rebalance. Faust has two ways to lose one: the queue emptied by a
+    flow-control resume (the other half of faust-streaming#596, fixed by
+    `KeepingFlowControl`), and records dropped by the fetcher as below its read
+    offset when a batch fetched before a seek is delivered after it and raises
+    that offset again (robinhood/faust#115). The SIGKILL recovery test saw such
+    a stall after the first fix, with no proven cause: partition 2 committed at
+    752 of 1,726 after the restarted worker had processed the rest of it.
 
     On each fetch, at most every `head_gap_check_interval` seconds, every owned
     partition whose unacknowledged head ends a gap (`head_gap`: a later offset
     is acknowledged, or delivered when none is) is checked: if no message below
     the gap's end is in a stream queue, being processed, or still to be
-    delivered by the fetcher (its read offset has not reached the gap's end since
-    the last seek) for `head_gap_grace` seconds, the partition is sought back to
-    its committed offset. The messages come again; those already processed are deduped by the
-    agent (event ids) and their acknowledgements by the consumer above.
+    delivered by the fetcher (its read offset has not reached the gap's end
+    since the last seek) for `head_gap_grace` seconds, the partition is sought
+    back to its committed offset. The messages come again; those already
+    processed are deduped by the agent (event ids) and their acknowledgements
+    by the consumer above.
 
     The check runs inside `_getmany`, which the fetcher calls only between two
     fetched batches: no stale batch is then being delivered, so the seek and the

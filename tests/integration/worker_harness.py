@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections import defaultdict
@@ -242,8 +243,12 @@ class Record:
     timestamp: int = 0  # Kafka's CreateTime, epoch milliseconds
 
 
-def read_topic(bootstrap: str, topic: str) -> list[Record]:
-    """Every record now in `topic`, in partition then offset order."""
+def read_topic(bootstrap: str, topic: str, timeout: float = 120) -> list[Record]:
+    """Every record now in `topic`, in partition then offset order.
+
+    Fails after `timeout` seconds if a partition's end was not reached.
+    """
+    deadline = time.monotonic() + timeout
     ends = end_offsets(bootstrap, topic)
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap,
@@ -276,6 +281,12 @@ def read_topic(bootstrap: str, topic: str) -> list[Record]:
                     )
                 if consumer.position(tp) >= ends[tp.partition]:
                     remaining.discard(tp)
+            if remaining and time.monotonic() >= deadline:
+                positions = {tp.partition: consumer.position(tp) for tp in remaining}
+                raise AssertionError(
+                    f"{topic} not read to its end within {timeout:g}s: positions {positions}"
+                    f" of ends {ends}"
+                )
         return sorted(records, key=lambda r: (r.partition, r.offset))
     finally:
         consumer.close()

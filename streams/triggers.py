@@ -488,13 +488,22 @@ class TriggerDispatcher:
         me = asyncio.current_task()
         assert me is not None
         self._in_flight[key] = me
+        # A webhook slot is held from the claim to the outcome (not while waiting for a
+        # retry): it bounds the calls in flight to the webhook, the Redis commands behind
+        # them, and so the calls a crash leaves without their `done` mark.
+        slot = _Slot(
+            self._webhook_slots.setdefault(
+                trigger.webhook, asyncio.Semaphore(self.config.concurrency)
+            )
+        )
         try:
+            await slot.take()
             now = time.time()
             state = await self._redis_retry(lambda: self._claim_marker(trigger, change, now), stop)
             if state is None:
                 return False
             if state == "claimed":
-                return await self._deliver(session, producer, trigger, change, now, stop)
+                return await self._deliver(session, producer, trigger, change, now, slot, stop)
             if state.startswith("pending:"):
                 # Claimed by a run that was stopped, killed or lost the partition before an
                 # outcome: make the call again (the receiver dedupes on the key).
@@ -506,11 +515,12 @@ class TriggerDispatcher:
                     change["change_id"],
                     now - first_at,
                 )
-                return await self._deliver(session, producer, trigger, change, first_at, stop)
+                return await self._deliver(session, producer, trigger, change, first_at, slot, stop)
             if state == "cooldown":
                 return self._skip(trigger, "cooldown")
             return self._skip(trigger, f"already-{state}")
         finally:
+            slot.give()
             if self._in_flight.get(key) is me:
                 del self._in_flight[key]
 
@@ -529,7 +539,9 @@ class TriggerDispatcher:
         )
         return state.decode() if isinstance(state, bytes) else str(state)
 
-    async def _deliver(self, session, producer, trigger, change, first_at: float, stop) -> bool:
+    async def _deliver(
+        self, session, producer, trigger, change, first_at: float, slot: _Slot, stop
+    ) -> bool:
         """Calls the webhook until a 2xx, a refusal or the end of the retry span."""
         body = orjson.dumps(
             {
@@ -547,17 +559,13 @@ class TriggerDispatcher:
             "Idempotency-Key": change["change_id"],
             "User-Agent": "purchase-segments-triggers",
         }
-        slots = self._webhook_slots.setdefault(
-            trigger.webhook, asyncio.Semaphore(self.config.concurrency)
-        )
         deadline = first_at + self.schedule.span_s
         attempt = 0
         while True:
             attempt += 1
-            async with slots:
-                status, reason, retry_after, timed_out = await _post(
-                    session, trigger.webhook, body, headers
-                )
+            status, reason, retry_after, timed_out = await _post(
+                session, trigger.webhook, body, headers
+            )
             if 200 <= status < 300:
                 await self._redis_retry(lambda: self._mark(trigger, change, "done"), stop)
                 self.stats.fired += 1
@@ -583,12 +591,14 @@ class TriggerDispatcher:
             self._attempt_failed(trigger, change, attempt, reason, delay)
             self._retrying[trigger.name] = self._retrying.get(trigger.name, 0) + 1
             TRIGGER_RETRYING.labels(trigger.name).inc()
+            slot.give()  # other changes' calls go on while this one waits
             try:
                 if await wait_or_stop(stop, delay):
                     return False  # the marker stays pending: the next run takes it over
             finally:
                 self._retrying[trigger.name] -= 1
                 TRIGGER_RETRYING.labels(trigger.name).dec()
+            await slot.take()
         return await self._dead(producer, trigger, change, reason, attempt, first_at, stop)
 
     def _attempt_failed(self, trigger, change, attempt: int, reason: str, delay: float) -> None:
@@ -664,6 +674,22 @@ class TriggerDispatcher:
     async def _redis_retry(self, operation: Callable[[], Awaitable[Any]], stop: asyncio.Event):
         """Runs a Redis operation until it succeeds (backoff) or stop is set (returns None)."""
         return await _retry(operation, (RedisError, OSError), "trigger_redis_unavailable", stop)
+
+
+class _Slot:
+    """One of a webhook's concurrency slots, given back during retry waits."""
+
+    def __init__(self, semaphore: asyncio.Semaphore) -> None:
+        self.semaphore, self.held = semaphore, False
+
+    async def take(self) -> None:
+        await self.semaphore.acquire()
+        self.held = True
+
+    def give(self) -> None:
+        if self.held:
+            self.held = False
+            self.semaphore.release()
 
 
 async def _post(

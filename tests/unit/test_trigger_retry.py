@@ -152,3 +152,16 @@ def test_bad_trigger_settings_are_named(
     (problem,) = error.value.problems
     assert problem.startswith(f"{variable}: must be a positive")
     assert repr(value) in problem
+
+
+def test_serve_hands_the_trigger_settings_to_its_dispatcher(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from streams.serving import ServingConfig, _dispatch_config
+
+    monkeypatch.setenv("SEGMENTS_TRIGGER_RETRY_SPAN", "2h")
+    monkeypatch.setenv("SEGMENTS_TRIGGER_TIMEOUT", "3s")
+    config = ServingConfig.from_settings(load_settings(env_file=None), trigger_max_age_s=60.0)
+    dispatch = _dispatch_config(config)
+    assert (dispatch.retry_span_s, dispatch.timeout_s, dispatch.max_age_s) == (7200.0, 3.0, 60.0)
+    assert _dispatch_config(ServingConfig()) == DispatchConfig()  # built by hand: defaults

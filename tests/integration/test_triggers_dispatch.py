@@ -441,6 +441,28 @@ def test_a_failing_call_holds_back_its_offset_but_no_other_call(names):
     asyncio.run(main())
 
 
+def test_fetching_pauses_while_max_pending_changes_are_unfinished(names):
+    async def main():
+        async with (
+            Receiver() as receiver,
+            Running(names, [winback(receiver.url)], max_pending=2) as dispatcher,
+        ):
+            receiver.fail = {"c-1:win_back:1": 10**9, "c-2:win_back:1": 10**9}
+            await send(names["changes"], [change("c-1", "win_back", 1)])
+            await send(names["changes"], [change("c-2", "win_back", 1)])
+            await wait_for(lambda: dispatcher.stats.failed_attempts >= 2, 30, "two in retry")
+            await send(names["changes"], [change("c-3", "win_back", 1)])
+            # many retries of the two give the dispatcher many polls in which not to fetch
+            await wait_for(lambda: dispatcher.stats.failed_attempts >= 30, 30, "more retries")
+            assert receiver.attempts("c-3:win_back:1") == []
+            receiver.fail.clear()
+            await wait_for(lambda: len(receiver.keys()) == 3, 30, "every call once unpaused")
+            assert receiver.keys()[0] != "c-3:win_back:1"  # fetched once one had finished
+            assert dispatcher.stats.dead == 0
+
+    asyncio.run(main())
+
+
 def test_a_stop_during_retries_leaves_the_change_to_the_next_run(names):
     async def main():
         async with Receiver() as receiver:

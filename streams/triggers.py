@@ -271,10 +271,10 @@ class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, dispatcher: TriggerDispatcher, consumer: AIOKafkaConsumer) -> None:
         self.dispatcher, self.consumer = dispatcher, consumer
 
-    async def on_partitions_revoked(self, revoked) -> None:
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         await self.dispatcher._revoked(self.consumer, set(revoked))
 
-    async def on_partitions_assigned(self, assigned) -> None:
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         # A new group starts at the end; commit that start at once, so a restart before
         # the first change resumes there instead of jumping to a later end.
         start = {}
@@ -372,7 +372,15 @@ class TriggerDispatcher:
             await producer.stop()
             log.info("trigger_dispatcher_stopped")
 
-    def _start(self, session, producer, tp: TopicPartition, offset: int, raw: bytes, stop) -> None:
+    def _start(
+        self,
+        session: aiohttp.ClientSession,
+        producer: AIOKafkaProducer,
+        tp: TopicPartition,
+        offset: int,
+        raw: bytes,
+        stop: asyncio.Event,
+    ) -> None:
         jobs = self._jobs(raw)
         if not jobs:
             self._offsets.seen(tp, offset)
@@ -540,7 +548,14 @@ class TriggerDispatcher:
         return state.decode() if isinstance(state, bytes) else str(state)
 
     async def _deliver(
-        self, session, producer, trigger, change, first_at: float, slot: _Slot, stop
+        self,
+        session: aiohttp.ClientSession,
+        producer: AIOKafkaProducer,
+        trigger: Trigger,
+        change: dict[str, Any],
+        first_at: float,
+        slot: _Slot,
+        stop: asyncio.Event,
     ) -> bool:
         """Calls the webhook until a 2xx, a refusal or the end of the retry span."""
         body = orjson.dumps(
@@ -601,7 +616,9 @@ class TriggerDispatcher:
             await slot.take()
         return await self._dead(producer, trigger, change, reason, attempt, first_at, stop)
 
-    def _attempt_failed(self, trigger, change, attempt: int, reason: str, delay: float) -> None:
+    def _attempt_failed(
+        self, trigger: Trigger, change: dict[str, Any], attempt: int, reason: str, delay: float
+    ) -> None:
         """Logs a failed attempt: each at DEBUG, at most one WARNING per trigger per 10 s."""
         now = time.monotonic()
         level = logging.DEBUG
@@ -625,7 +642,14 @@ class TriggerDispatcher:
         return True
 
     async def _dead(
-        self, producer, trigger, change, reason: str, attempts: int, first_at: float, stop
+        self,
+        producer: AIOKafkaProducer,
+        trigger: Trigger,
+        change: dict[str, Any],
+        reason: str,
+        attempts: int,
+        first_at: float,
+        stop: asyncio.Event,
     ) -> bool:
         """Writes the change to the dead-letter topic, then marks it `dead`; False if stopped."""
         record = orjson.dumps(
@@ -671,7 +695,9 @@ class TriggerDispatcher:
         TRIGGER_CALLS.labels(trigger.name, "skipped", reason).inc()
         return True
 
-    async def _redis_retry(self, operation: Callable[[], Awaitable[Any]], stop: asyncio.Event):
+    async def _redis_retry(
+        self, operation: Callable[[], Awaitable[Any]], stop: asyncio.Event
+    ) -> Any:
         """Runs a Redis operation until it succeeds (backoff) or stop is set (returns None)."""
         return await _retry(operation, (RedisError, OSError), "trigger_redis_unavailable", stop)
 

@@ -28,8 +28,9 @@ class ServingConfig:
     rules_path: str | None = None
     # Changes whose `at` is older than this at dispatch time never fire (history replays).
     trigger_max_age_s: float = 6 * 3600.0
-    # Webhook attempts before a change goes to the trigger dead-letter topic.
-    trigger_attempts: int = 6
+    # The Settings it came from, for the dispatcher's SEGMENTS_TRIGGER_* retries, timeout
+    # and concurrency (streams.triggers.DispatchConfig.from_settings); None: its defaults.
+    trigger_settings: Any = None
 
     @property
     def changes_topic(self) -> str:
@@ -56,6 +57,7 @@ class ServingConfig:
             "web_port": settings.web_port,
             "api_token": token,
             "rules_path": str(settings.rules),
+            "trigger_settings": settings,
         }
         values.update(overrides)
         return cls(**values)
@@ -212,7 +214,9 @@ async def _close(reader: Any) -> None:
 def _dispatch_config(config: ServingConfig):  # -> streams.triggers.DispatchConfig
     from streams.triggers import DispatchConfig
 
-    return DispatchConfig(max_age_s=config.trigger_max_age_s, attempts=config.trigger_attempts)
+    if config.trigger_settings is None:
+        return DispatchConfig(max_age_s=config.trigger_max_age_s)
+    return DispatchConfig.from_settings(config.trigger_settings, max_age_s=config.trigger_max_age_s)
 
 
 @click.command("serve")

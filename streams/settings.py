@@ -128,6 +128,21 @@ class Settings(BaseSettings):
         " ids into one customer_id; unset: each native id is its own customer",
     )
 
+    # Webhook delivery of triggers (streams/triggers.py; docs/serving.md "Triggers").
+    trigger_retry_span: float = Field(
+        3600.0,
+        description="How long a failing webhook call is retried before it goes to triggers.dlq:"
+        " a duration (1h, 90m, 30s, 500ms) or seconds",
+    )
+    trigger_retry_delay: float = Field(
+        1.0, description="Bound of the first retry delay; it doubles per attempt (full jitter)"
+    )
+    trigger_retry_max_delay: float = Field(
+        300.0, description="Largest bound of the delay between two attempts of one call"
+    )
+    trigger_timeout: float = Field(10.0, description="Timeout of one webhook call (one attempt)")
+    trigger_concurrency: int = Field(16, description="Webhook calls in flight per webhook URL")
+
     @field_validator("kafka_bootstrap")
     @classmethod
     def _check_bootstrap(cls, value: str) -> str:
@@ -215,6 +230,28 @@ class Settings(BaseSettings):
             raise ValueError(f"not a valid identity file: {error}") from None
         return path
 
+    @field_validator(
+        "trigger_retry_span",
+        "trigger_retry_delay",
+        "trigger_retry_max_delay",
+        "trigger_timeout",
+        mode="before",
+    )
+    @classmethod
+    def _check_trigger_duration(cls, value: Any) -> float:
+        seconds = duration_seconds(str(value).strip().lower())
+        if seconds is None:
+            raise ValueError("must be a positive duration like 1h, 5m, 10s, 50ms, or seconds")
+        return seconds
+
+    @field_validator("trigger_concurrency", mode="before")
+    @classmethod
+    def _check_trigger_concurrency(cls, value: Any) -> int:
+        text = str(value).strip()
+        if not text.isdigit() or int(text) == 0:
+            raise ValueError("must be a positive integer")
+        return int(text)
+
     @property
     def changes_retention_ms(self) -> int | None:
         """`retention.ms` for segment-changes: None = broker default, -1 = forever."""
@@ -250,6 +287,17 @@ def retention_ms(text: str) -> int | None:
     if match is None or int(match[1]) == 0:
         return None
     return int(match[1]) * _MILLISECONDS[match[2]]
+
+
+_SECONDS = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)?$")
+
+
+def duration_seconds(text: str) -> float | None:
+    """`1h` -> 3600.0, `50ms` -> 0.05, `2.5` (seconds) -> 2.5; None unless a positive duration."""
+    match = _SECONDS.match(text)
+    if match is None or float(match[1]) == 0:
+        return None
+    return float(match[1]) * _MILLISECONDS[match[2] or "s"] / 1000
 
 
 # What each variable must be, for errors whose pydantic wording would be about Python types.

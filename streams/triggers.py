@@ -1,17 +1,21 @@
-"""Trigger dispatcher: segment-changes -> webhooks, at most once per change, with a dead letter.
+"""Trigger dispatcher: segment-changes -> webhooks, at least once per change, with a dead letter.
 
-Delivery contract (docs/serving.md has the long form):
+Delivery contract (docs/serving.md has the long form, docs/decisions/0006 the why):
 
-* A change fires a trigger when its segment and kind (`entered`/`exited`) match. The POST
-  carries `Idempotency-Key: <change_id>`.
-* At most once per (trigger, change_id), also across crashes: before the first attempt the
-  dispatcher claims a marker in Redis (SET-if-absent in a Lua script, together with the
-  per-customer cooldown). A redelivered change whose marker is `done`, `dead` or
-  `cooldown` is skipped. One left `pending` by a dispatcher that died mid-call has an
-  unknown outcome: it is never called again but written to the dead-letter topic with
-  reason `outcome-unknown`, for a person to decide (the receiver may have it).
-* Retries (timeouts, connection errors, 5xx, 408, 429) within one claim re-send the same
-  Idempotency-Key, so a receiver that honours it sees one effect.
+* A change fires a trigger when its segment and kind (`entered`/`exited`) match. Every
+  attempt of its POST carries `Idempotency-Key: <change_id>`: receivers dedupe on it.
+* At least once per (trigger, change_id): a marker in Redis (`pending:<owner>:<first ms>`,
+  then `done` or `dead`) is claimed in a Lua script together with the per-customer
+  cooldown. A redelivered change whose marker is `done`, `dead` or `cooldown` is skipped;
+  one still `pending` (a dispatcher stopped or killed during its retries) is taken over
+  and called again, its retry span still counted from the first claim.
+* Failures (timeouts, connection errors, 5xx, 408, 425, 429) are retried with exponential
+  backoff and full jitter, honouring `Retry-After`, for `retry_span_s` from the first
+  attempt; then the change goes to the dead-letter topic with its last reason.
+* A change's offset is committed only once its calls reached an outcome (fired, dead or
+  skipped): each partition commits up to its oldest unfinished change, while later
+  changes are dispatched meanwhile (at most `max_pending` unfinished), so one failing
+  receiver delays no other call, and a restart loses nothing.
 * History is not replayed: a new consumer group starts at the end of the topic, and a
   change whose `at` is older than `max_age` at dispatch time is skipped (counted).
 """
@@ -19,21 +23,23 @@ Delivery contract (docs/serving.md has the long form):
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import logging
 import os
+import random
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
 
 import aiohttp
 import click
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from redis.exceptions import RedisError
 
 from segments.rules.ruleset import Trigger
@@ -51,12 +57,23 @@ TRIGGER_DELAY = Histogram(
     "segments_trigger_delay_seconds",
     "From a change's `at` to the webhook's 2xx answer.",
     ["trigger"],
-    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600),
+)
+TRIGGER_FAILED_ATTEMPTS = Counter(
+    "segments_trigger_failed_attempts_total",
+    "Webhook attempts that failed (each is retried until the retry span ends).",
+    ["trigger", "reason"],
+)
+TRIGGER_RETRYING = Gauge(
+    "segments_trigger_retrying",
+    "Changes whose webhook call failed and waits for its next attempt.",
+    ["trigger"],
 )
 
 # KEYS[1] = fired marker of (trigger, change), KEYS[2] = cooldown of (trigger, customer);
-# both carry the customer id as hash tag, so one slot. ARGV = owner, marker ttl ms,
-# cooldown ms, change id. Returns the marker's existing state, "cooldown" or "claimed".
+# both carry the customer id as hash tag, so one slot. ARGV = owner:ms, marker ttl ms,
+# cooldown ms, change id. Returns the marker's existing state (`pending:...` is taken
+# over by the caller), "cooldown" or "claimed".
 CLAIM_SCRIPT = """
 local state = redis.call('GET', KEYS[1])
 if state then return state end
@@ -71,28 +88,170 @@ return 'claimed'
 """
 
 _RETRYABLE_STATUS = frozenset({408, 425, 429})
+_WARN_EVERY_S = 10.0  # failed attempts are logged at most this often per trigger
+
+
+@dataclass(frozen=True)
+class RetrySchedule:
+    """Exponential backoff with full jitter, bounded by a total span.
+
+    The delay after the n-th failed attempt (n = 0 for the first) is uniform in
+    [0, min(max_delay_s, first_s * 2**n)]; attempts stop `span_s` after the first one.
+    """
+
+    first_s: float = 1.0
+    max_delay_s: float = 300.0
+    span_s: float = 3600.0
+
+    def bound(self, retry: int) -> float:
+        if retry >= 64:  # 2**64 * any sane first delay is past every cap
+            return self.max_delay_s
+        return min(self.max_delay_s, self.first_s * 2.0**retry)
+
+    def delay(self, retry: int, rng: random.Random | None = None) -> float:
+        return (rng or random).uniform(0.0, self.bound(retry))
+
+    def next_delay(
+        self,
+        retry: int,
+        *,
+        remaining: float,
+        timed_out: bool = False,
+        timeout_s: float = 0.0,
+        retry_after: float | None = None,
+        rng: random.Random | None = None,
+    ) -> float | None:
+        """Seconds to wait before the next attempt; None when the span leaves no room for one.
+
+        After a timeout the wait is at least the timeout: the receiver may still be working
+        on the call it did not answer in time, and the next attempt should not overlap it.
+        A `Retry-After` is a lower bound; one that points past the span ends the retries.
+        The last attempt is made when the span ends, not skipped.
+        """
+        if remaining <= 0:
+            return None
+        delay = self.delay(retry, rng)
+        if timed_out:
+            delay = max(delay, timeout_s)
+        if retry_after is not None:
+            if retry_after > remaining:
+                return None
+            delay = max(delay, retry_after)
+        return min(delay, remaining)
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """`Retry-After` (seconds or an HTTP date) as seconds from `now`; None when absent or bad."""
+    if not value:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        moment = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max(0.0, moment.timestamp() - now)
+
+
+P = TypeVar("P", bound=Hashable)
+
+
+class OffsetTracker(Generic[P]):
+    """Which offset each partition may commit: the oldest unfinished record's, else the next.
+
+    Records finish in any order (a failing call retries while later ones are delivered);
+    a commit never passes a record whose calls have no outcome yet, so a restart
+    redelivers it (at least once).
+    """
+
+    def __init__(self) -> None:
+        self._unfinished: dict[P, set[int]] = {}
+        self._next: dict[P, int] = {}
+        self._committed: dict[P, int] = {}
+
+    def start(self, partition: P, offset: int) -> None:
+        """A record whose calls are being made."""
+        self._unfinished.setdefault(partition, set()).add(offset)
+        self.seen(partition, offset)
+
+    def seen(self, partition: P, offset: int) -> None:
+        """A record with nothing to do (no trigger matches)."""
+        self._next[partition] = max(self._next.get(partition, 0), offset + 1)
+
+    def finish(self, partition: P, offset: int) -> None:
+        self._unfinished.get(partition, set()).discard(offset)
+
+    @property
+    def unfinished(self) -> int:
+        return sum(len(offsets) for offsets in self._unfinished.values())
+
+    def position(self, partition: P) -> int | None:
+        unfinished = self._unfinished.get(partition)
+        if unfinished:
+            return min(unfinished)
+        return self._next.get(partition)
+
+    def committable(self, partitions: Iterable[P] | None = None) -> dict[P, int]:
+        """Positions that moved since the last `committed()`, of `partitions` (default all)."""
+        out = {}
+        for partition in self._next if partitions is None else partitions:
+            position = self.position(partition)
+            if position is not None and position != self._committed.get(partition):
+                out[partition] = position
+        return out
+
+    def committed(self, positions: dict[P, int]) -> None:
+        self._committed.update(positions)
+
+    def forget(self, partitions: Iterable[P]) -> None:
+        """Partitions this consumer no longer owns (revoked): their new owner resumes them."""
+        for partition in partitions:
+            self._unfinished.pop(partition, None)
+            self._next.pop(partition, None)
+            self._committed.pop(partition, None)
 
 
 @dataclass(frozen=True)
 class DispatchConfig:
     max_age_s: float = 6 * 3600.0  # older changes never fire (replays from history)
-    attempts: int = 6  # webhook attempts before the dead letter
-    backoff_first_s: float = 0.5
-    backoff_max_s: float = 30.0
-    timeout_s: float = 5.0  # per attempt
-    concurrency: int = 64  # webhook calls in flight
-    lease_s: float = 120.0  # how long another dispatcher's pending claim may be in flight
+    retry_span_s: float = 3600.0  # a failing call is retried this long from its first attempt
+    retry_first_s: float = 1.0  # bound of the first retry delay; doubles per attempt
+    retry_max_delay_s: float = 300.0  # largest bound of one retry delay
+    timeout_s: float = 10.0  # per attempt
+    concurrency: int = 16  # webhook calls in flight per webhook URL
+    max_pending: int = 10_000  # unfinished changes before fetching pauses
     from_beginning: bool = False  # a new group starts at the start of the topic (asked for)
 
     @property
     def marker_ttl_ms(self) -> int:
-        return int(max(7 * 86400.0, 2 * self.max_age_s) * 1000)
+        return int(max(7 * 86400.0, 2 * self.max_age_s, 2 * self.retry_span_s) * 1000)
+
+    @property
+    def schedule(self) -> RetrySchedule:
+        return RetrySchedule(self.retry_first_s, self.retry_max_delay_s, self.retry_span_s)
+
+    @classmethod
+    def from_settings(cls, settings: Any, **overrides: Any) -> DispatchConfig:
+        """From streams.settings.Settings (its SEGMENTS_TRIGGER_* fields)."""
+        values: dict[str, Any] = {
+            "retry_span_s": settings.trigger_retry_span,
+            "retry_first_s": settings.trigger_retry_delay,
+            "retry_max_delay_s": settings.trigger_retry_max_delay,
+            "timeout_s": settings.trigger_timeout,
+            "concurrency": settings.trigger_concurrency,
+        }
+        return cls(**{**values, **overrides})
 
 
 @dataclass
 class DispatchStats:
     fired: int = 0
     dead: int = 0
+    resumed: int = 0  # pending changes taken over (after a stop, crash or rebalance)
+    failed_attempts: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
 
     def skip(self, reason: str) -> None:
@@ -103,19 +262,19 @@ def _epoch_seconds(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
 
 
-class _ReadyWhenPositioned(ConsumerRebalanceListener):
-    """Sets `ready` once every assigned partition has a resolved position.
+class _Rebalance(ConsumerRebalanceListener):
+    """Hands revoked partitions over cleanly and sets `ready` once assigned ones are positioned.
 
     With a new group starting at "latest", a change produced after `ready` is seen.
     """
 
-    def __init__(self, consumer: AIOKafkaConsumer, ready: asyncio.Event) -> None:
-        self.consumer, self.ready = consumer, ready
+    def __init__(self, dispatcher: TriggerDispatcher, consumer: AIOKafkaConsumer) -> None:
+        self.dispatcher, self.consumer = dispatcher, consumer
 
-    async def on_partitions_revoked(self, revoked) -> None:
-        pass
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.dispatcher._revoked(self.consumer, set(revoked))
 
-    async def on_partitions_assigned(self, assigned) -> None:
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         # A new group starts at the end; commit that start at once, so a restart before
         # the first change resumes there instead of jumping to a later end.
         start = {}
@@ -125,7 +284,7 @@ class _ReadyWhenPositioned(ConsumerRebalanceListener):
                 start[tp] = position
         if start:
             await self.consumer.commit(start)
-        self.ready.set()
+        self.dispatcher.ready.set()
 
 
 class TriggerDispatcher:
@@ -149,6 +308,7 @@ class TriggerDispatcher:
         self.group_id = group_id
         self.prefix = redis_prefix
         self.config = config or DispatchConfig()
+        self.schedule = self.config.schedule
         self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.stats = DispatchStats()
         self.ready = asyncio.Event()  # set once partitions are assigned and positioned
@@ -156,6 +316,15 @@ class TriggerDispatcher:
         self._by_kind: dict[tuple[str, str], list[Trigger]] = {}
         for trigger in self.triggers:
             self._by_kind.setdefault((trigger.segment, trigger.on), []).append(trigger)
+        self._offsets: OffsetTracker[TopicPartition] = OffsetTracker()
+        self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = {}
+        self._failures: list[BaseException] = []
+        self._in_flight: dict[str, asyncio.Task[Any]] = {}  # marker key -> its dispatch
+        self._webhook_slots: dict[str, asyncio.Semaphore] = {}
+        self._retrying: dict[str, int] = {}  # trigger -> changes waiting for a retry
+        self._warned_at: dict[str, float] = {}
+        self._paused = False
+        self._last_commit = 0.0
 
     def marker_key(self, trigger: Trigger, change: dict[str, Any]) -> str:
         return f"{self.prefix}trig:{{{change['customer_id']}}}:{trigger.name}:{change['change_id']}"
@@ -172,45 +341,127 @@ class TriggerDispatcher:
             enable_auto_commit=False,
             auto_offset_reset="earliest" if self.config.from_beginning else "latest",
             max_poll_records=500,
-            max_poll_interval_ms=30 * 60 * 1000,
         )
         producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
         await ensure_topic(self.bootstrap, self.dlq_topic)
         await producer.start()
         await consumer.start()
-        consumer.subscribe([self.topic], listener=_ReadyWhenPositioned(consumer, self.ready))
-        semaphore = asyncio.Semaphore(self.config.concurrency)
+        consumer.subscribe([self.topic], listener=_Rebalance(self, consumer))
+        # Calls are bounded per webhook by semaphores, not by the connector's pool (whose
+        # queueing would count against the call's timeout).
+        connector = aiohttp.TCPConnector(limit=0)
         try:
-            async with aiohttp.ClientSession(timeout=timeout) as session:
+            async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
                 log.info("trigger_dispatcher_started triggers=%d", len(self.triggers))
                 while not stop.is_set():
+                    if self._failures:
+                        raise self._failures[0]
+                    self._flow_control(consumer)
                     batches = await consumer.getmany(timeout_ms=200)
-                    if not batches:
-                        continue
-                    jobs = []
-                    offsets: dict[TopicPartition, int] = {}
                     for tp, records in batches.items():
                         for record in records:
-                            jobs.extend(self._jobs(record.value))
-                        offsets[tp] = records[-1].offset + 1
-
-                    async def guarded(trigger: Trigger, change: dict[str, Any]) -> bool:
-                        async with semaphore:
-                            return await self._dispatch(session, producer, trigger, change, stop)
-
-                    done = await asyncio.gather(*(guarded(t, c) for t, c in jobs))
-                    if not all(done):
-                        return  # stopped mid-dispatch: leave the offsets for the next run
-                    try:
-                        await consumer.commit(offsets)
-                        record_lag(consumer, self.group_id, offsets)
-                    except (CommitFailedError, KafkaError) as error:
-                        log.warning("trigger_commit_failed error=%s", error)
+                            self._start(session, producer, tp, record.offset, record.value, stop)
+                    await self._commit(consumer)
         finally:
+            # Calls in flight are abandoned (the receiver may have them: they are made
+            # again on the next run, at least once); what finished is committed.
+            await self._cancel(list(self._tasks))
+            await self._commit(consumer, force=True)
             await consumer.stop()
             await producer.stop()
             log.info("trigger_dispatcher_stopped")
+
+    def _start(
+        self,
+        session: aiohttp.ClientSession,
+        producer: AIOKafkaProducer,
+        tp: TopicPartition,
+        offset: int,
+        raw: bytes,
+        stop: asyncio.Event,
+    ) -> None:
+        jobs = self._jobs(raw)
+        if not jobs:
+            self._offsets.seen(tp, offset)
+            return
+        self._offsets.start(tp, offset)
+
+        async def handle() -> None:
+            outcomes = await asyncio.gather(
+                *(
+                    self._dispatch(session, producer, trigger, change, stop)
+                    for trigger, change in jobs
+                )
+            )
+            if all(outcomes):
+                self._offsets.finish(tp, offset)
+
+        task = asyncio.create_task(handle(), name=f"trigger-{tp.partition}-{offset}")
+        self._tasks.setdefault(tp, set()).add(task)
+        task.add_done_callback(lambda done: self._task_done(tp, done))
+
+    def _task_done(self, tp: TopicPartition, task: asyncio.Task[None]) -> None:
+        self._tasks.get(tp, set()).discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._failures.append(task.exception())  # type: ignore[arg-type]
+
+    def _flow_control(self, consumer: AIOKafkaConsumer) -> None:
+        """Pauses fetching while `max_pending` changes have no outcome (memory stays bounded)."""
+        full = self._offsets.unfinished >= self.config.max_pending
+        if full and not self._paused:
+            log.warning(
+                "trigger_dispatcher_paused unfinished=%d max_pending=%d",
+                self._offsets.unfinished,
+                self.config.max_pending,
+            )
+        if full:
+            consumer.pause(*consumer.assignment())  # also partitions assigned since
+        elif self._paused:
+            consumer.resume(*consumer.paused())
+            log.info("trigger_dispatcher_resumed unfinished=%d", self._offsets.unfinished)
+        self._paused = full
+
+    async def _commit(
+        self,
+        consumer: AIOKafkaConsumer,
+        partitions: Iterable[TopicPartition] | None = None,
+        *,
+        force: bool = False,
+    ) -> None:
+        # At most once a second unless forced: a commit that fails (broker down) is retried
+        # on the next one, without a warning every poll.
+        if not force and time.monotonic() - self._last_commit < 1.0:
+            return
+        assigned = consumer.assignment()
+        positions = {
+            tp: offset
+            for tp, offset in self._offsets.committable(partitions).items()
+            if tp in assigned
+        }
+        if not positions:
+            return
+        self._last_commit = time.monotonic()
+        try:
+            await asyncio.wait_for(consumer.commit(positions), 30)
+        except (CommitFailedError, KafkaError, TimeoutError) as error:
+            log.warning("trigger_commit_failed error=%s", error)
+            return
+        self._offsets.committed(positions)
+        record_lag(consumer, self.group_id, positions)
+
+    async def _revoked(self, consumer: AIOKafkaConsumer, revoked: set[TopicPartition]) -> None:
+        """Stops the revoked partitions' calls and commits what finished: the new owner
+        takes their pending changes over, so no call is made by two dispatchers at once."""
+        await self._cancel(revoked)
+        await self._commit(consumer, revoked, force=True)
+        self._offsets.forget(revoked)
+
+    async def _cancel(self, partitions: Iterable[TopicPartition]) -> None:
+        tasks = [task for tp in partitions for task in self._tasks.pop(tp, set())]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _jobs(self, raw: bytes) -> list[tuple[Trigger, dict[str, Any]]]:
         try:
@@ -238,25 +489,57 @@ class TriggerDispatcher:
             age = float("inf")
         if age > self.config.max_age_s:
             return self._skip(trigger, "too-old")
-        state = await self._redis_retry(lambda: self._claim_marker(trigger, change), stop)
-        if state is None:
-            return False
-        if state == "claimed":
-            return await self._deliver(session, producer, trigger, change, stop)
-        if state == "cooldown":
-            return self._skip(trigger, "cooldown")
-        if state.startswith("pending:"):
-            return await self._pending_elsewhere(producer, trigger, change, stop)
-        return self._skip(trigger, f"already-{state}")
+        key = self.marker_key(trigger, change)
+        # The same change published twice waits for the first's outcome: one call at a time.
+        while (earlier := self._in_flight.get(key)) is not None:
+            await asyncio.wait({earlier})
+        me = asyncio.current_task()
+        assert me is not None
+        self._in_flight[key] = me
+        # A webhook slot is held from the claim to the outcome (not while waiting for a
+        # retry): it bounds the calls in flight to the webhook, the Redis commands behind
+        # them, and so the calls a crash leaves without their `done` mark.
+        slot = _Slot(
+            self._webhook_slots.setdefault(
+                trigger.webhook, asyncio.Semaphore(self.config.concurrency)
+            )
+        )
+        try:
+            await slot.take()
+            now = time.time()
+            state = await self._redis_retry(lambda: self._claim_marker(trigger, change, now), stop)
+            if state is None:
+                return False
+            if state == "claimed":
+                return await self._deliver(session, producer, trigger, change, now, slot, stop)
+            if state.startswith("pending:"):
+                # Claimed by a run that was stopped, killed or lost the partition before an
+                # outcome: make the call again (the receiver dedupes on the key).
+                first_at = int(state.rsplit(":", 1)[1]) / 1000
+                self.stats.resumed += 1
+                log.info(
+                    "trigger_resumed trigger=%s change_id=%s first_attempt_age_s=%.0f",
+                    trigger.name,
+                    change["change_id"],
+                    now - first_at,
+                )
+                return await self._deliver(session, producer, trigger, change, first_at, slot, stop)
+            if state == "cooldown":
+                return self._skip(trigger, "cooldown")
+            return self._skip(trigger, f"already-{state}")
+        finally:
+            slot.give()
+            if self._in_flight.get(key) is me:
+                del self._in_flight[key]
 
-    async def _claim_marker(self, trigger: Trigger, change: dict[str, Any]) -> str:
+    async def _claim_marker(self, trigger: Trigger, change: dict[str, Any], now: float) -> str:
         state = await self._claim(
             keys=[
                 self.marker_key(trigger, change),
                 self.cooldown_key(trigger, change["customer_id"]),
             ],
             args=[
-                f"{self.owner}:{int(time.time() * 1000)}",
+                f"{self.owner}:{int(now * 1000)}",
                 self.config.marker_ttl_ms,
                 trigger.cooldown // 1000,
                 change["change_id"],
@@ -264,29 +547,17 @@ class TriggerDispatcher:
         )
         return state.decode() if isinstance(state, bytes) else str(state)
 
-    async def _pending_elsewhere(self, producer, trigger, change, stop) -> bool:
-        """A claim without an outcome: another dispatcher's call in flight, or one that died.
-
-        Waits until it resolves or its lease runs out; then its outcome is unknown, and the
-        change goes to the dead letter instead of risking a second call.
-        """
-        key = self.marker_key(trigger, change)
-        while True:
-            state = await self._redis_retry(lambda: self.redis.get(key), stop)
-            if state is None and stop.is_set():
-                return False
-            state = state.decode() if isinstance(state, bytes) else (state or "")
-            if not state.startswith("pending:"):
-                return self._skip(trigger, f"already-{state or 'expired'}")
-            claimed_ms = int(state.rsplit(":", 1)[1])
-            remaining = claimed_ms / 1000 + self.config.lease_s - time.time()
-            if remaining <= 0:
-                await self._dead(producer, trigger, change, "outcome-unknown", 0, stop)
-                return True
-            if await wait_or_stop(stop, min(remaining, 1.0)):
-                return False
-
-    async def _deliver(self, session, producer, trigger, change, stop) -> bool:
+    async def _deliver(
+        self,
+        session: aiohttp.ClientSession,
+        producer: AIOKafkaProducer,
+        trigger: Trigger,
+        change: dict[str, Any],
+        first_at: float,
+        slot: _Slot,
+        stop: asyncio.Event,
+    ) -> bool:
+        """Calls the webhook until a 2xx, a refusal or the end of the retry span."""
         body = orjson.dumps(
             {
                 "customer_id": change["customer_id"],
@@ -303,15 +574,13 @@ class TriggerDispatcher:
             "Idempotency-Key": change["change_id"],
             "User-Agent": "purchase-segments-triggers",
         }
-        backoff = Backoff(self.config.backoff_first_s, self.config.backoff_max_s)
-        reason = ""
-        for attempt in range(1, self.config.attempts + 1):
-            try:
-                async with session.post(trigger.webhook, data=body, headers=headers) as response:
-                    await response.read()
-                    status = response.status
-            except (aiohttp.ClientError, TimeoutError) as error:
-                status, reason = 0, f"{type(error).__name__}"
+        deadline = first_at + self.schedule.span_s
+        attempt = 0
+        while True:
+            attempt += 1
+            status, reason, retry_after, timed_out = await _post(
+                session, trigger.webhook, body, headers
+            )
             if 200 <= status < 300:
                 await self._redis_retry(lambda: self._mark(trigger, change, "done"), stop)
                 self.stats.fired += 1
@@ -320,37 +589,69 @@ class TriggerDispatcher:
                     max(0.0, time.time() - _epoch_seconds(change["at"]))
                 )
                 return True
-            if status:
-                reason = f"http-{status}"
-                if 400 <= status < 500 and status not in _RETRYABLE_STATUS:
-                    break  # the receiver refuses this payload: retrying will not help
-            log.warning(
-                "trigger_attempt_failed trigger=%s change_id=%s attempt=%d reason=%s",
-                trigger.name,
-                change["change_id"],
-                attempt,
-                reason,
+            self.stats.failed_attempts += 1
+            TRIGGER_FAILED_ATTEMPTS.labels(trigger.name, reason).inc()
+            if 400 <= status < 500 and status not in _RETRYABLE_STATUS:
+                break  # the receiver refuses this payload: retrying will not help
+            now = time.time()
+            delay = self.schedule.next_delay(
+                attempt - 1,
+                remaining=deadline - now,
+                timed_out=timed_out,
+                timeout_s=self.config.timeout_s,
+                retry_after=parse_retry_after(retry_after, now),
             )
-            if attempt < self.config.attempts and await wait_or_stop(stop, backoff.next_delay()):
-                # Stopped between attempts: no call is in flight and none succeeded, so
-                # the claim can be released and the next run tries again from scratch.
-                await self._release(trigger, change)
-                return False
-        await self._dead(producer, trigger, change, reason, attempt, stop)
+            if delay is None:
+                break
+            self._attempt_failed(trigger, change, attempt, reason, delay)
+            self._retrying[trigger.name] = self._retrying.get(trigger.name, 0) + 1
+            TRIGGER_RETRYING.labels(trigger.name).inc()
+            slot.give()  # other changes' calls go on while this one waits
+            try:
+                if await wait_or_stop(stop, delay):
+                    return False  # the marker stays pending: the next run takes it over
+            finally:
+                self._retrying[trigger.name] -= 1
+                TRIGGER_RETRYING.labels(trigger.name).dec()
+            await slot.take()
+        return await self._dead(producer, trigger, change, reason, attempt, first_at, stop)
+
+    def _attempt_failed(
+        self, trigger: Trigger, change: dict[str, Any], attempt: int, reason: str, delay: float
+    ) -> None:
+        """Logs a failed attempt: each at DEBUG, at most one WARNING per trigger per 10 s."""
+        now = time.monotonic()
+        level = logging.DEBUG
+        if now - self._warned_at.get(trigger.name, -_WARN_EVERY_S) >= _WARN_EVERY_S:
+            self._warned_at[trigger.name] = now
+            level = logging.WARNING
+        log.log(
+            level,
+            "trigger_attempt_failed trigger=%s change_id=%s attempt=%d reason=%s retry_in=%.2fs"
+            " retrying=%d",
+            trigger.name,
+            change["change_id"],
+            attempt,
+            reason,
+            delay,
+            self._retrying.get(trigger.name, 0) + 1,
+        )
+
+    async def _mark(self, trigger: Trigger, change: dict[str, Any], state: str) -> bool:
+        await self.redis.set(self.marker_key(trigger, change), state, px=self.config.marker_ttl_ms)
         return True
 
-    async def _release(self, trigger: Trigger, change: dict[str, Any]) -> None:
-        try:
-            await self.redis.delete(
-                self.marker_key(trigger, change), self.cooldown_key(trigger, change["customer_id"])
-            )
-        except (RedisError, OSError) as error:  # then the next run dead-letters it as unknown
-            log.warning("trigger_release_failed change_id=%s error=%s", change["change_id"], error)
-
-    async def _mark(self, trigger: Trigger, change: dict[str, Any], state: str) -> None:
-        await self.redis.set(self.marker_key(trigger, change), state, px=self.config.marker_ttl_ms)
-
-    async def _dead(self, producer, trigger, change, reason: str, attempts: int, stop) -> None:
+    async def _dead(
+        self,
+        producer: AIOKafkaProducer,
+        trigger: Trigger,
+        change: dict[str, Any],
+        reason: str,
+        attempts: int,
+        first_at: float,
+        stop: asyncio.Event,
+    ) -> bool:
+        """Writes the change to the dead-letter topic, then marks it `dead`; False if stopped."""
         record = orjson.dumps(
             {
                 "trigger": trigger.name,
@@ -358,41 +659,100 @@ class TriggerDispatcher:
                 "reason": reason,
                 "attempts": attempts,
                 "change": change,
+                "first_attempt_at": first_at,
                 "dead_at": time.time(),
             }
         )
-        await producer.send_and_wait(
-            self.dlq_topic,
-            record,
-            key=change["customer_id"].encode(),
-            headers=[("reason", reason.encode())],
+        sent = await _retry(
+            lambda: producer.send_and_wait(
+                self.dlq_topic,
+                record,
+                key=change["customer_id"].encode(),
+                headers=[("reason", reason.encode())],
+            ),
+            (KafkaError, OSError),
+            "trigger_dlq_unavailable",
+            stop,
         )
-        await self._redis_retry(lambda: self._mark(trigger, change, "dead"), stop)
+        if sent is None:
+            return False
+        if await self._redis_retry(lambda: self._mark(trigger, change, "dead"), stop) is None:
+            return False
         self.stats.dead += 1
         TRIGGER_CALLS.labels(trigger.name, "dead", reason).inc()
         log.error(
-            "trigger_dead_letter trigger=%s change_id=%s reason=%s attempts=%d",
+            "trigger_dead_letter trigger=%s change_id=%s reason=%s attempts=%d after_s=%.0f",
             trigger.name,
             change["change_id"],
             reason,
             attempts,
+            time.time() - first_at,
         )
+        return True
 
     def _skip(self, trigger: Trigger, reason: str) -> bool:
         self.stats.skip(reason)
         TRIGGER_CALLS.labels(trigger.name, "skipped", reason).inc()
         return True
 
-    async def _redis_retry(self, operation, stop: asyncio.Event):
+    async def _redis_retry(
+        self, operation: Callable[[], Awaitable[Any]], stop: asyncio.Event
+    ) -> Any:
         """Runs a Redis operation until it succeeds (backoff) or stop is set (returns None)."""
-        backoff = Backoff(0.1, 5.0)
-        while True:
-            try:
-                return await operation()
-            except (RedisError, OSError) as error:
-                log.warning("trigger_redis_unavailable error=%s", error)
-                if await wait_or_stop(stop, backoff.next_delay()):
-                    return None
+        return await _retry(operation, (RedisError, OSError), "trigger_redis_unavailable", stop)
+
+
+class _Slot:
+    """One of a webhook's concurrency slots, given back during retry waits."""
+
+    def __init__(self, semaphore: asyncio.Semaphore) -> None:
+        self.semaphore, self.held = semaphore, False
+
+    async def take(self) -> None:
+        await self.semaphore.acquire()
+        self.held = True
+
+    def give(self) -> None:
+        if self.held:
+            self.held = False
+            self.semaphore.release()
+
+
+async def _post(
+    session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]
+) -> tuple[int, str, str | None, bool]:
+    """One attempt: (status or 0, reason, Retry-After header, timed out)."""
+    try:
+        async with session.post(url, data=body, headers=headers) as response:
+            await response.read()
+            return (
+                response.status,
+                f"http-{response.status}",
+                response.headers.get("Retry-After"),
+                False,
+            )
+    except TimeoutError:
+        # aiohttp closed the connection: this attempt is no longer in flight on our side.
+        return 0, "TimeoutError", None, True
+    except aiohttp.ClientError as error:
+        return 0, type(error).__name__, None, False
+
+
+async def _retry(
+    operation: Callable[[], Awaitable[Any]],
+    errors: tuple[type[BaseException], ...],
+    event: str,
+    stop: asyncio.Event,
+) -> Any:
+    """Runs `operation` until it succeeds (backoff up to 5 s) or stop is set (returns None)."""
+    backoff = Backoff(0.1, 5.0)
+    while True:
+        try:
+            return await operation()
+        except errors as error:
+            log.warning("%s error=%s", event, error)
+            if await wait_or_stop(stop, backoff.next_delay()):
+                return None
 
 
 async def ensure_topic(bootstrap: str, topic: str, partitions: int = 1) -> None:
@@ -417,19 +777,22 @@ async def ensure_topic(bootstrap: str, topic: str, partitions: int = 1) -> None:
 @click.option("--from-beginning", is_flag=True, help="a new consumer group reads all history")
 @click.option("--max-age", type=float, default=6 * 3600.0, show_default=True,
               help="seconds; older changes never fire")  # fmt: skip
-@click.option("--attempts", type=int, default=6, show_default=True)
-@click.option("--lease", type=float, default=120.0, show_default=True,
-              help="seconds a claimed call may stay unresolved before it is unknown")  # fmt: skip
 @click.option("--group", default=None, help="consumer group (default <app_id>-triggers)")
-def triggers_command(
-    from_beginning: bool, max_age: float, attempts: int, lease: float, group: str | None
-) -> None:
-    """Run only the trigger dispatcher (also part of `segments serve`)."""
+def triggers_command(from_beginning: bool, max_age: float, group: str | None) -> None:
+    """Run only the trigger dispatcher (also part of `segments serve`).
+
+    Retries and timeouts come from SEGMENTS_TRIGGER_* (docs/serving.md).
+    """
     import signal
 
     from streams.serving import ServingConfig
+    from streams.settings import SettingsError, load_settings
 
-    config = ServingConfig.load()
+    try:
+        settings = load_settings()
+    except SettingsError as error:
+        raise click.ClickException(str(error)) from None
+    config = ServingConfig.from_settings(settings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
     async def main() -> None:
@@ -446,8 +809,8 @@ def triggers_command(
             dlq_topic=config.triggers_dlq_topic,
             group_id=group or f"{config.app_id}-triggers",
             redis_prefix=config.redis_prefix,
-            config=DispatchConfig(
-                max_age_s=max_age, attempts=attempts, lease_s=lease, from_beginning=from_beginning
+            config=DispatchConfig.from_settings(
+                settings, max_age_s=max_age, from_beginning=from_beginning
             ),
         )
         ready = asyncio.create_task(dispatcher.ready.wait())

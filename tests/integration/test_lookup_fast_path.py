@@ -32,6 +32,7 @@ def run(body, token=None):
                 CacheWrite("a b/ü", "vip", 1, True, "2026-05-05T00:00:00Z"),
             ]
         )
+        await client.set(cache.keys.sentinel(), "resynced")  # as a rebuild leaves it
         server = await start_lookup_server(
             reader, host="127.0.0.1", port=0, prefix=prefix, api_token=token
         )

@@ -304,16 +304,22 @@ class LookupProtocol(asyncio.Protocol):
             self._in_order(200, b'{"status":"ok"}', close)
         else:
             ready = ((b"EXISTS", self.sentinel),)
-            self._ask(ready, lambda replies: readiness(bool(replies[0])), close)
+            self._ask(ready, lambda replies: readiness(bool(replies[0])), close, readiness)
 
-    def _ask(self, commands: tuple[tuple[bytes, ...], ...], answer: Any, close: bool) -> None:
-        """Sends the commands; answers answer(replies), or 503 when Redis does not reply."""
+    def _ask(
+        self,
+        commands: tuple[tuple[bytes, ...], ...],
+        answer: Any,
+        close: bool,
+        failed: Any = lambda error: (503, cache_unavailable(error)),
+    ) -> None:
+        """Sends the commands; answers answer(replies), or failed(error) when Redis does not."""
         try:
             future = self.reader.commands_future(*commands)
         except Exception as error:
-            self._in_order(503, cache_unavailable(error), close)
+            self._in_order(*failed(error), close)
             return
-        future.add_done_callback(lambda done: self._answer(answer, done, close))
+        future.add_done_callback(lambda done: self._answer(answer, failed, done, close))
         self.last = future
         if close:
             self.closing = True
@@ -327,13 +333,10 @@ class LookupProtocol(asyncio.Protocol):
         else:
             self._reply(status, body, close, extra)
 
-    def _answer(self, answer: Any, done: asyncio.Future[Any], close: bool) -> None:
-        if done.cancelled():
-            self._reply(503, cache_unavailable(asyncio.CancelledError()), close)
-            return
-        error = done.exception()
+    def _answer(self, answer: Any, failed: Any, done: asyncio.Future[Any], close: bool) -> None:
+        error = asyncio.CancelledError() if done.cancelled() else done.exception()
         if error is not None:
-            self._reply(503, cache_unavailable(error), close)
+            self._reply(*failed(error), close)
             return
         status, body = answer(done.result())
         self._reply(status, body, close)

@@ -274,6 +274,10 @@ def _op(summary: str, schema: dict[str, Any], parameters: list[dict[str, Any]] |
         "responses": {
             "200": {"description": "OK", "content": {"application/json": {"schema": schema}}},
             "401": {"description": "missing or wrong bearer token (when a token is set)"},
+            "503": {
+                "description": "cache-unavailable (Redis does not answer) or cache-rebuilding "
+                "(the cache is missing or being rebuilt); Retry-After says when to ask again"
+            },
         },
     }
 
@@ -352,7 +356,7 @@ OPENAPI: dict[str, Any] = {
         },
         "/readyz": {
             "get": {
-                "summary": "Ready to serve (Redis answers)",
+                "summary": "Ready to serve (Redis answers and the cache is complete)",
                 "security": [],
                 "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
             }

@@ -257,3 +257,46 @@ def test_while_the_cache_is_missing_lookups_and_readyz_say_503_until_a_change_re
         assert b"segments_cache_complete 1.0" in get(serve.port, "/metrics")[2]
     finally:
         serve.stop()
+
+
+def test_while_redis_is_down_metrics_answer_and_every_read_says_503(
+    world: World, serve_env: dict[str, str], private_redis: PrivateRedis, tmp_path: Path
+) -> None:
+    """Prometheus can still scrape the failure counter during the outage its alert is
+    about; reads answer 503 with a clear body; all comes back when Redis does."""
+    world.history()
+    serve = Serve(serve_env, tmp_path / "serve.log")
+    try:
+        members = world.members()
+        wait_until(lambda: serve.answers(members), 60, what="the first cache")
+        for cursor in ("x", "3:99999999999999999999", "1:5_0", "16:0"):
+            status, _, body = get(serve.port, f"/segments/vip/members?cursor={cursor}")
+            assert status == 400 and orjson.loads(body)["error"] == "bad-cursor", cursor
+
+        private_redis.stop(save=True)  # an outage, not a loss: the data comes back
+        status, _, text = get(serve.port, "/metrics")
+        assert status == 200
+        assert b"segments_cache_redis_up 0.0" in text
+        assert b"segments_cache_write_failures_total" in text
+        assert b"segments_size{" not in text
+        for path in ("/segments", "/segments/vip/members", "/customers/c-0/segments"):
+            status, headers, body = get(serve.port, path)
+            assert status == 503, path
+            assert orjson.loads(body)["error"] == "cache-unavailable"
+            assert headers["Retry-After"] == "1"
+        for port in serve.ports:
+            status, _, body = serve.lookup(port, "c-0")
+            assert (status, body["error"]) == (503, "cache-unavailable")
+            status, _, raw = get(port, "/readyz")
+            assert status == 503 and orjson.loads(raw)["reason"] == "cache-unavailable"
+
+        private_redis.start()
+        wait_until(lambda: serve.answers(members), 60, what="lookups after the outage")
+        status, _, text = get(serve.port, "/metrics")
+        assert b"segments_cache_redis_up 1.0" in text and b'segments_size{segment="vip"}' in text
+        for port in serve.ports:
+            assert get(port, "/readyz")[0] == 200
+        # One rebuild: the new cache at start. The outage kept the data, so none after it.
+        assert (tmp_path / "serve.log").read_text().count("cache_sink_cache_lost") == 1
+    finally:
+        serve.stop()

@@ -302,11 +302,17 @@ def test_a_redis_that_restarts_empty_is_restored_from_memberships(private_redis,
         async def converged():
             return await cache_state(cache, history.customers) == history.expected()
 
+        # A rebuild writes the memberships before it sets the sentinel and counts itself,
+        # so the cache can equal the history a moment before `resyncs` moves: each wait
+        # is for both, never for the cache alone.
+        async def rebuilt(times: int):
+            return sink.stats.resyncs >= times and await converged()
+
         stop = asyncio.Event()
         task = asyncio.create_task(sink.run(stop))
         try:
             await publish(2000)
-            await wait_for(converged, 60, "the first cache", 0.2)
+            await wait_for(lambda: rebuilt(1), 60, "the first cache", 0.2)
             private_redis.stop(save=False)  # everything in Redis is gone
             await publish(500)
 
@@ -317,13 +323,7 @@ def test_a_redis_that_restarts_empty_is_restored_from_memberships(private_redis,
             private_redis.start()
             await publish(500)
 
-            # The rebuild writes the memberships before it sets the sentinel and counts
-            # itself, so the cache can equal the history a moment before `resyncs` moves:
-            # wait for both, not for the cache alone.
-            async def restored():
-                return sink.stats.resyncs >= 2 and await converged()
-
-            await wait_for(restored, 60, "the cache restored and caught up", 0.2)
+            await wait_for(lambda: rebuilt(2), 60, "the cache restored and caught up", 0.2)
             assert sink.stats.resyncs == 2  # the new, empty cache at start; the restart
             assert await cache.is_complete()
         finally:

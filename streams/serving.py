@@ -174,7 +174,7 @@ async def run_serving(
 
         # The fast path applies the same head limits (streams.lookup), so both ports
         # refuse the same oversize requests with the same 400.
-        runner = aioweb.AppRunner(app, access_log=None, **AIOHTTP_LIMITS)
+        runner = aioweb.AppRunner(app, access_log=None, logger=_RequestErrorLog(), **AIOHTTP_LIMITS)
         await runner.setup()
         port = config.web_port if web_port is None else web_port
         await aioweb.TCPSite(runner, config.web_host, port, reuse_port=True).start()
@@ -212,6 +212,27 @@ async def run_serving(
         if runner is not None:
             await runner.cleanup()
         await client.aclose()
+
+
+class _RequestErrorLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's request-error log, without a traceback for a client's malformed request.
+
+    aiohttp logs every request its parser refuses (a header over the limit, a bad byte in
+    the path) with a traceback at ERROR; those are the client's mistake, answered 400,
+    and a client could fill the log with them. They go to DEBUG in one line; everything
+    else (a 500) keeps aiohttp's traceback.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"), {})
+
+    def exception(self, msg: Any, *args: Any, exc_info: Any = True, **kwargs: Any) -> None:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        if isinstance(exc_info, HttpProcessingError) and 400 <= exc_info.code < 500:
+            log.debug("http_bad_request status=%d reason=%.200s", exc_info.code, exc_info.message)
+            return
+        super().exception(msg, *args, exc_info=exc_info, **kwargs)
 
 
 async def _close(reader: Any) -> None:

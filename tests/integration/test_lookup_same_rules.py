@@ -4,6 +4,7 @@ bytes and refuse the same requests, over real sockets against the real local Red
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import uuid
 from collections.abc import Awaitable, Callable
@@ -84,7 +85,9 @@ def run(body: Callable[[tuple[int, int]], Awaitable[None]], redis_url: str) -> N
 MANY_HEADERS = b"".join(b"X-%d: v\r\n" % i for i in range(200))
 
 
-def test_both_ports_answer_the_same_status_for_the_same_bytes(redis_url: str) -> None:
+def test_both_ports_answer_the_same_status_for_the_same_bytes(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     bad_id = "bad-customer-id"
     cases = [
         # (request, the status both ports give, the JSON error both give when both do)
@@ -114,6 +117,10 @@ def test_both_ports_answer_the_same_status_for_the_same_bytes(redis_url: str) ->
                     assert document["error"] == reason and document["message"], where
 
     run(body, redis_url)
+    # A client's malformed request is answered, not logged as a server error with a
+    # traceback (a client could otherwise fill the log).
+    noisy = [r for r in caplog.records if r.levelno >= logging.WARNING and r.exc_info]
+    assert noisy == [], [r.getMessage() for r in noisy]
 
 
 def test_both_ports_look_up_the_same_customer(redis_url: str) -> None:

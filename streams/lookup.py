@@ -291,11 +291,17 @@ class LookupProtocol(asyncio.Protocol):
         except BadCustomerId as error:
             self._in_order(400, error_body("bad-customer-id", str(error)), close)
             return
-        self._ask(
-            ((b"HGETALL", (self.key_prefix + customer_id).encode()), (b"EXISTS", self.sentinel)),
-            lambda replies: _lookup_reply(customer_id, replies),
-            close,
-        )
+        try:
+            future = self.reader.pair_future(
+                (b"HGETALL", (self.key_prefix + customer_id).encode()), (b"EXISTS", self.sentinel)
+            )
+        except Exception as error:
+            self._in_order(503, cache_unavailable(error), close)
+            return
+        future.add_done_callback(lambda done: self._answer_lookup(customer_id, done, close))
+        self.last = future
+        if close:
+            self.closing = True
 
     def _probe(self, method: bytes, path: bytes, close: bool) -> None:
         if method != b"GET":
@@ -311,9 +317,10 @@ class LookupProtocol(asyncio.Protocol):
         commands: tuple[tuple[bytes, ...], ...],
         answer: Any,
         close: bool,
-        failed: Any = lambda error: (503, cache_unavailable(error)),
+        failed: Any = None,
     ) -> None:
         """Sends the commands; answers answer(replies), or failed(error) when Redis does not."""
+        failed = failed or _unavailable
         try:
             future = self.reader.commands_future(*commands)
         except Exception as error:
@@ -341,6 +348,15 @@ class LookupProtocol(asyncio.Protocol):
         status, body = answer(done.result())
         self._reply(status, body, close)
 
+    def _answer_lookup(self, customer_id: str, done: asyncio.Future[Any], close: bool) -> None:
+        error = asyncio.CancelledError() if done.cancelled() else done.exception()
+        if error is not None:
+            self._reply(503, cache_unavailable(error), close)
+            return
+        flat, complete = done.result()
+        fields = dict(zip(flat[::2], flat[1::2], strict=True))
+        self._reply(*lookup_answer(customer_id, fields, bool(complete)), close)
+
     def _reply(self, status: int, body: bytes, close: bool, extra: bytes = b"") -> None:
         if self.transport is None:
             return
@@ -350,9 +366,8 @@ class LookupProtocol(asyncio.Protocol):
             self.transport.close()  # after the buffered writes are flushed
 
 
-def _lookup_reply(customer_id: str, replies: list[Any]) -> tuple[int, bytes]:
-    flat, complete = replies
-    return lookup_answer(customer_id, dict(zip(flat[::2], flat[1::2], strict=True)), bool(complete))
+def _unavailable(error: BaseException) -> tuple[int, bytes]:
+    return 503, cache_unavailable(error)
 
 
 async def start_lookup_server(

@@ -115,7 +115,7 @@ def create_app(
             return _body(400, error_body("bad-customer-id", str(error)))
         try:
             if reader is not None:
-                flat, complete = await reader.commands_future(
+                flat, complete = await reader.pair_future(
                     (b"HGETALL", cache.keys.customer(customer_id).encode()),
                     (b"EXISTS", cache.keys.sentinel().encode()),
                 )

@@ -262,6 +262,43 @@ def connect(url: str) -> aioredis.Redis:
     return aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=0)
 
 
+class _FirstOfPair:
+    """Waits for the first reply of a pair_future; the second's waiter resolves both."""
+
+    __slots__ = ("error", "future", "reply")
+
+    def __init__(self, future: asyncio.Future[Any]) -> None:
+        self.future, self.reply, self.error = future, None, None
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def set_result(self, reply: Any) -> None:
+        self.reply = reply
+
+    def set_exception(self, error: BaseException) -> None:
+        self.error = error
+
+
+class _SecondOfPair:
+    __slots__ = ("first", "future")
+
+    def __init__(self, first: _FirstOfPair, future: asyncio.Future[Any]) -> None:
+        self.first, self.future = first, future
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def set_result(self, reply: Any) -> None:
+        if self.first.error is not None:
+            self.future.set_exception(self.first.error)
+        else:
+            self.future.set_result((self.first.reply, reply))
+
+    def set_exception(self, error: BaseException) -> None:
+        self.future.set_exception(error)
+
+
 def _failure(future: asyncio.Future[Any]) -> BaseException | None:
     """The exception a done future ended with (cancellation counts as one), else None."""
     if future.cancelled():
@@ -373,16 +410,53 @@ class PipelinedReader(asyncio.Protocol):
         return await future
 
     def _send(self, parts: tuple[bytes, ...], future: asyncio.Future[Any]) -> None:
+        self._queue(parts, future)
+        self._time_out(future)
+
+    def _queue(self, parts: tuple[bytes, ...], waiter: Any) -> None:
+        """Queues one command; `waiter` (a future, or _FirstOfPair/_SecondOfPair) gets its reply."""
         self.pending.append(b"*%d\r\n" % len(parts))
         for part in parts:
             self.pending.append(b"$%d\r\n%s\r\n" % (len(part), part))
-        self.waiters.append(future)
-        loop = asyncio.get_running_loop()
-        timer = loop.call_later(self.timeout, _expire, future)
-        future.add_done_callback(lambda _: timer.cancel())
+        self.waiters.append(waiter)
         if not self.flush_scheduled:
             self.flush_scheduled = True
-            loop.call_soon(self._flush)
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _time_out(self, future: asyncio.Future[Any]) -> None:
+        timer = asyncio.get_running_loop().call_later(self.timeout, _expire, future)
+        future.add_done_callback(lambda _: timer.cancel())
+
+    def pair_future(
+        self, first: tuple[bytes, ...], second: tuple[bytes, ...]
+    ) -> asyncio.Future[tuple[Any, Any]]:
+        """Two commands back to back on the one connection; a future of both replies.
+
+        The lookup's HGETALL and EXISTS: one future and one timer for the two (the hot
+        path's cost is per future and timer more than per command).
+        """
+        future: asyncio.Future[tuple[Any, Any]] = asyncio.get_running_loop().create_future()
+
+        def send() -> None:
+            head = _FirstOfPair(future)
+            self._queue(first, head)
+            self._queue(second, _SecondOfPair(head, future))
+            self._time_out(future)
+
+        if self.transport is None:
+            connecting = asyncio.ensure_future(self._connect())
+
+            def connected(done: asyncio.Future[None]) -> None:
+                error = _failure(done)
+                if error is None:
+                    send()
+                elif not future.done():
+                    future.set_exception(error)
+
+            connecting.add_done_callback(connected)
+        else:
+            send()
+        return future
 
     def _flush(self) -> None:
         self.flush_scheduled = False

@@ -298,6 +298,9 @@ class CacheSink:
         stopped = asyncio.ensure_future(stop.wait())
         try:
             await asyncio.wait({rebuild, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            rebuild.cancel()  # no rebuild left running behind a cancelled sink
+            raise
         finally:
             stopped.cancel()
         if not rebuild.done():  # a stop does not wait for a long rebuild: the next start redoes it

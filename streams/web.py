@@ -85,7 +85,8 @@ def create_app(
 
     segments: the rule set's segment names (for /segments, /metrics and 404s on unknown
     names); api_token: when set, every path but /healthz and /readyz needs
-    `Authorization: Bearer <token>`; ready: the /readyz hook (default: Redis answers PING);
+    `Authorization: Bearer <token>`; ready: an extra /readyz condition (on top of: Redis
+    answers and the cache's sentinel is there);
     churn: an optional ChurnHistory (streams.cache_sink) feeding /segments and the dashboard;
     reader: a PipelinedReader for the lookup's HGETALL (the hot path), else the client.
     """

@@ -342,23 +342,6 @@ class PipelinedReader(asyncio.Protocol):
         reply = await self.command(b"HGETALL", key.encode())
         return dict(zip(reply[::2], reply[1::2], strict=True))
 
-    def hgetall_future(self, key: str) -> asyncio.Future[Any]:
-        """HGETALL as a future of the raw flat reply list (for callback-style callers)."""
-        future = asyncio.get_running_loop().create_future()
-        if self.transport is None:
-            connecting = asyncio.ensure_future(self._connect())
-
-            def send(done: asyncio.Future[None]) -> None:
-                if done.exception() is not None:
-                    future.set_exception(done.exception())  # type: ignore[arg-type]
-                else:
-                    self._send((b"HGETALL", key.encode()), future)
-
-            connecting.add_done_callback(send)
-        else:
-            self._send((b"HGETALL", key.encode()), future)
-        return future
-
     def commands_future(self, *commands: tuple[bytes, ...]) -> asyncio.Future[list[Any]]:
         """Sends the commands back to back on the one connection; a future of their replies.
 

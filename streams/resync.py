@@ -78,12 +78,16 @@ async def read_memberships(bootstrap: str, topic: str) -> tuple[dict[bytes, byte
         await consumer.stop()
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topic: str, timeout: float = 30.0) -> set[int]:
+TOPIC_METADATA_TIMEOUT_S = 30.0  # how long a topic may take to appear in the metadata
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
     """The topic's partitions, waiting up to `timeout` s for a new topic's metadata.
 
     A topic created a moment ago may not be in the metadata yet (no leader elected): that
     is waited for, not taken for a missing topic.
     """
+    timeout = TOPIC_METADATA_TIMEOUT_S
     deadline = time.monotonic() + timeout
     while True:
         partitions = consumer.partitions_for_topic(topic)

@@ -333,3 +333,57 @@ def test_a_redis_that_restarts_empty_is_restored_from_memberships(private_redis,
             await client.aclose()
 
     asyncio.run(main())
+
+
+def test_a_rebuild_that_cannot_read_the_topic_is_retried_and_the_cache_stays_incomplete(
+    private_redis, topics, monkeypatch
+):
+    """No memberships topic yet: the rebuild fails, the sentinel stays missing (lookups
+    answer 503), and once the topic is there the next attempt rebuilds the cache."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    import streams.resync
+
+    monkeypatch.setattr(streams.resync, "TOPIC_METADATA_TIMEOUT_S", 1.0)
+    missing = topics["memberships"] + ".later"
+
+    async def main():
+        client = connect(private_redis.url)
+        cache = RedisCache(client, prefix="p:")
+        sink = CacheSink(
+            cache,
+            bootstrap=BOOTSTRAP,
+            topic=topics["changes"],
+            group_id=f"sink-{uuid.uuid4().hex[:6]}",
+            backoff=Backoff(first=0.05, maximum=0.5),
+            memberships_topic=missing,
+            check_every_s=0.2,
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(sink.run(stop))
+        admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP, client_id="test-redis-sink")
+        try:
+            await wait_for(lambda: "not found" in sink.stats.last_error, 60, "a failed rebuild")
+            assert sink.stats.resyncs == 0 and not await cache.is_complete()
+            admin.create_topics([NewTopic(missing, 1, 1)])
+            producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP)
+            await producer.start()
+            try:
+                change = change_json("c-1", "vip", 1)
+                await producer.send_and_wait(missing, orjson.dumps(change), key=b"c-1|vip")
+            finally:
+                await producer.stop()
+
+            async def rebuilt():
+                return sink.stats.resyncs == 1 and await cache.is_complete()
+
+            await wait_for(rebuilt, 90, "the rebuild once the topic exists")
+            assert await cache.customer_segments("c-1") == [("vip", change["at"])]
+        finally:
+            stop.set()
+            await task
+            await client.aclose()
+            admin.delete_topics([missing])
+            admin.close()
+
+    asyncio.run(main())

@@ -134,6 +134,8 @@ async def fill(cache: RedisCache, customers: int, seed: int = 1) -> int:
             await cache.apply(writes)
             total, writes = total + len(writes), []
     await cache.apply(writes)
+    # As a rebuild from segment-memberships leaves it: without it every lookup is a 503.
+    await cache.client.set(cache.keys.sentinel(), "resynced")
     return total + len(writes)
 
 

@@ -44,6 +44,25 @@ CONSUMER_LAG = Gauge(
 CACHE_UNDECODABLE = Counter(
     "segments_cache_undecodable_total", "segment-changes messages skipped as not a change."
 )
+REDIS_UP = Gauge(
+    "segments_cache_redis_up",
+    "1 when Redis answered this process's last look at the cache (a sink check, a scrape), "
+    "0 when it did not.",
+)
+CACHE_COMPLETE = Gauge(
+    "segments_cache_complete",
+    "1 when the cache's sentinel key is present (built from segment-memberships); 0 while "
+    "it is missing or being rebuilt, when every lookup answers 503.",
+)
+CACHE_REBUILDS = Counter(
+    "segments_cache_rebuilds_total",
+    "Rebuilds of the cache from segment-memberships after its sentinel was found missing.",
+    ["outcome"],
+)
+
+
+class RebuildFailed(Exception):
+    """The cache could not be rebuilt for a reason other than Redis (e.g. Kafka)."""
 
 
 @dataclass
@@ -103,6 +122,7 @@ class SinkStats:
     changes_ignored: int = 0
     failed_attempts: int = 0
     resyncs: int = 0
+    rebuilding: bool = False
     redis_ok: bool = True
     last_error: str = ""
     positions: dict[TopicPartition, int] = field(default_factory=dict)
@@ -128,6 +148,7 @@ class CacheSink:
         backoff: Backoff | None = None,
         churn: ChurnHistory | None = None,
         memberships_topic: str | None = None,
+        check_every_s: float = 1.0,
     ) -> None:
         self.cache = cache
         self.bootstrap = bootstrap
@@ -138,8 +159,12 @@ class CacheSink:
         self.churn = churn
         # With a memberships topic, a cache found without its sentinel key (new, flushed,
         # or a Redis that restarted empty) is rebuilt from it before more changes apply.
+        # The sentinel is looked at before every batch and every check_every_s while idle:
+        # an emptied Redis is noticed within seconds even when no change flows. Without a
+        # memberships topic the sink never sets the sentinel, and lookups answer 503.
         self.memberships_topic = memberships_topic
-        self._sentinel_checked = False
+        self.check_every_s = check_every_s
+        self._next_check = 0.0
         self.stats = SinkStats()
         self.consumer: AIOKafkaConsumer | None = None
 
@@ -161,6 +186,9 @@ class CacheSink:
         log.info("cache_sink_started topic=%s group=%s", self.topic, self.group_id)
         try:
             while not stop.is_set():
+                due = self.memberships_topic and time.monotonic() >= self._next_check
+                if due and not await self._check_until_complete(stop):
+                    return
                 batches = await consumer.getmany(timeout_ms=200, max_records=self.batch_size)
                 if not batches:
                     continue
@@ -201,29 +229,20 @@ class CacheSink:
         writes = [CacheWrite.from_change(change) for change in changes]
         while True:
             try:
-                if self.memberships_topic and not self._sentinel_checked:
-                    await self._restore_if_lost()
+                if self.memberships_topic and not await self._complete_cache(stop):
+                    return False
                 results = await self.cache.apply(writes)
-            except (RedisError, OSError) as error:
-                self._sentinel_checked = False  # it may come back empty: look again
-                self.stats.failed_attempts += 1
-                self.stats.redis_ok = False
-                self.stats.last_error = f"{type(error).__name__}: {error}"
-                CACHE_WRITE_FAILURES.inc()
+            except (RedisError, OSError, RebuildFailed) as error:
                 delay = self.backoff.next_delay()
-                log.warning(
-                    "cache_sink_redis_unavailable attempt=%d retry_in=%.2fs error=%s",
-                    self.backoff.attempt,
-                    delay,
-                    self.stats.last_error,
-                )
+                if isinstance(error, RebuildFailed):
+                    self._rebuild_failed(error, delay)
+                else:
+                    CACHE_WRITE_FAILURES.inc()
+                    self._redis_failed(error, delay)
                 if await wait_or_stop(stop, delay):
                     return False
                 continue
-            if not self.stats.redis_ok:
-                log.info("cache_sink_redis_back attempts=%d", self.backoff.attempt)
-            self.backoff.reset()
-            self.stats.redis_ok = True
+            self._redis_answered()
             self.stats.batches += 1
             applied = sum(1 for r in results if r.applied)
             self.stats.changes_applied += applied
@@ -231,32 +250,111 @@ class CacheSink:
             record_metrics(results, changes, self.churn)
             return True
 
-    async def _restore_if_lost(self) -> None:
+    async def _check_until_complete(self, stop: asyncio.Event) -> bool:
+        """The idle check: rebuilds a cache found without its sentinel; False when stopped."""
+        while True:
+            try:
+                if not await self._complete_cache(stop):
+                    return False
+            except (RedisError, OSError, RebuildFailed) as error:
+                delay = self.backoff.next_delay()
+                if isinstance(error, RebuildFailed):
+                    self._rebuild_failed(error, delay)
+                else:
+                    self._redis_failed(error, delay)
+                if await wait_or_stop(stop, delay):
+                    return False
+                continue
+            self._redis_answered()
+            return True
+
+    async def _complete_cache(self, stop: asyncio.Event) -> bool:
+        """Makes sure the sentinel is there: when it is not, rebuilds from segment-memberships.
+
+        False when stopped during a rebuild. Raises RedisError/OSError when Redis does not
+        answer, RebuildFailed when the topic cannot be read; the sentinel stays missing
+        then, so lookups keep answering 503.
+        """
         from streams.resync import resync_cache
 
-        sentinel = self.cache.keys.sentinel()
-        if await self.cache.client.exists(sentinel):
-            self._sentinel_checked = True
-            return
+        self._next_check = time.monotonic() + self.check_every_s
+        if await self.cache.is_complete():
+            CACHE_COMPLETE.set(1)
+            return True
+        CACHE_COMPLETE.set(0)
+        self.stats.rebuilding = True
         log.warning(
             "cache_sink_cache_lost sentinel=%s action=resync topic=%s",
-            sentinel,
+            self.cache.keys.sentinel(),
             self.memberships_topic,
         )
         assert self.memberships_topic is not None
-        try:
-            result = await resync_cache(
+        started = time.monotonic()
+        rebuild = asyncio.ensure_future(
+            resync_cache(
                 self.cache, bootstrap=self.bootstrap, topic=self.memberships_topic, flush=False
             )
+        )
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({rebuild, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            rebuild.cancel()  # no rebuild left running behind a cancelled sink
+            raise
+        finally:
+            stopped.cancel()
+        if not rebuild.done():  # a stop does not wait for a long rebuild: the next start redoes it
+            rebuild.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await rebuild
+            return False
+        try:
+            result = rebuild.result()
         except (RedisError, OSError):
             raise
-        except Exception as error:  # e.g. no memberships topic yet: carry on, changes apply
-            log.error("cache_sink_resync_failed error=%r", error)
-            await self.cache.client.set(sentinel, "unrestored")
-        else:
-            self.stats.resyncs += 1
-            log.info("cache_sink_resynced members=%d written=%d", result.members, result.applied)
-        self._sentinel_checked = True
+        except Exception as error:  # Kafka, or a topic that does not exist (yet)
+            raise RebuildFailed(f"{type(error).__name__}: {error}") from error
+        self.stats.rebuilding = False
+        self.stats.resyncs += 1
+        CACHE_REBUILDS.labels("done").inc()
+        CACHE_COMPLETE.set(1)
+        self._next_check = time.monotonic() + self.check_every_s
+        log.info(
+            "cache_sink_resynced members=%d written=%d seconds=%.1f",
+            result.members,
+            result.applied,
+            time.monotonic() - started,
+        )
+        return True
+
+    def _redis_failed(self, error: BaseException, delay: float) -> None:
+        self.stats.failed_attempts += 1
+        self.stats.redis_ok = False
+        self.stats.last_error = f"{type(error).__name__}: {error}"
+        REDIS_UP.set(0)
+        log.warning(
+            "cache_sink_redis_unavailable attempt=%d retry_in=%.2fs error=%s",
+            self.backoff.attempt,
+            delay,
+            self.stats.last_error,
+        )
+
+    def _rebuild_failed(self, error: RebuildFailed, delay: float) -> None:
+        self.stats.last_error = str(error)
+        CACHE_REBUILDS.labels("failed").inc()
+        log.error(
+            "cache_sink_resync_failed attempt=%d retry_in=%.2fs error=%s",
+            self.backoff.attempt,
+            delay,
+            error,
+        )
+
+    def _redis_answered(self) -> None:
+        if not self.stats.redis_ok:
+            log.info("cache_sink_redis_back attempts=%d", self.backoff.attempt)
+        self.backoff.reset()
+        self.stats.redis_ok = True
+        REDIS_UP.set(1)
 
 
 def record_lag(consumer: AIOKafkaConsumer, group: str, offsets: dict) -> None:

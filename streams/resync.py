@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,13 +78,27 @@ async def read_memberships(bootstrap: str, topic: str) -> tuple[dict[bytes, byte
         await consumer.stop()
 
 
+TOPIC_METADATA_TIMEOUT_S = 30.0  # how long a topic may take to appear in the metadata
+
+
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    for _ in range(50):
+    """The topic's partitions, waiting up to `timeout` s for a new topic's metadata.
+
+    A topic created a moment ago may not be in the metadata yet (no leader elected): that
+    is waited for, not taken for a missing topic.
+    """
+    timeout = TOPIC_METADATA_TIMEOUT_S
+    deadline = time.monotonic() + timeout
+    while True:
         partitions = consumer.partitions_for_topic(topic)
         if partitions:
             return set(partitions)
+        if time.monotonic() >= deadline:
+            raise click.ClickException(
+                f"topic {topic!r} not found, or it has no partition leader, after {timeout:g}s"
+            )
         await consumer._client.force_metadata_update()  # the topic may be new to this client
-    raise click.ClickException(f"topic {topic!r} not found")
+        await asyncio.sleep(0.1)  # the broker needs a moment: do not hammer it meanwhile
 
 
 async def resync_cache(
@@ -108,6 +123,9 @@ async def resync_cache(
             log.warning("resync_skip key=%r reason=%s", key[:200], error)
     result.members = len(writes)
     if flush:
+        # The sentinel goes first: from now until it is set again below, every lookup
+        # answers 503 rather than an empty list for a key not yet rewritten.
+        await cache.client.delete(cache.keys.sentinel())
         result.keys_deleted = await cache.delete_all()
     for start in range(0, len(writes), batch):
         applied = await cache.apply(writes[start : start + batch])

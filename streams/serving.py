@@ -31,6 +31,9 @@ class ServingConfig:
     # The Settings it came from, for the dispatcher's SEGMENTS_TRIGGER_* retries, timeout
     # and concurrency (streams.triggers.DispatchConfig.from_settings); None: its defaults.
     trigger_settings: Any = None
+    # How often an idle cache sink looks for the cache's sentinel (a Redis emptied while no
+    # change flows is rebuilt within about this long); it also looks before every batch.
+    cache_check_s: float = 1.0
 
     @property
     def changes_topic(self) -> str:
@@ -131,6 +134,7 @@ async def run_serving(
             group_id=f"{config.app_id}-cache-sink",
             churn=churn,
             memberships_topic=config.memberships_topic,
+            check_every_s=config.cache_check_s,
         )
         tasks.append(asyncio.create_task(sink.run(stop), name="cache-sink"))
     if triggers and ruleset.triggers:
@@ -149,9 +153,10 @@ async def run_serving(
     reader = None
     if web:
 
-        async def default_ready() -> bool:
-            redis_ok = bool(await client.ping())
-            return redis_ok and (sink is None or sink.stats.redis_ok)
+        def default_ready() -> bool:
+            # On top of the app's own check (Redis answers, the cache is complete): the
+            # sink's last write went through.
+            return sink is None or sink.stats.redis_ok
 
         if config.redis_url.startswith("redis://"):
             from streams.sinks.redis import PipelinedReader
@@ -167,7 +172,11 @@ async def run_serving(
         )
         if reader is not None:
             app.on_cleanup.append(lambda _app: _close(reader))
-        runner = aioweb.AppRunner(app, access_log=None)
+        from streams.lookup import AIOHTTP_LIMITS
+
+        # The fast path applies the same head limits (streams.lookup), so both ports
+        # refuse the same oversize requests with the same 400.
+        runner = aioweb.AppRunner(app, access_log=None, logger=_RequestErrorLog(), **AIOHTTP_LIMITS)
         await runner.setup()
         port = config.web_port if web_port is None else web_port
         await aioweb.TCPSite(runner, config.web_host, port, reuse_port=True).start()
@@ -207,6 +216,27 @@ async def run_serving(
         await client.aclose()
 
 
+class _RequestErrorLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's request-error log, without a traceback for a client's malformed request.
+
+    aiohttp logs every request its parser refuses (a header over the limit, a bad byte in
+    the path) with a traceback at ERROR; those are the client's mistake, answered 400,
+    and a client could fill the log with them. They go to DEBUG in one line; everything
+    else (a 500) keeps aiohttp's traceback.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"), {})
+
+    def exception(self, msg: Any, *args: Any, exc_info: Any = True, **kwargs: Any) -> None:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        if isinstance(exc_info, HttpProcessingError) and 400 <= exc_info.code < 500:
+            log.debug("http_bad_request status=%d reason=%.200s", exc_info.code, exc_info.message)
+            return
+        super().exception(msg, *args, exc_info=exc_info, **kwargs)
+
+
 async def _close(reader: Any) -> None:
     reader.close()
 
@@ -229,6 +259,10 @@ def _dispatch_config(config: ServingConfig):  # -> streams.triggers.DispatchConf
               help="seconds; changes older than this never fire a trigger")  # fmt: skip
 @click.option("--workers", type=int, default=1, show_default=True,
               help="HTTP processes sharing the port (SO_REUSEPORT); 1 = this one only")  # fmt: skip
+@click.option("--cache-check-interval", type=click.FloatRange(min=0.05), default=1.0,
+              show_default=True,
+              help="seconds; how often the idle cache sink checks that Redis still holds "
+              "the cache (an emptied Redis is rebuilt from segment-memberships)")  # fmt: skip
 def serve_command(
     no_sink: bool,
     no_triggers: bool,
@@ -236,9 +270,12 @@ def serve_command(
     lookup_port: int | None,
     trigger_max_age: float,
     workers: int,
+    cache_check_interval: float,
 ) -> None:
     """Serve the lookup API, and run the cache sink and triggers, without the Faust worker."""
-    config = ServingConfig.load(trigger_max_age_s=trigger_max_age)
+    config = ServingConfig.load(
+        trigger_max_age_s=trigger_max_age, cache_check_s=cache_check_interval
+    )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     extra = [_spawn_web_only(port, lookup_port) for _ in range(max(0, workers - 1))]
     try:

@@ -7,7 +7,6 @@ import hmac
 import inspect
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -21,28 +20,36 @@ from prometheus_client import (
 )
 from redis.exceptions import RedisError
 
-from streams.sinks.redis import PipelinedReader, RedisCache, member_segments
+from streams.cache_sink import CACHE_COMPLETE, REDIS_UP
+from streams.lookup import (
+    CACHE_INCOMPLETE,
+    RETRY_AFTER_S,
+    BadCustomerId,
+    cache_unavailable,
+    customer_id_from_path,
+    error_body,
+    lookup_answer,
+    now_iso,
+    readiness,
+)
+from streams.sinks.redis import PipelinedReader, RedisCache, parse_cursor
 
 SEGMENT_SIZE = Gauge(
-    "segments_size", "Members of each segment (sum of its shards' SCARD).", ["segment"]
+    "segments_size",
+    "Members of each segment (sum of its shards' SCARD); absent while the cache is incomplete"
+    " or Redis does not answer.",
+    ["segment"],
 )
+# A scrape must answer even when Redis does not (the alert on cache failures needs it),
+# and within Prometheus' scrape timeout: Redis reads for /metrics get this long.
+METRICS_REDIS_TIMEOUT_S = 2.0
+# Other routes give a stalled Redis as long before answering 503.
+REDIS_TIMEOUT_S = 5.0
 
 Ready = Callable[[], bool | Awaitable[bool]]
 CACHE_KEY: web.AppKey[RedisCache] = web.AppKey("cache", RedisCache)
 _OPEN_PATHS = frozenset({"/healthz", "/readyz"})
-
-
-_last_second: list[Any] = [-1, ""]
-
-
-def now_iso() -> str:
-    """The wall clock as ISO-8601 UTC with milliseconds and a Z (the lookup's `as_of`)."""
-    now = time.time()
-    second = int(now)
-    if second != _last_second[0]:  # strftime once a second, not per request
-        text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
-        _last_second[0], _last_second[1] = second, text
-    return f"{_last_second[1]}{int((now - second) * 1000):03d}Z"
+_REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -51,6 +58,17 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 def _error(status: int, reason: str, message: str) -> web.Response:
     return _json({"error": reason, "message": message}, status)
+
+
+def _body(status: int, body: bytes) -> web.Response:
+    response = web.Response(body=body, status=status, content_type="application/json")
+    if status == 503:
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return response
+
+
+def _unavailable(error: BaseException) -> web.Response:
+    return _body(503, cache_unavailable(error))
 
 
 def create_app(
@@ -67,12 +85,12 @@ def create_app(
 
     segments: the rule set's segment names (for /segments, /metrics and 404s on unknown
     names); api_token: when set, every path but /healthz and /readyz needs
-    `Authorization: Bearer <token>`; ready: the /readyz hook (default: Redis answers PING);
+    `Authorization: Bearer <token>`; ready: an extra /readyz condition (on top of: Redis
+    answers and the cache's sentinel is there);
     churn: an optional ChurnHistory (streams.cache_sink) feeding /segments and the dashboard;
     reader: a PipelinedReader for the lookup's HGETALL (the hot path), else the client.
     """
     names = list(segments)
-    hgetall = reader.hgetall if reader is not None else None
     expected_auth = f"Bearer {api_token}".encode() if api_token else None
 
     @web.middleware
@@ -86,24 +104,60 @@ def create_app(
         return await handler(request)
 
     async def customer_segments(request: web.Request) -> web.Response:
-        customer_id = request.match_info["customer_id"]
-        key = cache.keys.customer(customer_id)
+        # The raw segment, not aiohttp's decoded match: the fast path sees only raw bytes,
+        # and both must apply customer_id_from_path to the same thing.
+        raw_path = request.raw_path.split("?", 1)[0]
+        if not (raw_path.startswith("/customers/") and raw_path.endswith("/segments")):
+            return _error(404, "not-found", "no such route")  # e.g. an escaped "customers"
+        raw_id = raw_path[len("/customers/") : -len("/segments")]
         try:
-            fields = await (hgetall(key) if hgetall is not None else cache.client.hgetall(key))
-        except (RedisError, OSError) as error:
-            return _error(503, "cache-unavailable", f"Redis did not answer: {type(error).__name__}")
-        return _json(
-            {
-                "customer_id": customer_id,
-                "segments": [{"name": n, "since": s} for n, s in member_segments(fields)],
-                "as_of": now_iso(),
-            }
-        )
+            customer_id = customer_id_from_path(raw_id.encode("latin-1"))
+        except (BadCustomerId, UnicodeEncodeError) as error:
+            return _body(400, error_body("bad-customer-id", str(error)))
+        try:
+            if reader is not None:
+                flat, complete = await reader.pair_future(
+                    (b"HGETALL", cache.keys.customer(customer_id).encode()),
+                    (b"EXISTS", cache.keys.sentinel().encode()),
+                )
+                fields = dict(zip(flat[::2], flat[1::2], strict=True))
+            else:
+                fields, complete = await asyncio.wait_for(
+                    cache.customer_fields(customer_id), REDIS_TIMEOUT_S
+                )
+        except _REDIS_ERRORS as error:
+            return _unavailable(error)
+        return _body(*lookup_answer(customer_id, fields, complete))
+
+    async def complete_sizes(timeout: float) -> dict[str, int] | None:
+        """Segment sizes, or None while the cache is incomplete (they would be too small)."""
+
+        async def read() -> dict[str, int] | None:
+            if not await cache.is_complete():
+                return None
+            return await cache.segment_sizes(names)
+
+        try:
+            sizes = await asyncio.wait_for(read(), timeout)
+        except _REDIS_ERRORS:
+            REDIS_UP.set(0)
+            raise
+        REDIS_UP.set(1)
+        CACHE_COMPLETE.set(0 if sizes is None else 1)
+        if sizes is None:
+            SEGMENT_SIZE.clear()
+        else:
+            for name, size in sizes.items():
+                SEGMENT_SIZE.labels(name).set(size)
+        return sizes
 
     async def segments_index(request: web.Request) -> web.Response:
-        sizes = await cache.segment_sizes(names)
-        for name, size in sizes.items():
-            SEGMENT_SIZE.labels(name).set(size)
+        try:
+            sizes = await complete_sizes(REDIS_TIMEOUT_S)
+        except _REDIS_ERRORS as error:
+            return _unavailable(error)
+        if sizes is None:
+            return _body(503, CACHE_INCOMPLETE)
         rates = churn.rates(time.time()) if churn is not None else {}
         body = [{"name": name, "size": sizes[name], **rates.get(name, {})} for name in names]
         return _json({"segments": body, "as_of": now_iso()})
@@ -117,12 +171,11 @@ def create_app(
         async def loop() -> None:
             while True:
                 try:
-                    sizes = await cache.segment_sizes(names)
-                    churn.sample_sizes(sizes, time.time())
-                    for name, size in sizes.items():
-                        SEGMENT_SIZE.labels(name).set(size)
-                except (RedisError, OSError):
-                    pass  # a gap in the chart; /readyz tells why
+                    sizes = await complete_sizes(REDIS_TIMEOUT_S)
+                    if sizes is not None:
+                        churn.sample_sizes(sizes, time.time())
+                except _REDIS_ERRORS:
+                    pass  # a gap in the chart; /readyz and segments_cache_redis_up tell why
                 await asyncio.sleep(churn.sample_every_s)  # a sampling period, not a sync
 
         task = asyncio.create_task(loop())
@@ -140,17 +193,31 @@ def create_app(
         except ValueError:
             return _error(400, "bad-count", "count must be an integer from 1 to 1000")
         try:
-            members, cursor = await cache.members_page(
-                name, request.query.get("cursor", "0"), count
-            )
+            shard, scan = parse_cursor(request.query.get("cursor", "0"))
         except ValueError as error:
             return _error(400, "bad-cursor", str(error))
+
+        async def page() -> tuple[list[str], str] | None:
+            if not await cache.is_complete():
+                return None  # a page of a cache being rebuilt would silently miss members
+            return await cache.members_page(name, f"{shard}:{scan}", count)
+
+        try:
+            result = await asyncio.wait_for(page(), REDIS_TIMEOUT_S)
+        except _REDIS_ERRORS as error:
+            return _unavailable(error)
+        if result is None:
+            return _body(503, CACHE_INCOMPLETE)
+        members, cursor = result
         return _json({"segment": name, "members": members, "cursor": cursor})
 
     async def metrics(request: web.Request) -> web.Response:
-        if names:
-            for name, size in (await cache.segment_sizes(names)).items():
-                SEGMENT_SIZE.labels(name).set(size)
+        # Always 200 with this process's own metrics: when Redis does not answer, the
+        # sizes are left out and segments_cache_redis_up says 0.
+        try:
+            await complete_sizes(METRICS_REDIS_TIMEOUT_S)
+        except _REDIS_ERRORS:
+            SEGMENT_SIZE.clear()
         response = web.Response(body=generate_latest(registry))
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response
@@ -159,15 +226,25 @@ def create_app(
         return _json({"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:
+        """Ready when Redis answers, the cache is complete and the hook (if any) agrees."""
         try:
-            if ready is None:
-                ok = bool(await cache.client.ping())
-            else:
+            complete: bool | BaseException = await asyncio.wait_for(
+                cache.is_complete(), METRICS_REDIS_TIMEOUT_S
+            )
+        except _REDIS_ERRORS as error:
+            complete = error
+        status, body = readiness(complete)
+        if status == 200 and ready is not None:
+            try:
                 result = ready()
                 ok = bool(await result) if inspect.isawaitable(result) else bool(result)
-        except Exception as error:  # a failing probe means "not ready", never a 500
-            return _json({"status": "not-ready", "error": type(error).__name__}, 503)
-        return _json({"status": "ready" if ok else "not-ready"}, 200 if ok else 503)
+            except Exception as error:  # a failing probe means "not ready", never a 500
+                ok, body = False, orjson.dumps({"status": "not-ready", "reason": repr(error)})
+            if not ok:
+                status = 503
+                if body == b'{"status":"ready"}':
+                    body = b'{"status":"not-ready","reason":"cache-sink"}'
+        return _body(status, body)
 
     async def openapi(request: web.Request) -> web.Response:
         return _json(OPENAPI)
@@ -198,6 +275,10 @@ def _op(summary: str, schema: dict[str, Any], parameters: list[dict[str, Any]] |
         "responses": {
             "200": {"description": "OK", "content": {"application/json": {"schema": schema}}},
             "401": {"description": "missing or wrong bearer token (when a token is set)"},
+            "503": {
+                "description": "cache-unavailable (Redis does not answer) or cache-rebuilding "
+                "(the cache is missing or being rebuilt); Retry-After says when to ask again"
+            },
         },
     }
 
@@ -276,7 +357,7 @@ OPENAPI: dict[str, Any] = {
         },
         "/readyz": {
             "get": {
-                "summary": "Ready to serve (Redis answers)",
+                "summary": "Ready to serve (Redis answers and the cache is complete)",
                 "security": [],
                 "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
             }

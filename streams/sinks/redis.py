@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import zlib
 from collections import deque
@@ -161,6 +162,23 @@ class RedisCache:
         fields = await self.client.hgetall(self.keys.customer(customer_id))
         return member_segments(fields)
 
+    async def customer_fields(self, customer_id: str) -> tuple[dict[str, str], bool]:
+        """The customer's hash and whether the cache is complete, in one round trip.
+
+        HGETALL first, then EXISTS of the sentinel on the same connection: a cache that was
+        emptied before or during the read has no sentinel afterwards, so an empty hash is
+        only ever taken for "in no segment" when the cache was complete.
+        """
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(self.keys.customer(customer_id))
+        pipe.exists(self.keys.sentinel())
+        fields, complete = await pipe.execute()
+        return fields, bool(complete)
+
+    async def is_complete(self) -> bool:
+        """True when the sentinel is present: the cache was built from segment-memberships."""
+        return bool(await self.client.exists(self.keys.sentinel()))
+
     async def segment_sizes(self, segments: Iterable[str]) -> dict[str, int]:
         """Members per segment: the sum of its shards' SCARD, one pipeline for all."""
         names = list(segments)
@@ -218,22 +236,74 @@ def member_segments(fields: dict[str, str]) -> list[tuple[str, str]]:
     return out
 
 
+_CURSOR = re.compile(r"([0-9]{1,2}):([0-9]{1,20})", re.ASCII)
+_CURSOR_HELP = 'cursor must be "0" or the cursor a previous page returned ("<shard>:<number>")'
+
+
 def parse_cursor(cursor: str | None) -> tuple[int, int]:
-    """ "<shard>:<scan cursor>" (or "0"/empty for the start) -> (shard, scan cursor)."""
+    """ "<shard>:<scan cursor>" (or "0"/empty for the start) -> (shard, scan cursor).
+
+    Raises ValueError with a message for the client on anything else, including numbers
+    Redis would refuse (SSCAN takes an unsigned 64-bit cursor).
+    """
     if not cursor or cursor == "0":
         return 0, 0
-    shard_text, sep, scan_text = cursor.partition(":")
-    if not sep:
-        raise ValueError("cursor must be '0' or '<shard>:<cursor>'")
-    shard, scan = int(shard_text), int(scan_text)
-    if not 0 <= shard < SHARDS or scan < 0:
-        raise ValueError("cursor out of range")
+    match = _CURSOR.fullmatch(cursor)
+    if match is None:
+        raise ValueError(_CURSOR_HELP)
+    shard, scan = int(match[1]), int(match[2])
+    if shard >= SHARDS or scan >= 2**64:
+        raise ValueError(f"{_CURSOR_HELP}; {cursor!r} is out of range")
     return shard, scan
 
 
 def connect(url: str) -> aioredis.Redis:
     """An asyncio Redis client for the cache (str replies, hiredis when installed)."""
     return aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=0)
+
+
+class _FirstOfPair:
+    """Waits for the first reply of a pair_future; the second's waiter resolves both."""
+
+    __slots__ = ("error", "future", "reply")
+
+    def __init__(self, future: asyncio.Future[Any]) -> None:
+        self.future, self.reply, self.error = future, None, None
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def set_result(self, reply: Any) -> None:
+        self.reply = reply
+
+    def set_exception(self, error: BaseException) -> None:
+        self.error = error
+
+
+class _SecondOfPair:
+    __slots__ = ("first", "future")
+
+    def __init__(self, first: _FirstOfPair, future: asyncio.Future[Any]) -> None:
+        self.first, self.future = first, future
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def set_result(self, reply: Any) -> None:
+        if self.first.error is not None:
+            self.future.set_exception(self.first.error)
+        else:
+            self.future.set_result((self.first.reply, reply))
+
+    def set_exception(self, error: BaseException) -> None:
+        self.future.set_exception(error)
+
+
+def _failure(future: asyncio.Future[Any]) -> BaseException | None:
+    """The exception a done future ended with (cancellation counts as one), else None."""
+    if future.cancelled():
+        return RedisConnectionError("Redis command cancelled")
+    return future.exception()
 
 
 def _expire(future: asyncio.Future[Any]) -> None:
@@ -272,22 +342,48 @@ class PipelinedReader(asyncio.Protocol):
         reply = await self.command(b"HGETALL", key.encode())
         return dict(zip(reply[::2], reply[1::2], strict=True))
 
-    def hgetall_future(self, key: str) -> asyncio.Future[Any]:
-        """HGETALL as a future of the raw flat reply list (for callback-style callers)."""
-        future = asyncio.get_running_loop().create_future()
+    def commands_future(self, *commands: tuple[bytes, ...]) -> asyncio.Future[list[Any]]:
+        """Sends the commands back to back on the one connection; a future of their replies.
+
+        Redis answers one connection in order, so the commands run in the order given
+        with nothing of this reader's in between. Fails with the first command's error.
+        """
+        loop = asyncio.get_running_loop()
+        result: asyncio.Future[list[Any]] = loop.create_future()
+
+        def send_all() -> None:
+            futures = [loop.create_future() for _ in commands]
+            for parts, future in zip(commands, futures, strict=True):
+                self._send(parts, future)
+
+            def one_done(_: asyncio.Future[Any]) -> None:
+                if result.done() or not all(future.done() for future in futures):
+                    return
+                for future in futures:
+                    error = _failure(future)
+                    if error is not None:
+                        result.set_exception(error)
+                        return
+                result.set_result([future.result() for future in futures])
+
+            for future in futures:
+                future.add_done_callback(one_done)
+
         if self.transport is None:
             connecting = asyncio.ensure_future(self._connect())
 
-            def send(done: asyncio.Future[None]) -> None:
-                if done.exception() is not None:
-                    future.set_exception(done.exception())  # type: ignore[arg-type]
+            def connected(done: asyncio.Future[None]) -> None:
+                error = _failure(done)
+                if error is not None:
+                    if not result.done():
+                        result.set_exception(error)
                 else:
-                    self._send((b"HGETALL", key.encode()), future)
+                    send_all()
 
-            connecting.add_done_callback(send)
+            connecting.add_done_callback(connected)
         else:
-            self._send((b"HGETALL", key.encode()), future)
-        return future
+            send_all()
+        return result
 
     async def command(self, *parts: bytes) -> Any:
         if self.transport is None:
@@ -297,16 +393,53 @@ class PipelinedReader(asyncio.Protocol):
         return await future
 
     def _send(self, parts: tuple[bytes, ...], future: asyncio.Future[Any]) -> None:
+        self._queue(parts, future)
+        self._time_out(future)
+
+    def _queue(self, parts: tuple[bytes, ...], waiter: Any) -> None:
+        """Queues one command; `waiter` (a future, or _FirstOfPair/_SecondOfPair) gets its reply."""
         self.pending.append(b"*%d\r\n" % len(parts))
         for part in parts:
             self.pending.append(b"$%d\r\n%s\r\n" % (len(part), part))
-        self.waiters.append(future)
-        loop = asyncio.get_running_loop()
-        timer = loop.call_later(self.timeout, _expire, future)
-        future.add_done_callback(lambda _: timer.cancel())
+        self.waiters.append(waiter)
         if not self.flush_scheduled:
             self.flush_scheduled = True
-            loop.call_soon(self._flush)
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _time_out(self, future: asyncio.Future[Any]) -> None:
+        timer = asyncio.get_running_loop().call_later(self.timeout, _expire, future)
+        future.add_done_callback(lambda _: timer.cancel())
+
+    def pair_future(
+        self, first: tuple[bytes, ...], second: tuple[bytes, ...]
+    ) -> asyncio.Future[tuple[Any, Any]]:
+        """Two commands back to back on the one connection; a future of both replies.
+
+        The lookup's HGETALL and EXISTS: one future and one timer for the two (the hot
+        path's cost is per future and timer more than per command).
+        """
+        future: asyncio.Future[tuple[Any, Any]] = asyncio.get_running_loop().create_future()
+
+        def send() -> None:
+            head = _FirstOfPair(future)
+            self._queue(first, head)
+            self._queue(second, _SecondOfPair(head, future))
+            self._time_out(future)
+
+        if self.transport is None:
+            connecting = asyncio.ensure_future(self._connect())
+
+            def connected(done: asyncio.Future[None]) -> None:
+                error = _failure(done)
+                if error is None:
+                    send()
+                elif not future.done():
+                    future.set_exception(error)
+
+            connecting.add_done_callback(connected)
+        else:
+            send()
+        return future
 
     def _flush(self) -> None:
         self.flush_scheduled = False

@@ -32,6 +32,7 @@ def run(body, token=None):
                 CacheWrite("a b/ü", "vip", 1, True, "2026-05-05T00:00:00Z"),
             ]
         )
+        await client.set(cache.keys.sentinel(), "resynced")  # as a rebuild leaves it
         server = await start_lookup_server(
             reader, host="127.0.0.1", port=0, prefix=prefix, api_token=token
         )
@@ -122,3 +123,43 @@ def test_connection_close_is_honoured():
         writer.close()
 
     run(body)
+
+
+def test_healthz_and_readyz_on_the_fast_path():
+    async def body(port):
+        base = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/healthz") as r:
+                assert r.status == 200
+            async with http.get(f"{base}/readyz") as r:
+                assert (r.status, await r.json()) == (200, {"status": "ready"})
+
+    run(body)
+
+
+def test_redis_down_gives_503_with_a_reason_on_lookups_and_readyz():
+    async def main():
+        import socket
+
+        with socket.socket() as s:  # a port where nothing listens
+            s.bind(("127.0.0.1", 0))
+            dead = s.getsockname()[1]
+        reader = PipelinedReader(f"redis://127.0.0.1:{dead}/0")
+        server = await start_lookup_server(reader, host="127.0.0.1", port=0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"http://127.0.0.1:{port}/customers/c-1/segments") as r:
+                    assert r.status == 503 and r.headers["Retry-After"] == "1"
+                    document = await r.json()
+                    assert document["error"] == "cache-unavailable"
+                    assert "Redis did not answer" in document["message"]
+                async with http.get(f"http://127.0.0.1:{port}/readyz") as r:
+                    assert r.status == 503
+                    assert await r.json() == {"status": "not-ready", "reason": "cache-unavailable"}
+        finally:
+            server.close()
+            await server.wait_closed()
+            reader.close()
+
+    asyncio.run(main())

@@ -44,10 +44,16 @@ def config():
         api_token="t0ken",
     )
     admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP, client_id="test-lookup")
-    admin.create_topics([NewTopic(cfg.changes_topic, 2, 1)])
+    # The worker creates both: the changes, and the memberships the cache is rebuilt from.
+    admin.create_topics(
+        [
+            NewTopic(cfg.changes_topic, 2, 1),
+            NewTopic(cfg.memberships_topic, 2, 1, topic_configs={"cleanup.policy": "compact"}),
+        ]
+    )
     yield cfg
     try:
-        admin.delete_topics([cfg.changes_topic])
+        admin.delete_topics([cfg.changes_topic, cfg.memberships_topic])
     finally:
         admin.close()
     import redis
@@ -99,7 +105,8 @@ def test_a_change_on_kafka_is_answered_by_the_lookup_api_and_cli(config):
                     async with http.get(f"{base}/customers/c-42/segments", headers=auth) as r:
                         body = await r.json()
                         return (
-                            body["segments"]
+                            r.status == 200
+                            and body["segments"]
                             == [{"name": "vip", "since": "2026-11-20T14:03:11.120Z"}]
                             and body
                         )

@@ -192,3 +192,31 @@ def test_pipelined_reader_times_out_when_redis_does_not_answer():
             server.close()
 
     asyncio.run(main())
+
+
+def test_pipelined_reader_pairs_two_commands_and_fails_the_pair_together():
+    from redis.exceptions import ResponseError
+
+    from streams.sinks.redis import PipelinedReader
+
+    async def body(cache):
+        await cache.apply([w("c-1", "vip", 1, True, "2026-01-01T00:00:00Z")])
+        reader = PipelinedReader(REDIS_URL)
+        try:
+            key, sentinel = cache.keys.customer("c-1").encode(), cache.keys.sentinel().encode()
+            pairs = await asyncio.gather(
+                *(reader.pair_future((b"HGETALL", key), (b"EXISTS", sentinel)) for _ in range(50))
+            )
+            assert set(map(repr, pairs)) == {repr((["vip", "1|1|2026-01-01T00:00:00Z"], 0))}
+            await cache.client.set(cache.keys.sentinel(), "resynced")
+            assert (await reader.pair_future((b"HGETALL", key), (b"EXISTS", sentinel)))[1] == 1
+            # an error reply to either command fails the pair; the next pair is unaffected
+            with pytest.raises(ResponseError):
+                await reader.pair_future((b"NOSUCHCOMMAND",), (b"EXISTS", sentinel))
+            with pytest.raises(ResponseError):
+                await reader.pair_future((b"EXISTS", sentinel), (b"NOSUCHCOMMAND",))
+            assert (await reader.pair_future((b"HGETALL", key), (b"EXISTS", sentinel)))[1] == 1
+        finally:
+            reader.close()
+
+    run(body)

@@ -6,11 +6,8 @@ import asyncio
 import os
 import random
 import shutil
-import socket
-import subprocess
 import time
 import uuid
-from pathlib import Path
 
 import orjson
 import pytest
@@ -19,60 +16,13 @@ from aiokafka import AIOKafkaProducer
 from streams.cache_sink import Backoff, CacheSink
 from streams.resync import resync_cache
 from streams.sinks.redis import RedisCache, connect
-from tests.helpers import wait_for
+from tests.helpers import wait_for, wait_until
+from tests.integration.private_redis import PrivateRedis
 
 pytestmark = [pytest.mark.integration]
 
 BOOTSTRAP = os.environ.get("SEGMENTS_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
 OUTAGE_SECONDS = float(os.environ.get("SEGMENTS_TEST_REDIS_OUTAGE", "30"))
-
-
-class PrivateRedis:
-    """A redis-server of our own on a free port, so the shared one stays up."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                shutil.which("redis-server") or "redis-server",
-                "--port", str(self.port), "--bind", "127.0.0.1",
-                "--dir", str(self.directory), "--save", "", "--appendonly", "no",
-            ],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "private redis-server did not start"
-            time.sleep(0.02)
-
-    def stop(self, save: bool = True) -> None:
-        """SHUTDOWN (SAVE keeps the data for the restart: an outage, not a flush)."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
-            s.sendall(b"SHUTDOWN SAVE\r\n" if save else b"SHUTDOWN NOSAVE\r\n")
-        assert self.process is not None
-        self.process.wait(timeout=20)
-
-    def kill(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
 
 
 @pytest.fixture
@@ -99,6 +49,17 @@ def topics():
             NewTopic(names["memberships"], 4, 1, topic_configs={"cleanup.policy": "compact"}),
         ]
     )
+
+    def led() -> bool:
+        described = admin.describe_topics(list(names.values()))
+        return all(
+            topic["error_code"] == 0
+            and len(topic["partitions"]) == 4
+            and all(p["leader"] >= 0 for p in topic["partitions"])
+            for topic in described
+        )
+
+    wait_until(led, 30, what="leaders for the test's topics")
     yield names
     try:
         admin.delete_topics(list(names.values()))
@@ -341,11 +302,17 @@ def test_a_redis_that_restarts_empty_is_restored_from_memberships(private_redis,
         async def converged():
             return await cache_state(cache, history.customers) == history.expected()
 
+        # A rebuild writes the memberships before it sets the sentinel and counts itself,
+        # so the cache can equal the history a moment before `resyncs` moves: each wait
+        # is for both, never for the cache alone.
+        async def rebuilt(times: int):
+            return sink.stats.resyncs >= times and await converged()
+
         stop = asyncio.Event()
         task = asyncio.create_task(sink.run(stop))
         try:
             await publish(2000)
-            await wait_for(converged, 60, "the first cache", 0.2)
+            await wait_for(lambda: rebuilt(1), 60, "the first cache", 0.2)
             private_redis.stop(save=False)  # everything in Redis is gone
             await publish(500)
 
@@ -355,12 +322,68 @@ def test_a_redis_that_restarts_empty_is_restored_from_memberships(private_redis,
             await wait_for(noticed, 30, "the sink to notice the outage")
             private_redis.start()
             await publish(500)
-            await wait_for(converged, 60, "the cache restored and caught up", 0.2)
+
+            await wait_for(lambda: rebuilt(2), 60, "the cache restored and caught up", 0.2)
             assert sink.stats.resyncs == 2  # the new, empty cache at start; the restart
+            assert await cache.is_complete()
         finally:
             stop.set()
             await task
             await producer.stop()
             await client.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_rebuild_that_cannot_read_the_topic_is_retried_and_the_cache_stays_incomplete(
+    private_redis, topics, monkeypatch
+):
+    """No memberships topic yet: the rebuild fails, the sentinel stays missing (lookups
+    answer 503), and once the topic is there the next attempt rebuilds the cache."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    import streams.resync
+
+    monkeypatch.setattr(streams.resync, "TOPIC_METADATA_TIMEOUT_S", 1.0)
+    missing = topics["memberships"] + ".later"
+
+    async def main():
+        client = connect(private_redis.url)
+        cache = RedisCache(client, prefix="p:")
+        sink = CacheSink(
+            cache,
+            bootstrap=BOOTSTRAP,
+            topic=topics["changes"],
+            group_id=f"sink-{uuid.uuid4().hex[:6]}",
+            backoff=Backoff(first=0.05, maximum=0.5),
+            memberships_topic=missing,
+            check_every_s=0.2,
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(sink.run(stop))
+        admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP, client_id="test-redis-sink")
+        try:
+            await wait_for(lambda: "not found" in sink.stats.last_error, 60, "a failed rebuild")
+            assert sink.stats.resyncs == 0 and not await cache.is_complete()
+            admin.create_topics([NewTopic(missing, 1, 1)])
+            producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP)
+            await producer.start()
+            try:
+                change = change_json("c-1", "vip", 1)
+                await producer.send_and_wait(missing, orjson.dumps(change), key=b"c-1|vip")
+            finally:
+                await producer.stop()
+
+            async def rebuilt():
+                return sink.stats.resyncs == 1 and await cache.is_complete()
+
+            await wait_for(rebuilt, 90, "the rebuild once the topic exists")
+            assert await cache.customer_segments("c-1") == [("vip", change["at"])]
+        finally:
+            stop.set()
+            await task
+            await client.aclose()
+            admin.delete_topics([missing])
+            admin.close()
 
     asyncio.run(main())

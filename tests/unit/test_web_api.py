@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import quote
 
+import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -19,19 +21,31 @@ class FakePipeline:
         self.redis, self.calls = redis, []
 
     def scard(self, key):
-        self.calls.append(len(self.redis.sets.get(key, ())))
+        self.calls.append(lambda: len(self.redis.sets.get(key, ())))
+
+    def hgetall(self, key):
+        self.calls.append(lambda: dict(self.redis.hashes.get(key, {})))
+
+    def exists(self, key):
+        self.calls.append(lambda: int(key in self.redis.strings))
 
     async def execute(self):
-        return self.calls
+        self.redis.check_up()
+        return [call() for call in self.calls]
 
 
 class FakeRedis:
-    """The handful of commands the web layer uses, over dicts."""
+    """The handful of commands the web layer uses, over dicts; `up = False` fails them all."""
 
     def __init__(self) -> None:
         self.hashes: dict[str, dict[str, str]] = {}
         self.sets: dict[str, set[str]] = {}
+        self.strings: dict[str, str] = {}
         self.up = True
+
+    def check_up(self) -> None:
+        if not self.up:
+            raise ConnectionError("Redis is down")
 
     def register_script(self, _text):
         return None
@@ -40,17 +54,22 @@ class FakeRedis:
         return FakePipeline(self)
 
     async def hgetall(self, key):
+        self.check_up()
         return dict(self.hashes.get(key, {}))
 
+    async def exists(self, key):
+        self.check_up()
+        return int(key in self.strings)
+
     async def sscan(self, key, cursor=0, count=10):
+        self.check_up()
         members = sorted(self.sets.get(key, ()))
         page = members[cursor : cursor + count]
         following = cursor + count
         return (following if following < len(members) else 0), page
 
     async def ping(self):
-        if not self.up:
-            raise ConnectionError("down")
+        self.check_up()
         return True
 
 
@@ -65,6 +84,7 @@ def make_cache() -> tuple[RedisCache, FakeRedis]:
     for i in range(50):
         customer = f"c-{i}"
         redis.sets.setdefault(cache.keys.members("vip", shard_of(customer)), set()).add(customer)
+    redis.strings[cache.keys.sentinel()] = "resynced"  # built from segment-memberships
     return cache, redis
 
 
@@ -169,12 +189,18 @@ def test_metrics_exposes_segment_sizes():
     assert "segments_changes_total" in text or "segments_time_in_segment_seconds" in text
 
 
-def test_readyz_follows_redis_and_the_hook():
+def test_readyz_needs_redis_the_complete_cache_and_the_hook():
     cache, redis = make_cache()
-    assert get_json(create_app(cache), "/readyz")[0] == 200
+    assert get_json(create_app(cache), "/readyz") == (200, {"status": "ready"})
+    assert get_json(create_app(cache, ready=lambda: False), "/readyz")[0] == 503
+    del redis.strings[cache.keys.sentinel()]  # an emptied Redis, or a rebuild under way
+    assert get_json(create_app(cache, ready=lambda: True), "/readyz") == (
+        503,
+        {"status": "not-ready", "reason": "cache-rebuilding"},
+    )
     redis.up = False
-    assert get_json(create_app(cache), "/readyz")[0] == 503
-    assert get_json(create_app(cache, ready=lambda: True), "/readyz")[0] == 200
+    status, body = get_json(create_app(cache, ready=lambda: True), "/readyz")
+    assert (status, body["reason"]) == (503, "cache-unavailable")
 
 
 def test_openapi_describes_every_route_and_dashboard_needs_no_cdn():
@@ -190,11 +216,68 @@ def test_openapi_describes_every_route_and_dashboard_needs_no_cdn():
 
 def test_lookup_answers_503_when_redis_does_not():
     cache, redis = make_cache()
-
-    async def down(_key):
-        raise ConnectionError("Redis is down")
-
-    redis.hgetall = down
+    redis.up = False
     status, body = get_json(create_app(cache), "/customers/c-1/segments")
     assert status == 503
     assert body["error"] == "cache-unavailable"
+
+
+def test_members_answers_400_for_any_malformed_cursor():
+    cache, _ = make_cache()
+    app_args = {"segments": ["vip"]}
+    for cursor in ["x", "1:", ":5", "1:x", "1:1:1", "-1:0", "1:-5", "1:5_0", "1: 5",
+                   "16:0", "3:18446744073709551616", "99999999999999999999:0"]:  # fmt: skip
+        status, body = get_json(
+            create_app(cache, **app_args), f"/segments/vip/members?cursor={quote(cursor)}"
+        )
+        assert status == 400, cursor
+        assert body["error"] == "bad-cursor" and "cursor" in body["message"]
+    status, _ = get_json(create_app(cache, **app_args), "/segments/vip/members?cursor=15:7")
+    assert status == 200
+
+
+def test_while_the_cache_is_incomplete_nothing_answers_from_it():
+    """No sentinel (an emptied Redis, or a rebuild under way): 503, never an empty 200."""
+    cache, redis = make_cache()
+    del redis.strings[cache.keys.sentinel()]
+    for path in ["/customers/c-1/segments", "/customers/nobody/segments", "/segments",
+                 "/segments/vip/members"]:  # fmt: skip
+        status, text, response = call(create_app(cache, segments=["vip"]), "GET", path)
+        assert status == 503, path
+        assert orjson.loads(text)["error"] == "cache-rebuilding"
+        assert response.headers["Retry-After"] == "1"
+    status, text, _ = call(create_app(cache, segments=["vip"]), "GET", "/metrics")
+    assert status == 200
+    assert "segments_cache_complete 0.0" in text and "segments_size{" not in text
+
+
+def test_while_redis_is_down_metrics_answer_and_the_rest_says_503():
+    cache, redis = make_cache()
+    redis.up = False
+    status, text, _ = call(create_app(cache, segments=["vip"]), "GET", "/metrics")
+    assert status == 200
+    assert "segments_cache_redis_up 0.0" in text
+    assert "segments_cache_write_failures_total" in text  # what the alert reads
+    assert "segments_size{" not in text  # no stale size for a cache it cannot read
+    for path in ["/segments", "/segments/vip/members", "/customers/c-1/segments"]:
+        status, text, response = call(create_app(cache, segments=["vip"]), "GET", path)
+        assert status == 503, path
+        body = orjson.loads(text)
+        assert body["error"] == "cache-unavailable" and "Redis did not answer" in body["message"]
+        assert response.headers["Retry-After"] == "1"
+    redis.up = True
+    status, text, _ = call(create_app(cache, segments=["vip"]), "GET", "/metrics")
+    assert "segments_cache_redis_up 1.0" in text and 'segments_size{segment="vip"} 50.0' in text
+
+
+def test_the_lookup_refuses_ids_that_are_not_utf8_or_too_long():
+    cache, redis = make_cache()
+    redis.hashes["t:cust:%FF"] = {"vip": "1|1|2026-01-01T00:00:00Z"}  # what aiohttp looked up
+    for path in ["/customers/%FF/segments", f"/customers/{'x' * 129}/segments",
+                 "/customers/%C3%28/segments"]:  # fmt: skip
+        status, body = get_json(create_app(cache), path)
+        assert (status, body["error"]) == (400, "bad-customer-id"), path
+    status, body = get_json(create_app(cache), f"/customers/{'é' * 128}/segments")
+    assert status == 200 and body["customer_id"] == "é" * 128
+    status, body = get_json(create_app(cache), "/customers/a%20b%2F%C3%BC/segments")
+    assert status == 200 and body["customer_id"] == "a b/ü"

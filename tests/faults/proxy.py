@@ -175,6 +175,8 @@ class TcpProxy:
         self._links.add(link)
         try:
             await link.run(reader)
+        except asyncio.CancelledError:
+            pass  # cut by refuse(); asyncio's server logs a cancelled handler as an error
         finally:
             self._links.discard(link)
 

@@ -78,10 +78,11 @@ def make_backlog(
     seed: int,
     parts: int = 2,
     dirty: bool = False,
-    extra_lines: list[bytes] = (),  # type: ignore[assignment]
+    extra_lines: tuple[bytes, ...] = (),
+    extra_part: int = -1,
     rules: Path = EXAMPLE_RULES,
 ) -> Backlog:
-    """`segments generate` output (plus `extra_lines`, appended to the last part) and replay.
+    """`segments generate` output (plus `extra_lines`, added to part `extra_part`) and replay.
 
     The parts are consecutive slices of the time-sorted file, so producing them one after
     the other keeps every partition in time order, as one `segments produce` of the whole.
@@ -98,7 +99,7 @@ def make_backlog(
     paths = []
     for index in range(parts):
         chunk = lines[index * size : (index + 1) * size]
-        if index == parts - 1:
+        if index == extra_part % parts:
             chunk = chunk + list(extra_lines)
         path = directory / f"part-{index}.jsonl"
         path.write_bytes(b"".join(line + b"\n" for line in chunk))

@@ -26,9 +26,11 @@ OUTAGE = 30.0  # seconds the broker or Redis is down
 PARTITION = 20.0  # seconds of a network partition, or of added latency
 
 
-def _working(product: Product, timeout: float = 120) -> None:
-    """Until the worker commits offsets beyond what it had: it is busy with the backlog."""
+def _produce_and_work(product: Product, part: Path, timeout: float = 120) -> None:
+    """Produce `part`, then wait until the worker commits progress beyond where it was
+    before: it is working on the backlog (or, on a fast machine, already through it)."""
     before = product.committed_total()
+    product.produce(part)
     wait_until(
         lambda: product.committed_total() > before,
         timeout,
@@ -47,8 +49,7 @@ def test_sigkill_three_times_during_a_backlog(
     started = time.monotonic()
     kills = []
     for part in backlog.parts[:3]:
-        product.produce(part)
-        _working(product)
+        _produce_and_work(product, part)
         product.worker.kill()
         kills.append(round(product.progress(), 2))
         fault_ended = time.monotonic()
@@ -82,8 +83,7 @@ def test_broker_unreachable_for_30_s_under_load(
     outcome = Outcome("broker-down-30s", "broker unreachable (refused, reset)", OUTAGE)
     worker = product.start_worker()
     serve = product.start_serve()
-    product.produce(backlog.parts[0])
-    _working(product)
+    _produce_and_work(product, backlog.parts[0])
     with proxy.refusing():
         product.produce(backlog.parts[1], AS_OF)  # the shops' producers still reach Kafka
         committed = product.committed_total()
@@ -131,8 +131,7 @@ def test_network_partition_for_20_s(
     outcome = Outcome("partition-20s", "worker-broker and serve-Redis partitioned", PARTITION)
     worker = product.start_worker()
     serve = product.start_serve(via_kafka_proxy=False)  # serve keeps the broker: it writes
-    product.produce(backlog.parts[0])
-    _working(product)
+    _produce_and_work(product, backlog.parts[0])
     with kafka.partitioned(), product.redis_proxy.partitioned():
         product.produce(backlog.parts[1], AS_OF)
         committed = product.committed_total()
@@ -172,8 +171,7 @@ def test_dropped_connections(product: Product, tmp_path: Path, fault_report: Fau
     product.start_serve()
     started = time.monotonic()
     for part in backlog.parts[:3]:
-        product.produce(part)
-        _working(product)
+        _produce_and_work(product, part)
         for proxy in (kafka, product.redis_proxy):
             proxy.refuse()
             proxy.restore()

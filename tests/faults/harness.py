@@ -217,7 +217,9 @@ class Product:
         if self.kafka_proxy is None:
             raise AssertionError(
                 "this scenario needs the broker's PROXIED listener (deploy/local/kafka.sh); "
-                f"the broker at {self.direct_bootstrap} has none"
+                f"the broker at {self.direct_bootstrap} has none (started by an older kafka.sh?"
+                " 'deploy/local/services.sh down kafka' then 'up kafka' restarts it with the"
+                " listener; tests/faults/README.md)"
             )
         return self.kafka_proxy
 

@@ -14,6 +14,7 @@ from tests.faults.harness import (
     Outcome,
     Product,
     expected_redis,
+    http_status,
     make_backlog,
 )
 from tests.helpers import wait_until
@@ -61,3 +62,19 @@ def test_redis_restarted_empty_while_idle(
     assert not wrong, f"a member looked up as in no segment: {wrong[0]}"
     product.settle(backlog, outcome, fault_ended)
     fault_report.add(outcome)
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="needs issue 9 fix 4: /metrics and /segments answer 500 while Redis is down",
+)
+def test_metrics_answer_while_redis_is_down(product: Product) -> None:
+    """Prometheus must read the cache-failure counter during the outage its alert is about;
+    the data routes say the cache is unavailable."""
+    serve = product.start_serve()
+    base = f"http://127.0.0.1:{serve.port}"
+    product.redis_server.stop(save=True)
+    answers = {path: http_status(base + path) for path in ("/metrics", "/segments")}
+    answers["members"] = http_status(base + "/segments/vip/members")
+    product.redis_server.start()
+    assert answers == {"/metrics": 200, "/segments": 503, "members": 503}

@@ -84,11 +84,23 @@ def test_broker_unreachable_for_30_s_under_load(
     worker = product.start_worker()
     serve = product.start_serve()
     _produce_and_work(product, backlog.parts[0])
+    readiness: set[int] = set()
+
+    def check() -> None:
+        _alive(worker, serve)()
+        readiness.add(http_status(f"http://127.0.0.1:{worker.port}/readyz"))
+
     with proxy.refusing():
+        log_before = len(worker.log_text().splitlines())
         product.produce(backlog.parts[1], AS_OF)  # the shops' producers still reach Kafka
         committed = product.committed_total()
-        fault_ended = hold(OUTAGE, _alive(worker, serve))
+        fault_ended = hold(OUTAGE, check)
         assert product.committed_total() == committed, "the worker reached the broker"
+        during = worker.log_text().splitlines()[log_before:]
+        errors = sum("[ERROR]" in line or " ERROR " in line for line in during)
+    # Observed, not asserted (issue 9 item 5): what the worker says during the outage.
+    outcome.notes["worker_readyz_during_outage"] = sorted(readiness)
+    outcome.notes["worker_error_lines_per_s"] = round(errors / OUTAGE, 1)
     outcome.notes["refused_connections"] = proxy.stats.refused
     product.settle(backlog, outcome, fault_ended)
     fault_report.add(outcome)

@@ -7,6 +7,13 @@
 # Environment (defaults in brackets):
 #   LOCAL_KAFKA_PORT [9092]             PLAINTEXT listener for clients
 #   LOCAL_KAFKA_CONTROLLER_PORT [9093]  KRaft controller listener
+#   LOCAL_KAFKA_PROXIED_PORT [19093]    a second PLAINTEXT listener (PROXIED) that advertises
+#   LOCAL_KAFKA_PROXY_PORT [19092]      this port instead of its own: the fault-injection
+#                                       tests (tests/faults/) listen there with a TCP proxy
+#                                       that forwards to LOCAL_KAFKA_PROXIED_PORT, so every
+#                                       connection a client opens (bootstrap, then the
+#                                       broker named in metadata) passes the proxy. Nothing
+#                                       listens on the proxy port unless a test runs.
 #   LOCAL_KAFKA_HEAP [-Xmx512m -Xms512m]
 #   LOCAL_KAFKA_AUTO_CREATE_TOPICS [false]  see docs/decisions/0001-kafka-version.md
 #   LOCAL_KAFKA_READY_TIMEOUT [90]      seconds to wait for a metadata answer
@@ -17,13 +24,17 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 KAFKA_PORT=${LOCAL_KAFKA_PORT:-9092}
 CONTROLLER_PORT=${LOCAL_KAFKA_CONTROLLER_PORT:-9093}
+PROXIED_PORT=${LOCAL_KAFKA_PROXIED_PORT:-19093}
+PROXY_PORT=${LOCAL_KAFKA_PROXY_PORT:-19092}
 HEAP_OPTS=${LOCAL_KAFKA_HEAP:--Xmx512m -Xms512m}
 AUTO_CREATE_TOPICS=${LOCAL_KAFKA_AUTO_CREATE_TOPICS:-false}
 READY_TIMEOUT=${LOCAL_KAFKA_READY_TIMEOUT:-90}
 require_port_number LOCAL_KAFKA_PORT "$KAFKA_PORT"
 require_port_number LOCAL_KAFKA_CONTROLLER_PORT "$CONTROLLER_PORT"
-[[ $KAFKA_PORT != "$CONTROLLER_PORT" ]] ||
-    die "LOCAL_KAFKA_PORT and LOCAL_KAFKA_CONTROLLER_PORT must differ (both are $KAFKA_PORT)"
+require_port_number LOCAL_KAFKA_PROXIED_PORT "$PROXIED_PORT"
+require_port_number LOCAL_KAFKA_PROXY_PORT "$PROXY_PORT"
+[[ $(printf '%s\n' "$KAFKA_PORT" "$CONTROLLER_PORT" "$PROXIED_PORT" "$PROXY_PORT" | sort -u | wc -l) == 4 ]] ||
+    die "LOCAL_KAFKA_PORT, LOCAL_KAFKA_CONTROLLER_PORT, LOCAL_KAFKA_PROXIED_PORT and LOCAL_KAFKA_PROXY_PORT must differ (got $KAFKA_PORT, $CONTROLLER_PORT, $PROXIED_PORT, $PROXY_PORT)"
 [[ $AUTO_CREATE_TOPICS == true || $AUTO_CREATE_TOPICS == false ]] ||
     die "LOCAL_KAFKA_AUTO_CREATE_TOPICS must be true or false, got '$AUTO_CREATE_TOPICS'"
 
@@ -89,11 +100,12 @@ write_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
+# PROXIED advertises the fault-injection proxy's port, not its own (see the header).
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT,PROXIED://127.0.0.1:$PROXIED_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT,PROXIED://127.0.0.1:$PROXY_PORT
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,PROXIED:PLAINTEXT
 log.dirs=$DATA
 
 # One broker: every internal topic has one replica and needs one in sync.
@@ -141,7 +153,7 @@ ensure_formatted() {
     cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
     mkdir -p "$DATA"
     java -Xmx256m -Dorg.apache.logging.log4j.level=WARN -cp "$LIBS/*" kafka.tools.StorageTool \
-        format --standalone --cluster-id "$cluster_id" --config "$CONFIG" >"$LOGS/format.log" 2>&1 ||
+        format --standalone "--cluster-id=$cluster_id" --config "$CONFIG" >"$LOGS/format.log" 2>&1 ||
         die "kafka: formatting $DATA failed: $(tail -5 "$LOGS/format.log")"
     printf 'cluster_id=%s\ncontroller_port=%s\n' "$cluster_id" "$CONTROLLER_PORT" >"$FORMATTED"
 }
@@ -168,11 +180,14 @@ up() {
         local answer
         answer=$(probe "$READY_TIMEOUT") || die "kafka: running (pid $(read_pid "$PIDFILE")) but not answering on $BOOTSTRAP; see $LOGS/server.log"
         log "kafka: already up on $BOOTSTRAP (pid $(read_pid "$PIDFILE"), $answer)"
+        grep -q '^listeners=.*PROXIED://' "$CONFIG" ||
+            log "kafka: note: started by an older kafka.sh without the PROXIED listener; the fault-injection tests need it: 'deploy/local/services.sh down kafka' then 'up' to restart with it (the data is kept)"
         return 0
     fi
     rm -f "$PIDFILE"
     require_port_free LOCAL_KAFKA_PORT "$KAFKA_PORT" "Kafka"
     require_port_free LOCAL_KAFKA_CONTROLLER_PORT "$CONTROLLER_PORT" "Kafka controller"
+    require_port_free LOCAL_KAFKA_PROXIED_PORT "$PROXIED_PORT" "Kafka proxied listener"
     require_java
     ensure_libs
     ensure_probe

@@ -43,15 +43,21 @@ class PrivateKafka:
     """deploy/local/kafka.sh up/down with its own LOCAL_DIR and ports: no other test sees it."""
 
     def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        controller = free_port()
-        while controller == self.port:
-            controller = free_port()
+        # Four distinct free ports: the shared broker holds the default ones, including
+        # the fault suite's PROXIED listener and its proxy port (deploy/local/kafka.sh).
+        ports: list[int] = []
+        while len(ports) < 4:
+            port = free_port()
+            if port not in ports:
+                ports.append(port)
+        self.port, controller, proxied, proxy = ports
         self.env = {
             **os.environ,
             "LOCAL_DIR": str(directory),
             "LOCAL_KAFKA_PORT": str(self.port),
             "LOCAL_KAFKA_CONTROLLER_PORT": str(controller),
+            "LOCAL_KAFKA_PROXIED_PORT": str(proxied),
+            "LOCAL_KAFKA_PROXY_PORT": str(proxy),
         }
         self.bootstrap = f"127.0.0.1:{self.port}"
 

@@ -20,8 +20,7 @@ import orjson
 import pytest
 from kafka import KafkaProducer
 
-from tests.helpers import wait_until
-from tests.integration.private_redis import PrivateRedis
+from tests.helpers import PrivateRedis, wait_until
 
 pytestmark = pytest.mark.integration
 

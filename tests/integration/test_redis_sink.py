@@ -16,8 +16,7 @@ from aiokafka import AIOKafkaProducer
 from streams.cache_sink import Backoff, CacheSink
 from streams.resync import resync_cache
 from streams.sinks.redis import RedisCache, connect
-from tests.helpers import wait_for, wait_until
-from tests.integration.private_redis import PrivateRedis
+from tests.helpers import PrivateRedis, wait_for, wait_until
 
 pytestmark = [pytest.mark.integration]
 

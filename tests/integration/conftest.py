@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import socket
 import subprocess
 import uuid
@@ -28,7 +29,7 @@ from kafka.admin import NewTopic
 from kafka.errors import GroupIdNotFoundError, UnknownTopicOrPartitionError
 
 from streams.settings import Settings, Topics, load_settings
-from tests.helpers import wait_until
+from tests.helpers import PrivateRedis, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVICES_SCRIPT = REPO_ROOT / "deploy" / "local" / "services.sh"
@@ -276,3 +277,14 @@ def segments_settings(segments_env: dict[str, str], monkeypatch: pytest.MonkeyPa
     for name, value in segments_env.items():
         monkeypatch.setenv(name, value)
     return load_settings(env_file=None)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A redis-server of this test's own, which it may stop, restart empty or kill."""
+    if not shutil.which("redis-server"):
+        pytest.skip("redis-server not installed (deploy/local/services.sh up installs it)")
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.kill()

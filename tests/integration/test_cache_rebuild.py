@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import http.client
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,16 +25,6 @@ pytestmark = pytest.mark.integration
 
 CUSTOMERS = 300
 SEGMENTS = ("vip", "runner")
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    if not shutil.which("redis-server"):
-        pytest.skip("redis-server not installed (deploy/local/services.sh up installs it)")
-    server = PrivateRedis(tmp_path)
-    server.start()
-    yield server
-    server.kill()
 
 
 def free_port() -> int:

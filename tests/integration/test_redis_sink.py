@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import shutil
 import time
 import uuid
 
@@ -16,22 +15,12 @@ from aiokafka import AIOKafkaProducer
 from streams.cache_sink import Backoff, CacheSink
 from streams.resync import resync_cache
 from streams.sinks.redis import RedisCache, connect
-from tests.helpers import PrivateRedis, wait_for, wait_until
+from tests.helpers import wait_for, wait_until
 
 pytestmark = [pytest.mark.integration]
 
 BOOTSTRAP = os.environ.get("SEGMENTS_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
 OUTAGE_SECONDS = float(os.environ.get("SEGMENTS_TEST_REDIS_OUTAGE", "30"))
-
-
-@pytest.fixture
-def private_redis(tmp_path):
-    if not shutil.which("redis-server"):
-        pytest.skip("redis-server not installed (deploy/local/services.sh up installs it)")
-    server = PrivateRedis(tmp_path)
-    server.start()
-    yield server
-    server.kill()
 
 
 @pytest.fixture

@@ -102,10 +102,6 @@ class Engine:
         if clock is not None and (self.clock is None or clock > self.clock):
             self.clock = clock
 
-    @property
-    def next_due(self) -> int | None:
-        return self._deadlines[0][0] if self._deadlines else None
-
     def advance(self, to: int) -> int:
         """Apply every time-driven transition due at or before `to`; the clock moves to `to`.
 

@@ -33,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from streams.sinks.redis import CacheWrite, RedisCache, connect  # noqa: E402
+from streams.serving.cache import CacheWrite, RedisCache, connect  # noqa: E402
 
 SEGMENTS = ["vip", "win_back", "big_spender", "runner", "online_only", "new_customer"]
 

@@ -39,8 +39,8 @@ sys.path.insert(0, str(REPO))
 from kafka import KafkaProducer  # noqa: E402
 
 from segments.generate import generate_events  # noqa: E402
+from streams.kafka.topics import ensure_topics  # noqa: E402
 from streams.settings import Topics  # noqa: E402
-from streams.topics import ensure_topics  # noqa: E402
 from tests.integration.worker_harness import (  # noqa: E402
     committed_offsets,
     end_offsets,
@@ -56,7 +56,7 @@ def baseline_worker() -> None:
     """The bare Faust app: same broker settings and store, an agent that counts per key."""
     import faust
 
-    from streams.app import ROCKSDB_OPTIONS, raw_schema
+    from streams.worker.app import ROCKSDB_OPTIONS, raw_schema
 
     prefix = os.environ["SEGMENTS_TOPIC_PREFIX"]
     app = faust.App(

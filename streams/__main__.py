@@ -1,5 +1,5 @@
 """`python -m streams ...` is the `segments` command."""
 
-from streams.main import cli
+from streams.cli.main import cli
 
 cli()

@@ -1,1 +1,1 @@
-"""The `segments` command line: one module per command (registered lazily in streams.main)."""
+"""The `segments` command line: one module per command (registered lazily in streams.cli.main)."""

@@ -32,8 +32,8 @@ import orjson
 import redis
 
 from segments.data import EXAMPLE_RULES
+from streams.serving.cache import SHARDS, Keys, parse_field
 from streams.settings import Topics
-from streams.sinks.redis import SHARDS, Keys, parse_field
 from tests.faults.proxy import TcpProxy
 from tests.helpers import PrivateRedis, wait_until
 from tests.integration.worker_harness import (

@@ -27,7 +27,7 @@ LOSING_APP = '''
 """A bare Faust app on the worker's App that forwards purchases and loses some messages once."""
 import os
 
-from streams.faust_fixes import App, HeadGapHealingConsumer
+from streams.worker.faust_fixes import App, HeadGapHealingConsumer
 from streams.settings import load_settings
 
 settings = load_settings(env_file=None)

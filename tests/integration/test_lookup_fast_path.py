@@ -10,8 +10,8 @@ import aiohttp
 import orjson
 import pytest
 
-from streams.lookup import start_lookup_server
-from streams.sinks.redis import CacheWrite, PipelinedReader, RedisCache, connect
+from streams.serving.cache import CacheWrite, PipelinedReader, RedisCache, connect
+from streams.serving.lookup import start_lookup_server
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,8 @@ from collections.abc import Awaitable, Callable
 import orjson
 import pytest
 
-from streams.serving import ServingConfig, run_serving
-from streams.sinks.redis import CacheWrite, RedisCache, connect
+from streams.serving.cache import CacheWrite, RedisCache, connect
+from streams.serving.process import ServingConfig, run_serving
 
 pytestmark = pytest.mark.integration
 

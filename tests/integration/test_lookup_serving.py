@@ -14,7 +14,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from streams.serving import ServingConfig, run_serving
+from streams.serving.process import ServingConfig, run_serving
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from streams.sinks.redis import SHARDS, CacheWrite, RedisCache, connect, shard_of
+from streams.serving.cache import SHARDS, CacheWrite, RedisCache, connect, shard_of
 
 pytestmark = pytest.mark.integration
 
@@ -136,7 +136,7 @@ def test_applied_reports_the_previous_value_for_time_in_segment():
 
 
 def test_pipelined_reader_answers_concurrent_lookups_in_order_and_reconnects():
-    from streams.sinks.redis import PipelinedReader
+    from streams.serving.cache import PipelinedReader
 
     async def body(cache):
         writes = [
@@ -172,7 +172,7 @@ def test_pipelined_reader_times_out_when_redis_does_not_answer():
     """A Redis that accepts but never replies (a stalled server): the lookup fails fast."""
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
-    from streams.sinks.redis import PipelinedReader
+    from streams.serving.cache import PipelinedReader
 
     async def main():
         async def silent(reader, writer):
@@ -197,7 +197,7 @@ def test_pipelined_reader_times_out_when_redis_does_not_answer():
 def test_pipelined_reader_pairs_two_commands_and_fails_the_pair_together():
     from redis.exceptions import ResponseError
 
-    from streams.sinks.redis import PipelinedReader
+    from streams.serving.cache import PipelinedReader
 
     async def body(cache):
         await cache.apply([w("c-1", "vip", 1, True, "2026-01-01T00:00:00Z")])

@@ -12,9 +12,9 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from streams.cache_sink import Backoff, CacheSink
-from streams.resync import resync_cache
-from streams.sinks.redis import RedisCache, connect
+from streams.serving.cache import RedisCache, connect
+from streams.serving.cache_sink import Backoff, CacheSink
+from streams.serving.resync import resync_cache
 from tests.helpers import wait_for, wait_until
 
 pytestmark = [pytest.mark.integration]
@@ -224,7 +224,7 @@ def test_resync_rebuilds_a_flushed_cache_from_memberships(private_redis, topics)
                 await producer.send(topics["memberships"], value, key=key)
             await producer.flush()
             # The cache as the sink would have built it from the changes.
-            from streams.sinks.redis import CacheWrite
+            from streams.serving.cache import CacheWrite
 
             await cache.apply([CacheWrite.from_change(c) for c in changes])
             before = await cache_state(cache, history.customers)
@@ -330,9 +330,9 @@ def test_a_rebuild_that_cannot_read_the_topic_is_retried_and_the_cache_stays_inc
     answer 503), and once the topic is there the next attempt rebuilds the cache."""
     from kafka.admin import KafkaAdminClient, NewTopic
 
-    import streams.resync
+    import streams.serving.resync
 
-    monkeypatch.setattr(streams.resync, "TOPIC_METADATA_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(streams.serving.resync, "TOPIC_METADATA_TIMEOUT_S", 1.0)
     missing = topics["memberships"] + ".later"
 
     async def main():

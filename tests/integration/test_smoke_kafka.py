@@ -284,7 +284,7 @@ def test_compacted_topic_keeps_the_latest_value_per_key(
 
 FAUST_APP = '''
 """A one-table Faust app configured by SEGMENTS_* like the worker: counts orders per customer."""
-from streams.faust_fixes import App
+from streams.worker.faust_fixes import App
 
 from streams.settings import load_settings
 

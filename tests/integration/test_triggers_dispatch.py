@@ -22,8 +22,8 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from segments.rules.ruleset import Trigger
-from streams.sinks.redis import connect
-from streams.triggers import DispatchConfig, TriggerDispatcher
+from streams.serving.cache import connect
+from streams.serving.triggers import DispatchConfig, TriggerDispatcher
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration
@@ -536,7 +536,7 @@ def test_a_killed_dispatcher_loses_no_call(names, tmp_path):
                 "SEGMENTS_TRIGGER_RETRY_SPAN": "5m",
                 "SEGMENTS_TRIGGER_CONCURRENCY": str(concurrency),
             }
-            command = [sys.executable, "-m", "streams.triggers"]
+            command = [sys.executable, "-m", "streams.serving.triggers"]
 
             drains: list[asyncio.Task] = []
 

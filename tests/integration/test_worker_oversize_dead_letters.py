@@ -18,8 +18,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from kafka import KafkaProducer
 from kafka.partitioner import murmur2
 
-from streams.dlq import HEAD_BYTES
 from streams.settings import Topics
+from streams.worker.dlq import HEAD_BYTES
 from tests.integration.conftest import CreateTopics
 from tests.integration.worker_harness import (
     Record,

@@ -10,11 +10,11 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
-import streams.cache_sink
-import streams.triggers
-import streams.web  # noqa: F401
-from streams.worker_metrics import REGISTRY as WORKER_REGISTRY
-from streams.worker_metrics import ConsumerLag, ProcessorCounts
+import streams.serving.cache_sink
+import streams.serving.triggers
+import streams.serving.web  # noqa: F401
+from streams.worker.metrics import REGISTRY as WORKER_REGISTRY
+from streams.worker.metrics import ConsumerLag, ProcessorCounts
 
 pytestmark = pytest.mark.unit
 

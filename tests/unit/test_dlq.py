@@ -10,7 +10,7 @@ import pytest
 from aiokafka.errors import MessageSizeTooLargeError
 from faust.exceptions import ProducerSendError
 
-from streams.dlq import HEAD_BYTES, KEY_BYTES, SIZE_MARGIN, dead_letter, record_size
+from streams.worker.dlq import HEAD_BYTES, KEY_BYTES, SIZE_MARGIN, dead_letter, record_size
 
 SOURCE = ("t.purchases", 1, 42)
 LIMIT = 1_048_576

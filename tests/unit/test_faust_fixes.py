@@ -1,4 +1,4 @@
-"""The work-arounds for faust-streaming#596 and #606 (streams.faust_fixes).
+"""The work-arounds for faust-streaming#596 and #606 (streams.worker.faust_fixes).
 
 Faust's commit bookkeeping is exercised directly on a consumer built without
 its Kafka connection, and its flow control on a queue of its own (unit tests of
@@ -25,7 +25,7 @@ from faust.types import TP, Message
 from intervaltree import IntervalTree
 from mode.utils.queues import FlowControlEvent, FlowControlQueue
 
-from streams.faust_fixes import (
+from streams.worker.faust_fixes import (
     App,
     DedupingAcksConsumer,
     HeadGapHealingConsumer,

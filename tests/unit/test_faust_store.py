@@ -1,4 +1,4 @@
-"""streams.faust_store over a real Faust app and RocksDB store, with no broker.
+"""streams.worker.faust_store over a real Faust app and RocksDB store, with no broker.
 
 It reads Faust's private attributes (`store._db_for_partition`,
 `store._visible_items`, `consumer._committed_offset`); these tests fail when
@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from faust.types import TP
 
-from streams.app import create_app
 from streams.config import WorkerConfig
-from streams.faust_store import FaustCustomerTable, committed_offsets
+from streams.worker.app import create_app
+from streams.worker.faust_store import FaustCustomerTable, committed_offsets
 
 pytestmark = pytest.mark.unit
 

@@ -9,8 +9,8 @@ from itertools import pairwise
 
 import pytest
 
+from streams.serving.triggers import DispatchConfig, OffsetTracker, RetrySchedule, parse_retry_after
 from streams.settings import SettingsError, load_settings
-from streams.triggers import DispatchConfig, OffsetTracker, RetrySchedule, parse_retry_after
 
 pytestmark = pytest.mark.unit
 
@@ -157,7 +157,7 @@ def test_bad_trigger_settings_are_named(
 def test_serve_hands_the_trigger_settings_to_its_dispatcher(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from streams.serving import ServingConfig, _dispatch_config
+    from streams.serving.process import ServingConfig, _dispatch_config
 
     monkeypatch.setenv("SEGMENTS_TRIGGER_RETRY_SPAN", "2h")
     monkeypatch.setenv("SEGMENTS_TRIGGER_TIMEOUT", "3s")

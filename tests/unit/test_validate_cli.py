@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from segments.data import EXAMPLE_RULES
+from streams.cli.main import cli
 from streams.cli.validate import load_ruleset_or_exit, validate_command
-from streams.main import cli
 
 pytestmark = pytest.mark.unit
 

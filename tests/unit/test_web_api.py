@@ -9,9 +9,9 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from streams.cache_sink import ChurnHistory
-from streams.sinks.redis import SHARDS, RedisCache, shard_of
-from streams.web import create_app
+from streams.serving.cache import SHARDS, RedisCache, shard_of
+from streams.serving.cache_sink import ChurnHistory
+from streams.serving.web import create_app
 
 pytestmark = pytest.mark.unit
 

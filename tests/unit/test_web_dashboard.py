@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from streams.cache_sink import ChurnHistory
-from streams.web import create_app
+from streams.serving.cache_sink import ChurnHistory
+from streams.serving.web import create_app
 from tests.unit.test_web_api import make_cache
 
 pytestmark = pytest.mark.slow

@@ -21,7 +21,7 @@ from segments.data import EXAMPLE_RULES
 from segments.replay import replay
 from segments.rules.evaluator import CompiledRules, compile_rules
 from segments.rules.ruleset import load_ruleset, parse_ruleset
-from streams.driver import Driver
+from streams.worker.driver import Driver
 from tests.conformance_cases import RULES, Case, all_cases, assert_conforms
 from tests.integration.worker_harness import synthetic_events
 

@@ -6,8 +6,8 @@ import io
 import logging
 import threading
 
-from streams.broker_probe import Readiness
-from streams.log_rate import RepeatedMessageLimiter, limit_repeated_messages
+from streams.worker.broker_probe import Readiness
+from streams.worker.log_rate import RepeatedMessageLimiter, limit_repeated_messages
 
 
 class Clock:

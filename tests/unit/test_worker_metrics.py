@@ -8,7 +8,7 @@ from typing import Any
 from faust.types import TP
 from prometheus_client import CollectorRegistry, generate_latest
 
-from streams.worker_metrics import ConsumerLag
+from streams.worker.metrics import ConsumerLag
 
 
 class FakeConsumer:

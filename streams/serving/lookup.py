@@ -12,7 +12,7 @@ from urllib.parse import unquote_to_bytes
 import click
 import orjson
 
-from streams.sinks.redis import Keys, RedisCache, member_segments
+from streams.serving.cache import Keys, RedisCache, member_segments
 
 _last_second: list[Any] = [-1, ""]
 
@@ -133,7 +133,7 @@ def lookup_command(customer_id: str) -> None:
     """Print the segments CUSTOMER_ID is in now, as JSON, from the Redis cache."""
     from redis.exceptions import RedisError
 
-    from streams.serving import ServingConfig
+    from streams.serving.process import ServingConfig
 
     config = ServingConfig.load()
 

@@ -1,6 +1,6 @@
 """Work-arounds for faust-streaming 0.15.3 bugs that the worker meets; each says why.
 
-streams.app builds its app from `App`, so nothing is patched globally. They
+streams.worker.app builds its app from `App`, so nothing is patched globally. They
 assume what holds for every topic the worker reads with acknowledgements: it is
 neither compacted nor written in transactions, so every offset is a message.
 """

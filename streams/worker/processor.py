@@ -3,8 +3,8 @@
 The processor is synchronous and knows no broker: it reads and writes
 customer records through a `CustomerTable`, asks a `committed_offset`
 function what Kafka has committed, and returns what must be sent (`Publish`,
-`DeadLetter`). The Faust agent (streams.agents) sends them; the broker-free
-driver (streams.driver) keeps them in lists. Delivery works like an outbox:
+`DeadLetter`). The Faust agent (streams.worker.agents) sends them; the broker-free
+driver (streams.worker.driver) keeps them in lists. Delivery works like an outbox:
 the table value carries the customer's unacknowledged changes, so a crash
 between the table write and the publish re-publishes the same changes.
 """

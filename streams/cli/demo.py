@@ -31,7 +31,7 @@ import orjson
 
 from segments.data import EXAMPLE_RULES
 from segments.generate import generate_events
-from streams.produce import clock_mark, timeline
+from streams.cli.produce import clock_mark, timeline
 from streams.settings import Topics, load_settings
 
 

@@ -29,7 +29,7 @@ class ServingConfig:
     # Changes whose `at` is older than this at dispatch time never fire (history replays).
     trigger_max_age_s: float = 6 * 3600.0
     # The Settings it came from, for the dispatcher's SEGMENTS_TRIGGER_* retries, timeout
-    # and concurrency (streams.triggers.DispatchConfig.from_settings); None: its defaults.
+    # and concurrency (streams.serving.triggers.DispatchConfig.from_settings); None: its defaults.
     trigger_settings: Any = None
     # How often an idle cache sink looks for the cache's sentinel (a Redis emptied while no
     # change flows is rebuilt within about this long); it also looks before every batch.
@@ -77,7 +77,7 @@ class ServingConfig:
         return cls.from_settings(settings, **overrides)
 
     def redis_client(self):
-        from streams.sinks.redis import connect
+        from streams.serving.cache import connect
 
         return connect(self.redis_url)
 
@@ -105,16 +105,16 @@ async def run_serving(
     `settings` is a streams.settings.Settings (or a ServingConfig). The worker process can
     start this beside Faust as one more task; give `web_port` (or web=False) when Faust's
     own web server already holds the configured port. `lookup_port` adds the checkout fast
-    path (streams.lookup.LookupProtocol: GET /customers/{id}/segments only). Each part has
+    path (streams.serving.lookup.LookupProtocol: GET /customers/{id}/segments only). Each part has
     its own consumer group and committed offsets, so it catches up by itself after any
     outage. If one part fails, the others are stopped and the error is raised.
     """
     from aiohttp import web as aioweb
 
-    from streams.cache_sink import CacheSink, ChurnHistory
-    from streams.sinks.redis import RedisCache
-    from streams.triggers import TriggerDispatcher
-    from streams.web import create_app
+    from streams.serving.cache import RedisCache
+    from streams.serving.cache_sink import CacheSink, ChurnHistory
+    from streams.serving.triggers import TriggerDispatcher
+    from streams.serving.web import create_app
 
     config = (
         settings if isinstance(settings, ServingConfig) else ServingConfig.from_settings(settings)
@@ -159,7 +159,7 @@ async def run_serving(
             return sink is None or sink.stats.redis_ok
 
         if config.redis_url.startswith("redis://"):
-            from streams.sinks.redis import PipelinedReader
+            from streams.serving.cache import PipelinedReader
 
             reader = PipelinedReader(config.redis_url)
         app = create_app(
@@ -172,9 +172,9 @@ async def run_serving(
         )
         if reader is not None:
             app.on_cleanup.append(lambda _app: _close(reader))
-        from streams.lookup import AIOHTTP_LIMITS
+        from streams.serving.lookup import AIOHTTP_LIMITS
 
-        # The fast path applies the same head limits (streams.lookup), so both ports
+        # The fast path applies the same head limits (streams.serving.lookup), so both ports
         # refuse the same oversize requests with the same 400.
         runner = aioweb.AppRunner(app, access_log=None, logger=_RequestErrorLog(), **AIOHTTP_LIMITS)
         await runner.setup()
@@ -183,8 +183,8 @@ async def run_serving(
         log.info("serving_web host=%s port=%d", config.web_host, port)
     lookup_server = None
     if lookup_port is not None:
-        from streams.lookup import start_lookup_server
-        from streams.sinks.redis import PipelinedReader
+        from streams.serving.cache import PipelinedReader
+        from streams.serving.lookup import start_lookup_server
 
         lookup_reader = reader if reader is not None else PipelinedReader(config.redis_url)
         lookup_server = await start_lookup_server(
@@ -241,8 +241,8 @@ async def _close(reader: Any) -> None:
     reader.close()
 
 
-def _dispatch_config(config: ServingConfig):  # -> streams.triggers.DispatchConfig
-    from streams.triggers import DispatchConfig
+def _dispatch_config(config: ServingConfig):  # -> streams.serving.triggers.DispatchConfig
+    from streams.serving.triggers import DispatchConfig
 
     if config.trigger_settings is None:
         return DispatchConfig(max_age_s=config.trigger_max_age_s)

@@ -1,6 +1,6 @@
 """The customers table and the committed offsets as the processor sees them, over Faust.
 
-Besides streams.faust_fixes, this is the one module that reads Faust's
+Besides streams.worker.faust_fixes, this is the one module that reads Faust's
 private attributes; each use says why, and tests/unit/test_faust_store.py
 fails when Faust renames or reshapes one of them.
 """
@@ -14,7 +14,7 @@ from faust.types import TP
 
 
 class FaustCustomerTable:
-    """`streams.processor.CustomerTable` over a Faust table with a RocksDB store."""
+    """`streams.worker.processor.CustomerTable` over a Faust table with a RocksDB store."""
 
     def __init__(self, table: Any) -> None:
         self.table = table

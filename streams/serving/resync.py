@@ -12,7 +12,7 @@ import click
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams.sinks.redis import CacheWrite, RedisCache
+from streams.serving.cache import CacheWrite, RedisCache
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ async def resync_cache(
 )
 def resync_command(no_flush: bool) -> None:
     """Rebuild the Redis cache from the segment-memberships topic."""
-    from streams.serving import ServingConfig
+    from streams.serving.process import ServingConfig
 
     config = ServingConfig.load()
 

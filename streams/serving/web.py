@@ -20,8 +20,9 @@ from prometheus_client import (
 )
 from redis.exceptions import RedisError
 
-from streams.cache_sink import CACHE_COMPLETE, REDIS_UP
-from streams.lookup import (
+from streams.serving.cache import PipelinedReader, RedisCache, parse_cursor
+from streams.serving.cache_sink import CACHE_COMPLETE, REDIS_UP
+from streams.serving.lookup import (
     CACHE_INCOMPLETE,
     RETRY_AFTER_S,
     BadCustomerId,
@@ -32,7 +33,6 @@ from streams.lookup import (
     now_iso,
     readiness,
 )
-from streams.sinks.redis import PipelinedReader, RedisCache, parse_cursor
 
 SEGMENT_SIZE = Gauge(
     "segments_size",
@@ -87,7 +87,8 @@ def create_app(
     names); api_token: when set, every path but /healthz and /readyz needs
     `Authorization: Bearer <token>`; ready: an extra /readyz condition (on top of: Redis
     answers and the cache's sentinel is there);
-    churn: an optional ChurnHistory (streams.cache_sink) feeding /segments and the dashboard;
+    churn: an optional ChurnHistory (streams.serving.cache_sink) feeding /segments and the
+    dashboard;
     reader: a PipelinedReader for the lookup's HGETALL (the hot path), else the client.
     """
     names = list(segments)

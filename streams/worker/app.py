@@ -8,9 +8,9 @@ from typing import Any
 import faust
 
 from streams.config import WorkerConfig
-from streams.faust_fixes import App
 from streams.settings import Topics
-from streams.worker_web import faust_web_settings
+from streams.worker.faust_fixes import App
+from streams.worker.web import faust_web_settings
 
 # RocksDB per table partition, sized for a 2-core / 24 GiB machine running
 # SEGMENTS_PARTITIONS partitions: small memtables and a shared-size block cache

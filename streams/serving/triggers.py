@@ -43,8 +43,8 @@ from prometheus_client import Counter, Gauge, Histogram
 from redis.exceptions import RedisError
 
 from segments.rules.ruleset import Trigger
-from streams.cache_sink import Backoff, record_lag, wait_for_topic, wait_or_stop
-from streams.sinks.redis import decode_change
+from streams.serving.cache import decode_change
+from streams.serving.cache_sink import Backoff, record_lag, wait_for_topic, wait_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -785,7 +785,7 @@ def triggers_command(from_beginning: bool, max_age: float, group: str | None) ->
     """
     import signal
 
-    from streams.serving import ServingConfig
+    from streams.serving.process import ServingConfig
     from streams.settings import SettingsError, load_settings
 
     try:

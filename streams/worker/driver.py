@@ -27,9 +27,9 @@ from typing import Any
 import orjson
 
 from segments.rules.evaluator import CompiledRules
-from streams.processor import DeadLetter, Outgoing, SegmentProcessor
 from streams.settings import Topics
-from streams.timers import wall_now
+from streams.worker.processor import DeadLetter, Outgoing, SegmentProcessor
+from streams.worker.timers import wall_now
 
 CHANGELOG = "customers-changelog"
 

@@ -89,7 +89,7 @@ class ConsumerLag(Collector):
 
 class BrokerContact(Collector):
     """segments_worker_broker_reachable and segments_worker_broker_silence_seconds, from the
-    worker's own metadata probe (streams.broker_probe): the consumer alone cannot tell an
+    worker's own metadata probe (streams.worker.broker_probe): the consumer alone cannot tell an
     idle topic from a broker that is gone."""
 
     def __init__(self, silence: Callable[[], float], interval: float, limit: float) -> None:

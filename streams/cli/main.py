@@ -9,16 +9,16 @@ import click
 # name -> "module:attribute". Commands are imported only when run, so `segments
 # replay` does not pay for importing Faust, aiokafka and redis.
 COMMANDS = {
-    "demo": "streams.demo:demo_command",
-    "replay": "streams.replay_command:replay_command",
+    "demo": "streams.cli.demo:demo_command",
+    "replay": "streams.cli.replay:replay_command",
     "validate": "streams.cli.validate:validate_command",
     "generate": "streams.cli.generate:generate_command",
-    "produce": "streams.produce:produce_command",
-    "worker": "streams.worker:worker_command",
-    "serve": "streams.serving:serve_command",
-    "lookup": "streams.lookup:lookup_command",
-    "resync-cache": "streams.resync:resync_command",
-    "triggers": "streams.triggers:triggers_command",
+    "produce": "streams.cli.produce:produce_command",
+    "worker": "streams.worker.process:worker_command",
+    "serve": "streams.serving.process:serve_command",
+    "lookup": "streams.serving.lookup:lookup_command",
+    "resync-cache": "streams.serving.resync:resync_command",
+    "triggers": "streams.serving.triggers:triggers_command",
 }
 
 

@@ -18,7 +18,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from prometheus_client import Counter, Gauge, Histogram
 from redis.exceptions import RedisError
 
-from streams.sinks.redis import Applied, CacheWrite, RedisCache, decode_change, parse_field
+from streams.serving.cache import Applied, CacheWrite, RedisCache, decode_change, parse_field
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +275,7 @@ class CacheSink:
         answer, RebuildFailed when the topic cannot be read; the sentinel stays missing
         then, so lookups keep answering 503.
         """
-        from streams.resync import resync_cache
+        from streams.serving.resync import resync_cache
 
         self._next_check = time.monotonic() + self.check_every_s
         if await self.cache.is_complete():

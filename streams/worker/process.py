@@ -12,13 +12,13 @@ import click
 
 from segments.adapters import IdentityMap
 from segments.rules.evaluator import compile_rules
-from streams.agents import AdapterProcessor, build_processor, register_agents
-from streams.app import SegmentsApp, create_app
-from streams.broker_probe import SILENCE_LIMIT, BrokerProbe, Readiness
 from streams.cli.validate import load_ruleset_or_exit
 from streams.config import WorkerConfig, load_config
-from streams.processor import SegmentProcessor
-from streams.topics import ensure_topics
+from streams.kafka.topics import ensure_topics
+from streams.worker.agents import AdapterProcessor, build_processor, register_agents
+from streams.worker.app import SegmentsApp, create_app
+from streams.worker.broker_probe import SILENCE_LIMIT, BrokerProbe, Readiness
+from streams.worker.processor import SegmentProcessor
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def register_metrics(
     """GET /metrics: events processed, dead letters by reason, deadline lateness, lag, broker."""
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-    from streams.worker_metrics import REGISTRY, BrokerContact, ConsumerLag, ProcessorCounts
+    from streams.worker.metrics import REGISTRY, BrokerContact, ConsumerLag, ProcessorCounts
 
     REGISTRY.register(ProcessorCounts({"segments": processor.counts, "adapter": adapter.counts}))
     names = segments_app.names
@@ -115,7 +115,7 @@ def prepare_data_dir(data_dir: Path) -> bool:
 def _worker_class() -> type[Any]:
     import faust
 
-    from streams.log_rate import limit_repeated_messages
+    from streams.worker.log_rate import limit_repeated_messages
 
     class Worker(faust.Worker):
         """faust.Worker whose log writes each repeated warning or error at a bounded rate."""

@@ -1,7 +1,7 @@
 """The Faust agents: messages in, the processor's sends out; the adapter agent; the tick timer.
 
 Everything a segment means lives in segments/, and the worker's delivery
-logic in streams.processor; this module only moves messages between Kafka
+logic in streams.worker.processor; this module only moves messages between Kafka
 and those, so an agent body is a handful of lines.
 """
 
@@ -16,12 +16,12 @@ from typing import Any
 from segments.adapters import IdentityMap, from_pos_receipt, from_shopify_order
 from segments.events import Rejection, encode_event
 from segments.rules.evaluator import CompiledRules
-from streams.app import SegmentsApp
-from streams.dlq import dead_letter
-from streams.faust_store import FaustCustomerTable, committed_offsets
-from streams.processor import DeadLetter, Outgoing, Publish, SegmentProcessor
-from streams.timers import TICK, wall_now
-from streams.worker_metrics import DEADLINE_LATENESS
+from streams.worker.app import SegmentsApp
+from streams.worker.dlq import dead_letter
+from streams.worker.faust_store import FaustCustomerTable, committed_offsets
+from streams.worker.metrics import DEADLINE_LATENESS
+from streams.worker.processor import DeadLetter, Outgoing, Publish, SegmentProcessor
+from streams.worker.timers import TICK, wall_now
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from segments.clock import parse_instant
 from segments.events import ClockMark, Rejection, decode_event
 from segments.replay import read_lines
 from streams.config import load_config
-from streams.topics import ensure_topics
+from streams.kafka.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Kafka plumbing shared by the worker, serving and the command line: topics, retries."""

@@ -1,0 +1,1 @@
+"""Serving: the Redis cache, cache sink, resync, triggers, the lookup (HTTP and fast path)."""

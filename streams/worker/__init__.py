@@ -1,0 +1,1 @@
+"""The Faust worker: app and tables, the processor, the customer store, metrics, dead letters."""

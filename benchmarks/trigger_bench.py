@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/trigger_bench.py [--rate 200] [--duration 30]
 
-Starts the trigger dispatcher (`python -m streams.serving.triggers`) as its own process on fresh
+Starts the trigger dispatcher (`python -m streams triggers`) as its own process on fresh
 topics and Redis prefix, a webhook receiver on 127.0.0.1 in this process, and publishes
 win_back entries to segment-changes at --rate a second, each stamped `at` = now, as a
 wall-clock worker stamps a time-driven entry when it is due. The receiver records
@@ -89,7 +89,7 @@ async def main(args: argparse.Namespace) -> dict:
         "SEGMENTS_RULES": str(rules),
     }
     dispatcher = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "streams.serving.triggers", env=env, cwd=rules.parent,
+        sys.executable, "-m", "streams", "triggers", env=env, cwd=rules.parent,
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     drain = None

@@ -1,7 +1,10 @@
-"""The worker's configuration: SEGMENTS_* environment variables (and `.env`), validated once.
+"""The one configuration of every process: SEGMENTS_* environment variables (and `.env`).
 
 `load_settings()` is the one entry point: it returns a frozen `Settings` or raises
 `SettingsError` whose message names each bad variable, what it must be and what it got.
+Every process takes its part of the same object (the worker its Kafka, Faust and web
+fields, serving its Redis, web and trigger fields); none keeps a copy with defaults
+of its own.
 """
 
 from __future__ import annotations
@@ -72,8 +75,13 @@ class Topics:
         """Clock ticks that wake each partition's time-driven transitions."""
         return f"{self.prefix}ticks"
 
+    @property
+    def triggers_dlq(self) -> str:
+        """Trigger calls that failed for their whole retry span (created by the dispatcher)."""
+        return f"{self.prefix}triggers.dlq"
+
     def all(self) -> tuple[str, ...]:
-        """All topic names, in the order data flows through them."""
+        """The topics the worker creates, in the order data flows through them."""
         return (
             self.purchases_pos,
             self.purchases_online,
@@ -128,7 +136,7 @@ class Settings(BaseSettings):
         " ids into one customer_id; unset: each native id is its own customer",
     )
 
-    # Webhook delivery of triggers (streams/triggers.py; docs/serving.md "Triggers").
+    # Webhook delivery of triggers (streams/serving/triggers.py; docs/serving.md "Triggers").
     trigger_retry_span: float = Field(
         3600.0,
         description="How long a failing webhook call is retried before it goes to triggers.dlq:"
@@ -272,6 +280,21 @@ class Settings(BaseSettings):
         return Topics(self.topic_prefix)
 
     @property
+    def api_token_value(self) -> str | None:
+        """The bearer token in clear, for the servers that compare it; None when unset."""
+        return self.api_token.get_secret_value() if self.api_token is not None else None
+
+    @property
+    def cache_sink_group(self) -> str:
+        """Consumer group of the cache sink on segment-changes."""
+        return f"{self.app_id}-cache-sink"
+
+    @property
+    def triggers_group(self) -> str:
+        """Consumer group of the trigger dispatcher on segment-changes."""
+        return f"{self.app_id}-triggers"
+
+    @property
     def faust_broker(self) -> str:
         """`kafka_bootstrap` as Faust's broker setting: `kafka://host:port;kafka://...`."""
         return ";".join(f"kafka://{server}" for server in self.kafka_bootstrap.split(","))
@@ -335,6 +358,7 @@ def load_settings(env_file: str | Path | None = DEFAULT_ENV_FILE, **overrides: A
     file_values = _read_env_file(env_file)
     problems = _unknown_variables([*os.environ, *file_values])
     try:
+        # `_env_file` is a pydantic-settings init argument its signature does not declare.
         settings = Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
     except ValidationError as error:
         problems += _describe(error)

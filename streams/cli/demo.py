@@ -31,8 +31,9 @@ import orjson
 
 from segments.data import EXAMPLE_RULES
 from segments.generate import generate_events
-from streams.cli.produce import clock_mark, timeline
-from streams.settings import Topics, load_settings
+from streams.cli.common import settings_or_exit
+from streams.kafka.produce import clock_mark, timeline
+from streams.settings import Topics
 
 
 @dataclass
@@ -130,7 +131,7 @@ def demo_command(
     from rich.console import Console
     from rich.live import Live
 
-    settings = load_settings()
+    settings = settings_or_exit()
     console = Console()
     interactive = console.is_terminal
     if until_drained is None:

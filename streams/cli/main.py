@@ -14,11 +14,11 @@ COMMANDS = {
     "validate": "streams.cli.validate:validate_command",
     "generate": "streams.cli.generate:generate_command",
     "produce": "streams.cli.produce:produce_command",
-    "worker": "streams.worker.process:worker_command",
-    "serve": "streams.serving.process:serve_command",
-    "lookup": "streams.serving.lookup:lookup_command",
-    "resync-cache": "streams.serving.resync:resync_command",
-    "triggers": "streams.serving.triggers:triggers_command",
+    "worker": "streams.cli.worker:worker_command",
+    "serve": "streams.cli.serve:serve_command",
+    "lookup": "streams.cli.lookup:lookup_command",
+    "resync-cache": "streams.cli.resync:resync_command",
+    "triggers": "streams.cli.triggers:triggers_command",
 }
 
 

@@ -1,9 +1,14 @@
-"""Topic names of SPEC section 6 and creating them with the right partitions and settings."""
+"""Creating the topics of SPEC section 6 with the right partitions and settings; waiting for one."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 
+from aiokafka.errors import KafkaError
+
+from streams.kafka.retry import Backoff, wait_or_stop
 from streams.settings import Topics
 
 log = logging.getLogger(__name__)
@@ -63,3 +68,47 @@ def ensure_topics(
         return created
     finally:
         admin.close()
+
+
+async def wait_for_topic(bootstrap: str, topic: str, stop: asyncio.Event) -> bool:
+    """Waits until `topic` exists (the worker creates it); False when stopped first.
+
+    A consumer subscribed to a missing topic waits in start() without end, deaf to stop.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    backoff, logged = Backoff(0.2, 5.0), 0.0
+    while not stop.is_set():
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        try:
+            await admin.start()
+            if topic in set(await admin.list_topics()):
+                return True
+        except (KafkaError, OSError) as error:
+            log.warning("kafka_unavailable waiting_for=%s error=%s", topic, error)
+        finally:
+            await admin.close()
+        if time.monotonic() - logged > 30:
+            log.info("waiting_for_topic topic=%s (the worker creates it)", topic)
+            logged = time.monotonic()
+        if await wait_or_stop(stop, backoff.next_delay()):
+            break
+    return False
+
+
+async def ensure_topic(bootstrap: str, topic: str, partitions: int = 1) -> None:
+    """Creates one topic when missing (brokers may not auto-create topics)."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        if topic in set(await admin.list_topics()):
+            return
+        response = await admin.create_topics([NewTopic(topic, partitions, 1)])
+        for _name, code, *_rest in getattr(response, "topic_errors", []):
+            if code not in (0, TopicAlreadyExistsError.errno):
+                raise KafkaError(f"creating {topic} failed with error code {code}")
+    finally:
+        await admin.close()

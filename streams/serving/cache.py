@@ -7,18 +7,19 @@ import re
 import socket
 import zlib
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 import hiredis
-import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from segments.changes import Change, MembershipRecord
 
 SHARDS = 16
 _LUA = Path(__file__).with_name("lua")
@@ -70,15 +71,14 @@ class CacheWrite:
     since: str  # ISO-8601 UTC instant of the change that made this fact true
 
     @classmethod
-    def from_change(cls, change: dict[str, Any]) -> CacheWrite:
-        """From a decoded SPEC section 4 change event."""
-        return cls(
-            customer_id=change["customer_id"],
-            segment=change["segment"],
-            seq=int(change["seq"]),
-            member=change["change"] == "entered",
-            since=change["at"],
-        )
+    def from_change(cls, change: Change) -> CacheWrite:
+        """The fact a change (segment-changes) states."""
+        return cls(change.customer_id, change.segment, change.seq, change.entered, change.at_iso)
+
+    @classmethod
+    def from_membership(cls, record: MembershipRecord) -> CacheWrite:
+        """The fact a membership record (segment-memberships) states: a member since."""
+        return cls(record.customer_id, record.segment, record.seq, True, record.since_iso)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,26 +94,6 @@ def parse_field(value: str) -> tuple[int, bool, str]:
     """A `<P>cust:` hash value "seq|member|since" -> (seq, member, since)."""
     seq, member, since = value.split("|", 2)
     return int(seq), member == "1", since
-
-
-def decode_change(raw: bytes) -> dict[str, Any]:
-    """A segment-changes message -> dict; raises ValueError when it is not a usable change."""
-    try:
-        change = orjson.loads(raw)
-    except orjson.JSONDecodeError as error:
-        raise ValueError(f"not JSON: {error}") from error
-    if not isinstance(change, dict):
-        raise ValueError("not a JSON object")
-    for name in ("customer_id", "segment", "change", "at", "seq"):
-        if name not in change:
-            raise ValueError(f"missing field {name!r}")
-    if change["change"] not in ("entered", "exited"):
-        raise ValueError(f"unknown change kind {change['change']!r}")
-    if not isinstance(change["seq"], int) or change["seq"] < 1:
-        raise ValueError("seq must be a positive integer")
-    if "|" in str(change["segment"]) or "|" in str(change["at"]):
-        raise ValueError("segment and at must not contain '|'")
-    return change
 
 
 class RedisCache:
@@ -159,8 +139,11 @@ class RedisCache:
 
     async def customer_segments(self, customer_id: str) -> list[tuple[str, str]]:
         """[(segment, since)] the customer is in now, sorted by name: one HGETALL."""
-        fields = await self.client.hgetall(self.keys.customer(customer_id))
-        return member_segments(fields)
+        # redis-py types an asyncio client's replies as `Awaitable[T] | T`.
+        reply = cast(
+            "Awaitable[dict[str, str]]", self.client.hgetall(self.keys.customer(customer_id))
+        )
+        return member_segments(await reply)
 
     async def customer_fields(self, customer_id: str) -> tuple[dict[str, str], bool]:
         """The customer's hash and whether the cache is complete, in one round trip.
@@ -259,7 +242,10 @@ def parse_cursor(cursor: str | None) -> tuple[int, int]:
 
 def connect(url: str) -> aioredis.Redis:
     """An asyncio Redis client for the cache (str replies, hiredis when installed)."""
-    return aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=0)
+    client: aioredis.Redis = aioredis.Redis.from_url(
+        url, decode_responses=True, health_check_interval=0
+    )
+    return client
 
 
 class _FirstOfPair:
@@ -268,7 +254,9 @@ class _FirstOfPair:
     __slots__ = ("error", "future", "reply")
 
     def __init__(self, future: asyncio.Future[Any]) -> None:
-        self.future, self.reply, self.error = future, None, None
+        self.future = future
+        self.reply: Any = None
+        self.error: BaseException | None = None
 
     def done(self) -> bool:
         return self.future.done()

@@ -5,20 +5,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Histogram
 from redis.exceptions import RedisError
 
-from streams.serving.cache import Applied, CacheWrite, RedisCache, decode_change, parse_field
+from segments.changes import Change, CodecError
+from segments.clock import parse_instant
+from streams.kafka.retry import Backoff, wait_or_stop
+from streams.kafka.topics import wait_for_topic
+from streams.serving.cache import Applied, CacheWrite, RedisCache, parse_field
+from streams.serving.churn import ChurnHistory
+from streams.serving.metrics import CACHE_COMPLETE, REDIS_UP, record_lag
+from streams.serving.resync import resync_cache
 
 log = logging.getLogger(__name__)
 
@@ -36,23 +40,8 @@ TIME_IN_SEGMENT = Histogram(
 CACHE_WRITE_FAILURES = Counter(
     "segments_cache_write_failures_total", "Batches that Redis did not take (each retried)."
 )
-CONSUMER_LAG = Gauge(
-    "segments_serving_consumer_lag",
-    "segment-changes messages not yet handled by a serving consumer group, per partition.",
-    ["group", "partition"],
-)
 CACHE_UNDECODABLE = Counter(
     "segments_cache_undecodable_total", "segment-changes messages skipped as not a change."
-)
-REDIS_UP = Gauge(
-    "segments_cache_redis_up",
-    "1 when Redis answered this process's last look at the cache (a sink check, a scrape), "
-    "0 when it did not.",
-)
-CACHE_COMPLETE = Gauge(
-    "segments_cache_complete",
-    "1 when the cache's sentinel key is present (built from segment-memberships); 0 while "
-    "it is missing or being rebuilt, when every lookup answers 503.",
 )
 CACHE_REBUILDS = Counter(
     "segments_cache_rebuilds_total",
@@ -63,56 +52,6 @@ CACHE_REBUILDS = Counter(
 
 class RebuildFailed(Exception):
     """The cache could not be rebuilt for a reason other than Redis (e.g. Kafka)."""
-
-
-@dataclass
-class Backoff:
-    """Exponential backoff with full jitter: first, first*2, ... capped at maximum seconds."""
-
-    first: float = 0.1
-    maximum: float = 5.0
-    attempt: int = 0
-
-    def next_delay(self) -> float:
-        delay = min(self.maximum, self.first * (2**self.attempt))
-        self.attempt += 1
-        return random.uniform(delay / 2, delay)
-
-    def reset(self) -> None:
-        self.attempt = 0
-
-
-async def wait_or_stop(stop: asyncio.Event, seconds: float) -> bool:
-    """Waits `seconds` unless stop is set first; True when stopped."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
-    return stop.is_set()
-
-
-async def wait_for_topic(bootstrap: str, topic: str, stop: asyncio.Event) -> bool:
-    """Waits until `topic` exists (the worker creates it); False when stopped first.
-
-    A consumer subscribed to a missing topic waits in start() without end, deaf to stop.
-    """
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    backoff, logged = Backoff(0.2, 5.0), 0.0
-    while not stop.is_set():
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        try:
-            await admin.start()
-            if topic in set(await admin.list_topics()):
-                return True
-        except (KafkaError, OSError) as error:
-            log.warning("kafka_unavailable waiting_for=%s error=%s", topic, error)
-        finally:
-            await admin.close()
-        if time.monotonic() - logged > 30:
-            log.info("waiting_for_topic topic=%s (the worker creates it)", topic)
-            logged = time.monotonic()
-        if await wait_or_stop(stop, backoff.next_delay()):
-            break
-    return False
 
 
 @dataclass
@@ -206,14 +145,16 @@ class CacheSink:
             await consumer.stop()
             log.info("cache_sink_stopped")
 
-    def _decode(self, batches: dict) -> tuple[list[dict], dict[TopicPartition, int]]:
-        changes: list[dict] = []
+    def _decode(
+        self, batches: dict[TopicPartition, list[Any]]
+    ) -> tuple[list[Change], dict[TopicPartition, int]]:
+        changes: list[Change] = []
         offsets: dict[TopicPartition, int] = {}
         for tp, records in batches.items():
             for record in records:
                 try:
-                    changes.append(decode_change(record.value))
-                except (ValueError, TypeError) as error:
+                    changes.append(Change.from_json(record.value))
+                except CodecError as error:
                     CACHE_UNDECODABLE.inc()
                     log.warning(
                         "cache_sink_skip topic=%s partition=%d offset=%d reason=%s",
@@ -225,7 +166,7 @@ class CacheSink:
             offsets[tp] = records[-1].offset + 1
         return changes, offsets
 
-    async def _apply_until_done(self, changes: list[dict], stop: asyncio.Event) -> bool:
+    async def _apply_until_done(self, changes: list[Change], stop: asyncio.Event) -> bool:
         writes = [CacheWrite.from_change(change) for change in changes]
         while True:
             try:
@@ -275,8 +216,6 @@ class CacheSink:
         answer, RebuildFailed when the topic cannot be read; the sentinel stays missing
         then, so lookups keep answering 503.
         """
-        from streams.serving.resync import resync_cache
-
         self._next_check = time.monotonic() + self.check_every_s
         if await self.cache.is_complete():
             CACHE_COMPLETE.set(1)
@@ -357,97 +296,26 @@ class CacheSink:
         REDIS_UP.set(1)
 
 
-def record_lag(consumer: AIOKafkaConsumer, group: str, offsets: dict) -> None:
-    """Lag = the partition's high watermark (as last fetched) - the committed offset."""
-    for tp, offset in offsets.items():
-        highwater = consumer.highwater(tp)
-        if highwater is not None:
-            CONSUMER_LAG.labels(group, str(tp.partition)).set(max(0, highwater - offset))
-
-
-class ChurnHistory:
-    """Entries and exits per segment and cause in hourly buckets (the last 48 hours)."""
-
-    def __init__(self, hours: int = 48, sample_every_s: float = 60.0) -> None:
-        self.hours = hours
-        self.sample_every_s = sample_every_s
-        self.buckets: dict[int, dict[tuple[str, str, str], int]] = {}
-        self.sizes: deque[tuple[float, dict[str, int]]] = deque(
-            maxlen=int(hours * 3600 / sample_every_s) + 1
-        )
-
-    def sample_sizes(self, sizes: dict[str, int], now: float) -> None:
-        """Keeps segment sizes for the size-over-time chart (one sample per interval)."""
-        if not self.sizes or now - self.sizes[-1][0] >= self.sample_every_s * 0.99:
-            self.sizes.append((now, dict(sizes)))
-
-    def history(self, now: float) -> dict[str, Any]:
-        """The dashboard's series: hourly entries/exits, exit causes, sampled sizes."""
-        current = int(now // 3600)
-        hours = list(range(current - self.hours + 1, current + 1))
-        entered: dict[str, list[int]] = {}
-        exited: dict[str, list[int]] = {}
-        causes: dict[str, dict[str, int]] = {}
-        for index, hour in enumerate(hours):
-            for (segment, change, cause), count in self.buckets.get(hour, {}).items():
-                series = entered if change == "entered" else exited
-                series.setdefault(segment, [0] * len(hours))[index] += count
-                if change == "exited":
-                    per = causes.setdefault(segment, {})
-                    per[cause] = per.get(cause, 0) + count
-        return {
-            "hours": [hour * 3600 for hour in hours],
-            "entered": entered,
-            "exited": exited,
-            "exit_causes": causes,
-            "sizes": [{"at": at, "sizes": sizes} for at, sizes in self.sizes],
-        }
-
-    def record(self, segment: str, change: str, cause: str, now: float) -> None:
-        hour = int(now // 3600)
-        bucket = self.buckets.setdefault(hour, {})
-        bucket[(segment, change, cause)] = bucket.get((segment, change, cause), 0) + 1
-        for old in [h for h in self.buckets if h <= hour - self.hours]:
-            del self.buckets[old]
-
-    def rates(self, now: float) -> dict[str, dict[str, Any]]:
-        """Per segment: entries and exits in the trailing hour, and the top exit cause."""
-        out: dict[str, dict[str, Any]] = {}
-        hour, into = int(now // 3600), (now % 3600) / 3600
-        causes: dict[str, dict[str, int]] = {}
-        for bucket_hour, weight in ((hour, 1.0), (hour - 1, 1.0 - into)):
-            for (segment, change, cause), count in self.buckets.get(bucket_hour, {}).items():
-                entry = out.setdefault(segment, {"entered_last_hour": 0, "exited_last_hour": 0})
-                entry[f"{change}_last_hour"] += round(count * weight)
-                if change == "exited":
-                    per = causes.setdefault(segment, {})
-                    per[cause] = per.get(cause, 0) + count
-        for segment, per in causes.items():
-            out[segment]["top_exit_cause"] = max(per, key=per.__getitem__)
-        return out
-
-
 def record_metrics(
-    results: Sequence[Applied], changes: Sequence[dict], churn: ChurnHistory | None = None
+    results: Sequence[Applied], changes: Sequence[Change], churn: ChurnHistory | None = None
 ) -> None:
     """Churn metrics from applied (newer-seq) changes, so a replayed change counts once."""
     for result, change in zip(results, changes, strict=True):
         if not result.applied:
             continue
-        cause = change.get("cause") or ""
-        SEGMENT_CHANGES.labels(change["segment"], change["change"], cause).inc()
+        SEGMENT_CHANGES.labels(change.segment, change.change, change.cause).inc()
         if churn is not None:
-            churn.record(change["segment"], change["change"], cause, time.time())
-        if change["change"] == "exited" and result.previous:
+            churn.record(change.segment, change.change, change.cause, time.time())
+        if not change.entered and result.previous:
             _seq, was_member, since = parse_field(result.previous)
             if was_member:
-                seconds = _seconds_between(since, change["at"])
+                seconds = _seconds_since(since, change.at)
                 if seconds is not None and seconds >= 0:
-                    TIME_IN_SEGMENT.labels(change["segment"]).observe(seconds)
+                    TIME_IN_SEGMENT.labels(change.segment).observe(seconds)
 
 
-def _seconds_between(start: str, end: str) -> float | None:
+def _seconds_since(start: str, end: int) -> float | None:
     try:
-        return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+        return (end - parse_instant(start.replace("Z", "+00:00"))) / 1_000_000
     except ValueError:
         return None

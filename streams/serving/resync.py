@@ -1,4 +1,4 @@
-"""`segments resync-cache`: rebuild the Redis cache from the compacted segment-memberships topic."""
+"""Rebuilding the Redis cache from the compacted segment-memberships topic."""
 
 from __future__ import annotations
 
@@ -6,15 +6,17 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 
-import click
-import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from segments.changes import CodecError, MembershipRecord
 from streams.serving.cache import CacheWrite, RedisCache
 
 log = logging.getLogger(__name__)
+
+
+class TopicNotFound(LookupError):
+    """The memberships topic is not in the metadata (missing, or without a leader yet)."""
 
 
 @dataclass
@@ -25,24 +27,6 @@ class ResyncResult:
     skipped: int = 0
     keys_deleted: int = 0
     applied: int = 0
-
-
-def membership_write(key: bytes | None, value: bytes) -> CacheWrite:
-    """A segment-memberships record (key `customer_id|segment`) -> the write that restores it.
-
-    The value is the change that made the customer a member (SPEC section 4 JSON); `since`
-    (if present) or `at` is when it entered. Raises ValueError when unusable.
-    """
-    data: Any = orjson.loads(value)
-    if not isinstance(data, dict) or not isinstance(data.get("seq"), int):
-        raise ValueError("membership value must be a JSON object with an integer seq")
-    customer_id, segment = data.get("customer_id"), data.get("segment")
-    if (customer_id is None or segment is None) and key:
-        customer_id, _, segment = key.decode().rpartition("|")
-    since = data.get("since") or data.get("at")
-    if not customer_id or not segment or not isinstance(since, str):
-        raise ValueError("membership value lacks customer_id, segment or since/at")
-    return CacheWrite(customer_id, segment, data["seq"], True, since)
 
 
 async def read_memberships(bootstrap: str, topic: str) -> tuple[dict[bytes, bytes | None], int]:
@@ -94,7 +78,7 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
         if partitions:
             return set(partitions)
         if time.monotonic() >= deadline:
-            raise click.ClickException(
+            raise TopicNotFound(
                 f"topic {topic!r} not found, or it has no partition leader, after {timeout:g}s"
             )
         await consumer._client.force_metadata_update()  # the topic may be new to this client
@@ -117,8 +101,8 @@ async def resync_cache(
             result.tombstones += 1
             continue
         try:
-            writes.append(membership_write(key, value))
-        except (ValueError, orjson.JSONDecodeError) as error:
+            writes.append(CacheWrite.from_membership(MembershipRecord.from_record(key, value)))
+        except CodecError as error:
             result.skipped += 1
             log.warning("resync_skip key=%r reason=%s", key[:200], error)
     result.members = len(writes)
@@ -132,36 +116,3 @@ async def resync_cache(
         result.applied += sum(1 for r in applied if r.applied)
     await cache.client.set(cache.keys.sentinel(), "resynced")
     return result
-
-
-@click.command("resync-cache")
-@click.option(
-    "--no-flush",
-    is_flag=True,
-    help="keep existing keys (only newer memberships are written; stale members stay)",
-)
-def resync_command(no_flush: bool) -> None:
-    """Rebuild the Redis cache from the segment-memberships topic."""
-    from streams.serving.process import ServingConfig
-
-    config = ServingConfig.load()
-
-    async def main() -> ResyncResult:
-        client = config.redis_client()
-        try:
-            cache = RedisCache(client, config.redis_prefix)
-            return await resync_cache(
-                cache,
-                bootstrap=config.kafka_bootstrap,
-                topic=config.memberships_topic,
-                flush=not no_flush,
-            )
-        finally:
-            await client.aclose()
-
-    result = asyncio.run(main())
-    click.echo(
-        f"resync-cache: read {result.records_read} records, {result.members} members, "
-        f"{result.tombstones} exits, {result.skipped} skipped; "
-        f"deleted {result.keys_deleted} keys, wrote {result.applied}"
-    )

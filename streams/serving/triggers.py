@@ -31,20 +31,22 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any, Generic, TypeVar
 
 import aiohttp
-import click
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from prometheus_client import Counter, Gauge, Histogram
 from redis.exceptions import RedisError
 
+from segments.changes import Change, CodecError
 from segments.rules.ruleset import Trigger
-from streams.serving.cache import decode_change
-from streams.serving.cache_sink import Backoff, record_lag, wait_for_topic, wait_or_stop
+from streams.kafka.retry import Backoff, wait_or_stop
+from streams.kafka.topics import ensure_topic, wait_for_topic
+from streams.serving.metrics import record_lag
+from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -214,14 +216,26 @@ class OffsetTracker(Generic[P]):
             self._committed.pop(partition, None)
 
 
+DEFAULT_MAX_AGE_S = 6 * 3600.0  # serve's and triggers' --max-age default
+
+
+def _setting(name: str) -> Any:
+    """The default of a SEGMENTS_TRIGGER_* setting: defined once, in streams.settings."""
+    return Settings.model_fields[name].default
+
+
 @dataclass(frozen=True)
 class DispatchConfig:
-    max_age_s: float = 6 * 3600.0  # older changes never fire (replays from history)
-    retry_span_s: float = 3600.0  # a failing call is retried this long from its first attempt
-    retry_first_s: float = 1.0  # bound of the first retry delay; doubles per attempt
-    retry_max_delay_s: float = 300.0  # largest bound of one retry delay
-    timeout_s: float = 10.0  # per attempt
-    concurrency: int = 16  # webhook calls in flight per webhook URL
+    """The dispatcher's part of the settings, plus the knobs only a caller sets."""
+
+    max_age_s: float = DEFAULT_MAX_AGE_S  # older changes never fire (replays from history)
+    # a failing call is retried this long from its first attempt
+    retry_span_s: float = _setting("trigger_retry_span")
+    # bound of the first retry delay; doubles per attempt
+    retry_first_s: float = _setting("trigger_retry_delay")
+    retry_max_delay_s: float = _setting("trigger_retry_max_delay")  # largest bound of one delay
+    timeout_s: float = _setting("trigger_timeout")  # per attempt
+    concurrency: int = _setting("trigger_concurrency")  # webhook calls in flight per webhook URL
     max_pending: int = 10_000  # unfinished changes before fetching pauses
     from_beginning: bool = False  # a new group starts at the start of the topic (asked for)
 
@@ -234,7 +248,7 @@ class DispatchConfig:
         return RetrySchedule(self.retry_first_s, self.retry_max_delay_s, self.retry_span_s)
 
     @classmethod
-    def from_settings(cls, settings: Any, **overrides: Any) -> DispatchConfig:
+    def from_settings(cls, settings: Settings, **overrides: Any) -> DispatchConfig:
         """From streams.settings.Settings (its SEGMENTS_TRIGGER_* fields)."""
         values: dict[str, Any] = {
             "retry_span_s": settings.trigger_retry_span,
@@ -258,11 +272,7 @@ class DispatchStats:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
 
-def _epoch_seconds(iso: str) -> float:
-    return datetime.fromisoformat(iso).timestamp()
-
-
-class _Rebalance(ConsumerRebalanceListener):
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
     """Hands revoked partitions over cleanly and sets `ready` once assigned ones are positioned.
 
     With a new group starting at "latest", a change produced after `ready` is seen.
@@ -326,8 +336,8 @@ class TriggerDispatcher:
         self._paused = False
         self._last_commit = 0.0
 
-    def marker_key(self, trigger: Trigger, change: dict[str, Any]) -> str:
-        return f"{self.prefix}trig:{{{change['customer_id']}}}:{trigger.name}:{change['change_id']}"
+    def marker_key(self, trigger: Trigger, change: Change) -> str:
+        return f"{self.prefix}trig:{{{change.customer_id}}}:{trigger.name}:{change.change_id}"
 
     def cooldown_key(self, trigger: Trigger, customer_id: str) -> str:
         return f"{self.prefix}trigcool:{{{customer_id}}}:{trigger.name}"
@@ -403,8 +413,9 @@ class TriggerDispatcher:
 
     def _task_done(self, tp: TopicPartition, task: asyncio.Task[None]) -> None:
         self._tasks.get(tp, set()).discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self._failures.append(task.exception())  # type: ignore[arg-type]
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            self._failures.append(error)
 
     def _flow_control(self, consumer: AIOKafkaConsumer) -> None:
         """Pauses fetching while `max_pending` changes have no outcome (memory stays bounded)."""
@@ -463,15 +474,12 @@ class TriggerDispatcher:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _jobs(self, raw: bytes) -> list[tuple[Trigger, dict[str, Any]]]:
+    def _jobs(self, raw: bytes) -> list[tuple[Trigger, Change]]:
         try:
-            change = decode_change(raw)
-        except (ValueError, TypeError):
+            change = Change.from_json(raw)
+        except CodecError:
             return []  # the cache sink counts undecodable changes
-        change.setdefault(
-            "change_id", f"{change['customer_id']}:{change['segment']}:{change['seq']}"
-        )
-        matches = self._by_kind.get((change["segment"], change["change"]), [])
+        matches = self._by_kind.get((change.segment, change.change), [])
         return [(trigger, change) for trigger in matches]
 
     async def _dispatch(
@@ -479,14 +487,11 @@ class TriggerDispatcher:
         session: aiohttp.ClientSession,
         producer: AIOKafkaProducer,
         trigger: Trigger,
-        change: dict[str, Any],
+        change: Change,
         stop: asyncio.Event,
     ) -> bool:
         """Handles one (trigger, change) to a final outcome; False only when stopped."""
-        try:
-            age = time.time() - _epoch_seconds(change["at"])
-        except ValueError:
-            age = float("inf")
+        age = time.time() - change.at / 1_000_000
         if age > self.config.max_age_s:
             return self._skip(trigger, "too-old")
         key = self.marker_key(trigger, change)
@@ -520,7 +525,7 @@ class TriggerDispatcher:
                 log.info(
                     "trigger_resumed trigger=%s change_id=%s first_attempt_age_s=%.0f",
                     trigger.name,
-                    change["change_id"],
+                    change.change_id,
                     now - first_at,
                 )
                 return await self._deliver(session, producer, trigger, change, first_at, slot, stop)
@@ -532,17 +537,17 @@ class TriggerDispatcher:
             if self._in_flight.get(key) is me:
                 del self._in_flight[key]
 
-    async def _claim_marker(self, trigger: Trigger, change: dict[str, Any], now: float) -> str:
+    async def _claim_marker(self, trigger: Trigger, change: Change, now: float) -> str:
         state = await self._claim(
             keys=[
                 self.marker_key(trigger, change),
-                self.cooldown_key(trigger, change["customer_id"]),
+                self.cooldown_key(trigger, change.customer_id),
             ],
             args=[
                 f"{self.owner}:{int(now * 1000)}",
                 self.config.marker_ttl_ms,
                 trigger.cooldown // 1000,
-                change["change_id"],
+                change.change_id,
             ],
         )
         return state.decode() if isinstance(state, bytes) else str(state)
@@ -552,7 +557,7 @@ class TriggerDispatcher:
         session: aiohttp.ClientSession,
         producer: AIOKafkaProducer,
         trigger: Trigger,
-        change: dict[str, Any],
+        change: Change,
         first_at: float,
         slot: _Slot,
         stop: asyncio.Event,
@@ -560,18 +565,18 @@ class TriggerDispatcher:
         """Calls the webhook until a 2xx, a refusal or the end of the retry span."""
         body = orjson.dumps(
             {
-                "customer_id": change["customer_id"],
-                "segment": change["segment"],
-                "change": change["change"],
-                "change_id": change["change_id"],
-                "at": change["at"],
-                "metrics": change.get("metrics") or {},
+                "customer_id": change.customer_id,
+                "segment": change.segment,
+                "change": change.change,
+                "change_id": change.change_id,
+                "at": change.at_iso,
+                "metrics": change.metrics,
                 "trigger": trigger.name,
             }
         )
         headers = {
             "Content-Type": "application/json",
-            "Idempotency-Key": change["change_id"],
+            "Idempotency-Key": change.change_id,
             "User-Agent": "purchase-segments-triggers",
         }
         deadline = first_at + self.schedule.span_s
@@ -586,7 +591,7 @@ class TriggerDispatcher:
                 self.stats.fired += 1
                 TRIGGER_CALLS.labels(trigger.name, "fired", "").inc()
                 TRIGGER_DELAY.labels(trigger.name).observe(
-                    max(0.0, time.time() - _epoch_seconds(change["at"]))
+                    max(0.0, time.time() - change.at / 1_000_000)
                 )
                 return True
             self.stats.failed_attempts += 1
@@ -617,7 +622,7 @@ class TriggerDispatcher:
         return await self._dead(producer, trigger, change, reason, attempt, first_at, stop)
 
     def _attempt_failed(
-        self, trigger: Trigger, change: dict[str, Any], attempt: int, reason: str, delay: float
+        self, trigger: Trigger, change: Change, attempt: int, reason: str, delay: float
     ) -> None:
         """Logs a failed attempt: each at DEBUG, at most one WARNING per trigger per 10 s."""
         now = time.monotonic()
@@ -630,14 +635,14 @@ class TriggerDispatcher:
             "trigger_attempt_failed trigger=%s change_id=%s attempt=%d reason=%s retry_in=%.2fs"
             " retrying=%d",
             trigger.name,
-            change["change_id"],
+            change.change_id,
             attempt,
             reason,
             delay,
             self._retrying.get(trigger.name, 0) + 1,
         )
 
-    async def _mark(self, trigger: Trigger, change: dict[str, Any], state: str) -> bool:
+    async def _mark(self, trigger: Trigger, change: Change, state: str) -> bool:
         await self.redis.set(self.marker_key(trigger, change), state, px=self.config.marker_ttl_ms)
         return True
 
@@ -645,7 +650,7 @@ class TriggerDispatcher:
         self,
         producer: AIOKafkaProducer,
         trigger: Trigger,
-        change: dict[str, Any],
+        change: Change,
         reason: str,
         attempts: int,
         first_at: float,
@@ -658,7 +663,7 @@ class TriggerDispatcher:
                 "webhook": trigger.webhook,
                 "reason": reason,
                 "attempts": attempts,
-                "change": change,
+                "change": change.to_dict(),
                 "first_attempt_at": first_at,
                 "dead_at": time.time(),
             }
@@ -667,7 +672,7 @@ class TriggerDispatcher:
             lambda: producer.send_and_wait(
                 self.dlq_topic,
                 record,
-                key=change["customer_id"].encode(),
+                key=change.customer_id.encode(),
                 headers=[("reason", reason.encode())],
             ),
             (KafkaError, OSError),
@@ -683,7 +688,7 @@ class TriggerDispatcher:
         log.error(
             "trigger_dead_letter trigger=%s change_id=%s reason=%s attempts=%d after_s=%.0f",
             trigger.name,
-            change["change_id"],
+            change.change_id,
             reason,
             attempts,
             time.time() - first_at,
@@ -753,76 +758,3 @@ async def _retry(
             log.warning("%s error=%s", event, error)
             if await wait_or_stop(stop, backoff.next_delay()):
                 return None
-
-
-async def ensure_topic(bootstrap: str, topic: str, partitions: int = 1) -> None:
-    """Creates the dead-letter topic when missing (brokers may not auto-create topics)."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import TopicAlreadyExistsError
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        if topic in set(await admin.list_topics()):
-            return
-        response = await admin.create_topics([NewTopic(topic, partitions, 1)])
-        for _name, code, *_rest in getattr(response, "topic_errors", []):
-            if code not in (0, TopicAlreadyExistsError.errno):
-                raise KafkaError(f"creating {topic} failed with error code {code}")
-    finally:
-        await admin.close()
-
-
-@click.command("triggers")
-@click.option("--from-beginning", is_flag=True, help="a new consumer group reads all history")
-@click.option("--max-age", type=float, default=6 * 3600.0, show_default=True,
-              help="seconds; older changes never fire")  # fmt: skip
-@click.option("--group", default=None, help="consumer group (default <app_id>-triggers)")
-def triggers_command(from_beginning: bool, max_age: float, group: str | None) -> None:
-    """Run only the trigger dispatcher (also part of `segments serve`).
-
-    Retries and timeouts come from SEGMENTS_TRIGGER_* (docs/serving.md).
-    """
-    import signal
-
-    from streams.serving.process import ServingConfig
-    from streams.settings import SettingsError, load_settings
-
-    try:
-        settings = load_settings()
-    except SettingsError as error:
-        raise click.ClickException(str(error)) from None
-    config = ServingConfig.from_settings(settings)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        client = config.redis_client()
-        dispatcher = TriggerDispatcher(
-            client,
-            config.ruleset().triggers,
-            bootstrap=config.kafka_bootstrap,
-            topic=config.changes_topic,
-            dlq_topic=config.triggers_dlq_topic,
-            group_id=group or f"{config.app_id}-triggers",
-            redis_prefix=config.redis_prefix,
-            config=DispatchConfig.from_settings(
-                settings, max_age_s=max_age, from_beginning=from_beginning
-            ),
-        )
-        ready = asyncio.create_task(dispatcher.ready.wait())
-        ready.add_done_callback(lambda _: click.echo("triggers: ready", err=True))
-        try:
-            await dispatcher.run(stop)
-        finally:
-            ready.cancel()
-            await client.aclose()
-
-    asyncio.run(main())
-
-
-if __name__ == "__main__":
-    triggers_command()

@@ -21,7 +21,6 @@ from prometheus_client import (
 from redis.exceptions import RedisError
 
 from streams.serving.cache import PipelinedReader, RedisCache, parse_cursor
-from streams.serving.cache_sink import CACHE_COMPLETE, REDIS_UP
 from streams.serving.lookup import (
     CACHE_INCOMPLETE,
     RETRY_AFTER_S,
@@ -33,6 +32,7 @@ from streams.serving.lookup import (
     now_iso,
     readiness,
 )
+from streams.serving.metrics import CACHE_COMPLETE, REDIS_UP
 
 SEGMENT_SIZE = Gauge(
     "segments_size",
@@ -87,7 +87,7 @@ def create_app(
     names); api_token: when set, every path but /healthz and /readyz needs
     `Authorization: Bearer <token>`; ready: an extra /readyz condition (on top of: Redis
     answers and the cache's sentinel is there);
-    churn: an optional ChurnHistory (streams.serving.cache_sink) feeding /segments and the
+    churn: an optional ChurnHistory (streams.serving.churn) feeding /segments and the
     dashboard;
     reader: a PipelinedReader for the lookup's HGETALL (the hot path), else the client.
     """
@@ -95,7 +95,9 @@ def create_app(
     expected_auth = f"Bearer {api_token}".encode() if api_token else None
 
     @web.middleware
-    async def auth(request: web.Request, handler: Callable[..., Awaitable[web.StreamResponse]]):
+    async def auth(
+        request: web.Request, handler: Callable[..., Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         if expected_auth is not None and request.path not in _OPEN_PATHS:
             given = request.headers.get("Authorization", "").encode()
             if not hmac.compare_digest(given, expected_auth):
@@ -269,7 +271,9 @@ def create_app(
     return app
 
 
-def _op(summary: str, schema: dict[str, Any], parameters: list[dict[str, Any]] | None = None):
+def _op(
+    summary: str, schema: dict[str, Any], parameters: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     return {
         "summary": summary,
         "parameters": parameters or [],

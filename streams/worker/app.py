@@ -1,4 +1,4 @@
-"""The Faust app: its topics and the one `customers` table, built from the worker config."""
+"""The Faust app: its topics and the one `customers` table, built from the settings."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
+from faust.types import TableT
 
-from streams.config import WorkerConfig
-from streams.settings import Topics
+from streams.settings import Settings, Topics
 from streams.worker.faust_fixes import App
 from streams.worker.web import faust_web_settings
 
@@ -25,7 +25,7 @@ ROCKSDB_OPTIONS: dict[str, Any] = {
 }
 
 
-def raw_schema() -> faust.Schema:
+def raw_schema() -> faust.Schema[bytes, bytes]:
     """Bytes in, bytes out: decoding is the core's job (segments.events), not Faust's."""
     return faust.Schema(
         key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
@@ -36,23 +36,23 @@ def raw_schema() -> faust.Schema:
 class SegmentsApp:
     """The app and everything agents need, passed explicitly instead of module globals."""
 
-    config: WorkerConfig
+    settings: Settings
     names: Topics
     app: faust.App
     events: faust.TopicT  # `purchases` and the ticks topic, read by one agent
     ticks: faust.TopicT
     native: faust.TopicT  # `purchases.pos` and `purchases.online`
-    customers: faust.Table
+    customers: TableT[bytes, bytes]
 
 
-def create_app(config: WorkerConfig) -> SegmentsApp:
-    names = config.names
+def create_app(settings: Settings) -> SegmentsApp:
+    names = settings.topics
     app = App(
-        config.app_id,
-        broker=f"kafka://{config.kafka_bootstrap}",
+        settings.app_id,
+        broker=settings.faust_broker,
         store="rocksdb://",
-        datadir=str(config.data_dir),
-        topic_partitions=config.partitions,
+        datadir=str(settings.data_dir),
+        topic_partitions=settings.partitions,
         topic_replication_factor=1,
         # At-least-once on purpose: Faust's exactly_once has open bugs; effects
         # are idempotent instead (docs/worker.md).
@@ -73,19 +73,19 @@ def create_app(config: WorkerConfig) -> SegmentsApp:
         broker_session_timeout=10.0,
         broker_heartbeat_interval=2.0,
         stream_buffer_maxsize=1024,
-        **faust_web_settings(config.web_host, config.web_port, config.api_token),
+        **faust_web_settings(settings.web_host, settings.web_port, settings.api_token_value),
     )
     # purchases and ticks share partition numbers: one agent reads both, so a
     # tick for partition p is handled in the same stream, in order, as p's events.
     events = app.topic(names.purchases, names.ticks, schema=raw_schema())
-    ticks = app.topic(names.ticks, partitions=config.partitions, schema=raw_schema())
+    ticks = app.topic(names.ticks, partitions=settings.partitions, schema=raw_schema())
     native = app.topic(names.purchases_pos, names.purchases_online, schema=raw_schema())
     customers = app.Table(
         "customers",
         default=None,
-        partitions=config.partitions,
+        partitions=settings.partitions,
         options=ROCKSDB_OPTIONS,
         key_type=bytes,  # bytes types make Faust's table serializers "raw"
         value_type=bytes,
     )
-    return SegmentsApp(config, names, app, events, ticks, native, customers)
+    return SegmentsApp(settings, names, app, events, ticks, native, customers)

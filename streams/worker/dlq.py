@@ -100,10 +100,11 @@ def _too_large(error: BaseException) -> bool:
 
     Faust wraps the client's errors in ProducerSendError; the cause is kept.
     """
-    while error is not None:
-        if isinstance(error, MessageSizeTooLargeError):
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, MessageSizeTooLargeError):
             return True
-        error = error.__cause__  # type: ignore[assignment]
+        cause = cause.__cause__
     return False
 
 

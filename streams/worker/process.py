@@ -1,4 +1,4 @@
-"""`segments worker`: the Faust worker process: topics, app, agents, health pages, signals."""
+"""The worker process: the app with its agents, health pages and metrics; its local state."""
 
 from __future__ import annotations
 
@@ -8,13 +8,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import click
-
 from segments.adapters import IdentityMap
-from segments.rules.evaluator import compile_rules
-from streams.cli.validate import load_ruleset_or_exit
-from streams.config import WorkerConfig, load_config
-from streams.kafka.topics import ensure_topics
+from segments.rules.evaluator import CompiledRules
+from streams.settings import Settings
 from streams.worker.agents import AdapterProcessor, build_processor, register_agents
 from streams.worker.app import SegmentsApp, create_app
 from streams.worker.broker_probe import SILENCE_LIMIT, BrokerProbe, Readiness
@@ -23,17 +19,17 @@ from streams.worker.processor import SegmentProcessor
 log = logging.getLogger(__name__)
 
 
-def build_worker_app(config: WorkerConfig) -> tuple[SegmentsApp, SegmentProcessor]:
-    from segments.data import EXAMPLE_RULES
-
-    rules = compile_rules(load_ruleset_or_exit(config.rules or EXAMPLE_RULES))
-    segments_app = create_app(config)
+def build_worker_app(
+    settings: Settings, rules: CompiledRules
+) -> tuple[SegmentsApp, SegmentProcessor]:
+    """The Faust app with its agents, timers, pages and metrics, ready to run."""
+    segments_app = create_app(settings)
     processor = build_processor(segments_app, rules)
     # Without an identity file every native id stands for its own customer.
-    identities = IdentityMap.load(config.identity_map) if config.identity_map else IdentityMap()
+    identities = IdentityMap.load(settings.identity_map) if settings.identity_map else IdentityMap()
     adapter = AdapterProcessor(segments_app, rules, identities)
     register_agents(segments_app, processor, adapter)
-    probe = BrokerProbe(config.kafka_bootstrap)
+    probe = BrokerProbe(settings.kafka_bootstrap)
     register_pages(segments_app, probe)
     register_metrics(segments_app, processor, adapter, probe)
     return segments_app, processor
@@ -43,7 +39,7 @@ def register_pages(segments_app: SegmentsApp, probe: BrokerProbe) -> None:
     """/healthz: the process runs; /readyz: recovered, assigned, no rebalance, broker answers."""
     app = segments_app.app
 
-    @app.task
+    @app.task  # type: ignore[untyped-decorator]  # faust: untyped
     async def probe_broker() -> None:
         await probe.run()
 
@@ -54,7 +50,9 @@ def register_pages(segments_app: SegmentsApp, probe: BrokerProbe) -> None:
     @app.page("/readyz")
     async def readyz(web: Any, request: Any) -> Any:
         readiness = Readiness(
-            recovered=app.tables.recovery.completed.is_set() and not app.in_recovery,
+            # TableManagerT declares no `recovery`; faust's TableManager has it.
+            recovered=app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]
+            and not app.in_recovery,
             rebalancing=bool(app.rebalancing),
             assigned=not app.unassigned,
             broker_silence=probe.silence(),
@@ -112,7 +110,7 @@ def prepare_data_dir(data_dir: Path) -> bool:
     return unclean
 
 
-def _worker_class() -> type[Any]:
+def worker_class() -> type[Any]:
     import faust
 
     from streams.worker.log_rate import limit_repeated_messages
@@ -127,33 +125,3 @@ def _worker_class() -> type[Any]:
             limit_repeated_messages(logger)
 
     return Worker
-
-
-@click.command("worker")
-def worker_command() -> None:
-    """Run the streaming worker (Faust) with the SEGMENTS_* configuration."""
-    worker_class = _worker_class()
-    config = load_config()
-    ensure_topics(
-        config.kafka_bootstrap, config.names, config.partitions, config.changes_retention_ms
-    )
-    if prepare_data_dir(config.data_dir):
-        # Faust has not set up logging yet.
-        click.echo("unclean_stop_detected local_state=discarded restore=changelog", err=True)
-    segments_app, _ = build_worker_app(config)
-    log.info(
-        "worker_starting app_id=%s clock=%s partitions=%d prefix=%r",
-        config.app_id,
-        config.clock,
-        config.partitions,
-        config.topic_prefix,
-    )
-    # faust.Worker installs SIGTERM/SIGINT handlers that stop the app cleanly
-    # (commit offsets, flush the producer, close RocksDB).
-    worker = worker_class(segments_app.app, loglevel="info")
-    try:
-        worker.execute_from_commandline()
-    except SystemExit as stop:
-        if stop.code in (0, None):
-            (config.data_dir / RUNNING_MARKER).unlink(missing_ok=True)
-        raise

@@ -15,7 +15,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import orjson
 
@@ -25,7 +25,7 @@ from segments.aggregates import (
     state_to_bytes,
     stored_rules_version,
 )
-from segments.changes import Change, current_membership_change, membership_value
+from segments.changes import Change, MembershipRecord, membership_key
 from segments.engine import Engine
 from segments.events import ClockMark, Purchase, Rejection, Return, decode_event
 from segments.membership import DuplicateEvent
@@ -65,11 +65,12 @@ class CustomerRecord:
     clock: int | None
     due: int | None
     offset: int
-    outbox: list[dict[str, Any]]  # Change.to_dict() of changes not yet acknowledged by Kafka
+    outbox: list[Change]  # changes not yet acknowledged by Kafka
     state: bytes
 
     def to_bytes(self) -> bytes:
-        header = orjson.dumps([RECORD_FORMAT, self.clock, self.due, self.offset, self.outbox])
+        outbox = [change.to_dict() for change in self.outbox]
+        header = orjson.dumps([RECORD_FORMAT, self.clock, self.due, self.offset, outbox])
         return header + b"\n" + self.state
 
     @classmethod
@@ -78,7 +79,7 @@ class CustomerRecord:
         fmt, clock, due, offset, outbox = orjson.loads(header)
         if fmt != RECORD_FORMAT:
             raise ValueError(f"customer record format {fmt} is not {RECORD_FORMAT}")
-        return cls(clock, due, offset, outbox, state)
+        return cls(clock, due, offset, [Change.from_dict(change) for change in outbox], state)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,8 +176,8 @@ class PartitionStates:
         if outbox and record is not None and record.offset < self.processor.flushed_before(self):
             outbox = []  # written before the last commit, so flushed to Kafka
         elif acked:
-            outbox = [change for change in outbox if change["change_id"] not in acked]
-        new = [change.to_dict() for change in changes]
+            outbox = [change for change in outbox if change.change_id not in acked]
+        new = list(changes)
         written = CustomerRecord(
             self.clock, state.due, self.offset, outbox + new, state_to_bytes(state)
         )
@@ -190,7 +191,7 @@ class PartitionStates:
         self.kept.pop(customer_id, None)
 
     def publish(
-        self, customer_id: str, changes: list[dict[str, Any]], state: CustomerState | None = None
+        self, customer_id: str, changes: list[Change], state: CustomerState | None = None
     ) -> None:
         """Queue changes and membership records; once Kafka has all, mark them acked.
 
@@ -202,20 +203,20 @@ class PartitionStates:
         key = customer_id.encode()
         messages: list[tuple[str, bytes, bytes | None]] = []
         for change in changes:
-            messages.append((names.segment_changes, key, orjson.dumps(change)))
+            messages.append((names.segment_changes, key, change.to_json()))
         self.processor.counts["changes"] += len(changes)
-        last = {change["segment"]: change for change in changes}  # the last of each
+        last = {change.segment: change for change in changes}  # the last of each
         for segment, change in last.items():
-            if state is not None:
-                change = current_membership_change(state, segment)
-            messages.append(
-                (
-                    names.segment_memberships,
-                    f"{customer_id}|{segment}".encode(),
-                    membership_value(change),
-                )
+            record = (
+                MembershipRecord.of_change(change)
+                if state is None
+                else MembershipRecord.of_state(state, segment)
             )
-        ids = {change["change_id"] for change in changes}
+            value = record.to_json() if record is not None else None
+            messages.append(
+                (names.segment_memberships, membership_key(customer_id, segment), value)
+            )
+        ids = {change.change_id for change in changes}
         acked = self.acked
 
         def on_acked() -> None:

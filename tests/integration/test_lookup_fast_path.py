@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from streams.serving.cache import CacheWrite, PipelinedReader, RedisCache, connect
-from streams.serving.lookup import start_lookup_server
+from streams.serving.fast_path import start_lookup_server
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,8 @@ import orjson
 import pytest
 
 from streams.serving.cache import CacheWrite, RedisCache, connect
-from streams.serving.process import ServingConfig, run_serving
+from streams.serving.process import run_serving
+from streams.settings import load_settings
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +58,9 @@ def run(body: Callable[[tuple[int, int]], Awaitable[None]], redis_url: str) -> N
             ]
         )
         await client.set(cache.keys.sentinel(), "resynced")
-        config = ServingConfig(redis_url=redis_url, redis_prefix=prefix, web_port=free_port())
+        config = load_settings(
+            env_file=None, redis_url=redis_url, redis_prefix=prefix, web_port=free_port()
+        )
         lookup_port = free_port()
         stop, started = asyncio.Event(), asyncio.Event()
         serving = asyncio.create_task(

@@ -14,7 +14,8 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from streams.serving.process import ServingConfig, run_serving
+from streams.serving.process import run_serving
+from streams.settings import Settings, load_settings
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration
@@ -34,7 +35,8 @@ def config():
     from kafka.admin import KafkaAdminClient, NewTopic
 
     prefix = f"test-{uuid.uuid4().hex[:8]}."
-    cfg = ServingConfig(
+    cfg = load_settings(
+        env_file=None,
         kafka_bootstrap=BOOTSTRAP,
         redis_url=REDIS_URL,
         redis_prefix=prefix,
@@ -47,13 +49,15 @@ def config():
     # The worker creates both: the changes, and the memberships the cache is rebuilt from.
     admin.create_topics(
         [
-            NewTopic(cfg.changes_topic, 2, 1),
-            NewTopic(cfg.memberships_topic, 2, 1, topic_configs={"cleanup.policy": "compact"}),
+            NewTopic(cfg.topics.segment_changes, 2, 1),
+            NewTopic(
+                cfg.topics.segment_memberships, 2, 1, topic_configs={"cleanup.policy": "compact"}
+            ),
         ]
     )
     yield cfg
     try:
-        admin.delete_topics([cfg.changes_topic, cfg.memberships_topic])
+        admin.delete_topics([cfg.topics.segment_changes, cfg.topics.segment_memberships])
     finally:
         admin.close()
     import redis
@@ -98,7 +102,9 @@ def test_a_change_on_kafka_is_answered_by_the_lookup_api_and_cli(config):
                 change("c-42", "runner", 1, "2026-11-01T00:00:00Z"),
                 change("c-42", "runner", 2, "2026-11-10T00:00:00Z"),
             ]:
-                await producer.send_and_wait(config.changes_topic, orjson.dumps(item), key=b"c-42")
+                await producer.send_and_wait(
+                    config.topics.segment_changes, orjson.dumps(item), key=b"c-42"
+                )
             async with aiohttp.ClientSession() as http:
 
                 async def vip_only():
@@ -159,18 +165,13 @@ def test_a_change_on_kafka_is_answered_by_the_lookup_api_and_cli(config):
 
 
 def test_web_binds_to_loopback_by_default():
-    assert ServingConfig().web_host == "127.0.0.1"
-    from streams.settings import Settings
-
     assert Settings().web_host == "127.0.0.1"
 
 
 def test_serving_waits_for_the_worker_to_create_topics_and_stops_cleanly(config):
     """Started before the worker created segment-changes: it serves, waits, and a stop ends
     it promptly (a consumer subscribed to a missing topic would hang in start())."""
-    from dataclasses import replace
-
-    missing = replace(config, topic_prefix=config.topic_prefix + "later.")
+    missing = config.model_copy(update={"topic_prefix": config.topic_prefix + "later."})
 
     async def main():
         stop, started = asyncio.Event(), asyncio.Event()

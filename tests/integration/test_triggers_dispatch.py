@@ -536,7 +536,7 @@ def test_a_killed_dispatcher_loses_no_call(names, tmp_path):
                 "SEGMENTS_TRIGGER_RETRY_SPAN": "5m",
                 "SEGMENTS_TRIGGER_CONCURRENCY": str(concurrency),
             }
-            command = [sys.executable, "-m", "streams.serving.triggers"]
+            command = [sys.executable, "-m", "streams", "triggers"]
 
             drains: list[asyncio.Task] = []
 

@@ -12,26 +12,23 @@ from pathlib import Path
 import pytest
 from faust.types import TP
 
-from streams.config import WorkerConfig
+from streams.settings import Settings, load_settings
 from streams.worker.app import create_app
 from streams.worker.faust_store import FaustCustomerTable, committed_offsets
 
 pytestmark = pytest.mark.unit
 
 
-def config(data_dir: Path) -> WorkerConfig:
-    return WorkerConfig(
+def config(data_dir: Path) -> Settings:
+    return load_settings(
+        env_file=None,
         kafka_bootstrap="127.0.0.1:1",  # never connected
-        rules="",
         clock="event",
         topic_prefix="t.",
         app_id="faust-store-test",
         partitions=2,
         data_dir=data_dir,
-        web_host="127.0.0.1",
         web_port=6066,  # never bound: the app is not started
-        changes_retention_ms=None,
-        identity_map=None,
     )
 
 

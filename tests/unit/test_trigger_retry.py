@@ -157,11 +157,13 @@ def test_bad_trigger_settings_are_named(
 def test_serve_hands_the_trigger_settings_to_its_dispatcher(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from streams.serving.process import ServingConfig, _dispatch_config
+    from streams.serving.process import dispatch_config
 
     monkeypatch.setenv("SEGMENTS_TRIGGER_RETRY_SPAN", "2h")
     monkeypatch.setenv("SEGMENTS_TRIGGER_TIMEOUT", "3s")
-    config = ServingConfig.from_settings(load_settings(env_file=None), trigger_max_age_s=60.0)
-    dispatch = _dispatch_config(config)
+    dispatch = dispatch_config(load_settings(env_file=None), 60.0)
     assert (dispatch.retry_span_s, dispatch.timeout_s, dispatch.max_age_s) == (7200.0, 3.0, 60.0)
-    assert _dispatch_config(ServingConfig()) == DispatchConfig()  # built by hand: defaults
+    monkeypatch.delenv("SEGMENTS_TRIGGER_RETRY_SPAN")
+    monkeypatch.delenv("SEGMENTS_TRIGGER_TIMEOUT")
+    # Built by hand, the dispatcher has the settings' defaults, not defaults of its own.
+    assert dispatch_config(load_settings(env_file=None)) == DispatchConfig()

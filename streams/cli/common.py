@@ -1,0 +1,45 @@
+"""What every command shares: the settings or a clean exit, and running until a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import click
+
+from streams.settings import Settings, SettingsError, load_settings
+
+
+def settings_or_exit(**overrides: Any) -> Settings:
+    """The SEGMENTS_* settings; an invalid one ends the command with its message (exit 1)."""
+    try:
+        return load_settings(**overrides)
+    except SettingsError as error:
+        raise click.ClickException(str(error)) from None
+
+
+def run_until_signal(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
+    """Runs main(stop) on uvloop when installed; SIGINT/SIGTERM set stop.
+
+    The handlers are installed before the loop runs: installed from inside a running
+    uvloop (uvloop.run, asyncio.Runner) SIGTERM still killed the process here.
+    """
+    loop: asyncio.AbstractEventLoop
+    try:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:
+        loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        loop.run_until_complete(main(stop))
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        asyncio.set_event_loop(None)
+        loop.close()

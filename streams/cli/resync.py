@@ -1,0 +1,45 @@
+"""`segments resync-cache`: rebuild the Redis cache from the compacted segment-memberships topic."""
+
+from __future__ import annotations
+
+import asyncio
+
+import click
+
+from streams.cli.common import settings_or_exit
+from streams.serving.cache import RedisCache, connect
+from streams.serving.resync import ResyncResult, TopicNotFound, resync_cache
+
+
+@click.command("resync-cache")
+@click.option(
+    "--no-flush",
+    is_flag=True,
+    help="keep existing keys (only newer memberships are written; stale members stay)",
+)
+def resync_command(no_flush: bool) -> None:
+    """Rebuild the Redis cache from the segment-memberships topic."""
+    settings = settings_or_exit()
+
+    async def main() -> ResyncResult:
+        client = connect(settings.redis_url)
+        try:
+            cache = RedisCache(client, settings.redis_prefix)
+            return await resync_cache(
+                cache,
+                bootstrap=settings.kafka_bootstrap,
+                topic=settings.topics.segment_memberships,
+                flush=not no_flush,
+            )
+        finally:
+            await client.aclose()
+
+    try:
+        result = asyncio.run(main())
+    except TopicNotFound as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(
+        f"resync-cache: read {result.records_read} records, {result.members} members, "
+        f"{result.tombstones} exits, {result.skipped} skipped; "
+        f"deleted {result.keys_deleted} keys, wrote {result.applied}"
+    )

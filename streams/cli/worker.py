@@ -1,0 +1,49 @@
+"""`segments worker`: the Faust worker process, with the SEGMENTS_* settings."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from segments.rules.evaluator import compile_rules
+from streams.cli.common import settings_or_exit
+from streams.cli.validate import load_ruleset_or_exit
+from streams.kafka.topics import ensure_topics
+from streams.worker.process import RUNNING_MARKER, build_worker_app, prepare_data_dir, worker_class
+
+log = logging.getLogger(__name__)
+
+
+@click.command("worker")
+def worker_command() -> None:
+    """Run the streaming worker (Faust) with the SEGMENTS_* configuration."""
+    worker = worker_class()
+    settings = settings_or_exit()
+    ensure_topics(
+        settings.kafka_bootstrap,
+        settings.topics,
+        settings.partitions,
+        settings.changes_retention_ms,
+    )
+    if prepare_data_dir(settings.data_dir):
+        # Faust has not set up logging yet.
+        click.echo("unclean_stop_detected local_state=discarded restore=changelog", err=True)
+    rules = compile_rules(load_ruleset_or_exit(settings.rules))
+    segments_app, _ = build_worker_app(settings, rules)
+    log.info(
+        "worker_starting app_id=%s clock=%s partitions=%d prefix=%r",
+        settings.app_id,
+        settings.clock,
+        settings.partitions,
+        settings.topic_prefix,
+    )
+    # faust.Worker installs SIGTERM/SIGINT handlers that stop the app cleanly
+    # (commit offsets, flush the producer, close RocksDB).
+    running = worker(segments_app.app, loglevel="info")
+    try:
+        running.execute_from_commandline()
+    except SystemExit as stop:
+        if stop.code in (0, None):
+            (settings.data_dir / RUNNING_MARKER).unlink(missing_ok=True)
+        raise

@@ -1,7 +1,7 @@
 """A lost message at a partition's head: Faust's commit stalls, the fixed consumer fetches it again.
 
 The race that loses a delivered message (faust-streaming#596; see
-streams/faust_fixes.py) is forced: a bare Faust app on the worker's fixed App,
+streams/worker/faust_fixes.py) is forced: a bare Faust app on the worker's fixed App,
 whose consumer hands two messages of partition 0 to nobody once, the way an
 emptied queue loses them (read by the fetcher, never processed, never
 acknowledged). Without healing the partition's committed offset stays in front

@@ -2,7 +2,7 @@
 
 kafka-python and aiokafka: produce, consume in a group, commit, resume; transactions;
 a compacted topic that really compacts. Faust, built on the worker's fixed App
-(streams/faust_fixes.py): a table whose changelog restores it after the local RocksDB
+(streams/worker/faust_fixes.py): a table whose changelog restores it after the local RocksDB
 state is lost. Why these versions: docs/decisions/0001-kafka-version.md.
 """
 

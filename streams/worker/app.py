@@ -64,7 +64,7 @@ def create_app(settings: Settings) -> SegmentsApp:
         producer_linger=0.02,
         # 1 MiB instead of Faust's 1,000,000 bytes: a dead letter keeps an
         # original of up to about 1 MiB - 4 KiB whole, and a default topic
-        # (max.message.bytes 1,048,588) still takes the record (streams/dlq.py).
+        # (max.message.bytes 1,048,588) still takes the record (streams/worker/dlq.py).
         producer_max_request_size=1024 * 1024,
         broker_commit_every=1000,
         broker_commit_interval=1.0,

@@ -15,7 +15,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 
@@ -35,6 +35,9 @@ from streams.settings import Topics
 log = logging.getLogger(__name__)
 
 RECORD_FORMAT = 1
+# A change as the outbox keeps it: its segment-changes JSON object (Change.to_dict()).
+# Kept encoded, not decoded, on every table read: it is only ever sent again as it is.
+EncodedChange = dict[str, Any]
 MAX_ACKED_CUSTOMERS = 100_000  # acknowledged ids remembered per partition until the next save
 CLOCK_KEY = b"\x00clock:"  # + partition number; never a customer id (ids are text)
 # Decoded customer states kept per partition between their events and ticks: each
@@ -65,12 +68,11 @@ class CustomerRecord:
     clock: int | None
     due: int | None
     offset: int
-    outbox: list[Change]  # changes not yet acknowledged by Kafka
+    outbox: list[EncodedChange]  # changes not yet acknowledged by Kafka
     state: bytes
 
     def to_bytes(self) -> bytes:
-        outbox = [change.to_dict() for change in self.outbox]
-        header = orjson.dumps([RECORD_FORMAT, self.clock, self.due, self.offset, outbox])
+        header = orjson.dumps([RECORD_FORMAT, self.clock, self.due, self.offset, self.outbox])
         return header + b"\n" + self.state
 
     @classmethod
@@ -79,7 +81,7 @@ class CustomerRecord:
         fmt, clock, due, offset, outbox = orjson.loads(header)
         if fmt != RECORD_FORMAT:
             raise ValueError(f"customer record format {fmt} is not {RECORD_FORMAT}")
-        return cls(clock, due, offset, [Change.from_dict(change) for change in outbox], state)
+        return cls(clock, due, offset, outbox, state)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,8 +178,8 @@ class PartitionStates:
         if outbox and record is not None and record.offset < self.processor.flushed_before(self):
             outbox = []  # written before the last commit, so flushed to Kafka
         elif acked:
-            outbox = [change for change in outbox if change.change_id not in acked]
-        new = list(changes)
+            outbox = [change for change in outbox if change["change_id"] not in acked]
+        new = [change.to_dict() for change in changes]
         written = CustomerRecord(
             self.clock, state.due, self.offset, outbox + new, state_to_bytes(state)
         )
@@ -185,38 +187,42 @@ class PartitionStates:
         self._keep(customer_id, written, state)
         self.persisted_clock = self.clock
         if new:
-            self.publish(customer_id, new)
+            last = {change.segment: change for change in changes}  # the last of each
+            records = {segment: MembershipRecord.of_change(c) for segment, c in last.items()}
+            self._publish(customer_id, new, records)
 
     def forget(self, customer_id: str) -> None:
         self.kept.pop(customer_id, None)
 
-    def publish(
-        self, customer_id: str, changes: list[Change], state: CustomerState | None = None
+    def republish(
+        self, customer_id: str, outbox: list[EncodedChange], state: CustomerState
     ) -> None:
-        """Queue changes and membership records; once Kafka has all, mark them acked.
+        """Queue an outbox again, with the membership records of the current `state`, so an
+        old change sent again never overwrites a newer membership in the compacted topic."""
+        segments = dict.fromkeys(change["segment"] for change in outbox)
+        records = {segment: MembershipRecord.of_state(state, segment) for segment in segments}
+        self._publish(customer_id, outbox, records)
 
-        Republishing an outbox passes the current `state`: the membership records
-        then come from it, so an old change sent again never overwrites a newer
-        membership in the compacted topic.
-        """
+    def _publish(
+        self,
+        customer_id: str,
+        changes: list[EncodedChange],
+        records: dict[str, MembershipRecord | None],
+    ) -> None:
+        """Queue changes and membership records (None: a tombstone); once Kafka has all,
+        mark the changes acked."""
         names = self.processor.names
         key = customer_id.encode()
-        messages: list[tuple[str, bytes, bytes | None]] = []
-        for change in changes:
-            messages.append((names.segment_changes, key, change.to_json()))
+        messages: list[tuple[str, bytes, bytes | None]] = [
+            (names.segment_changes, key, orjson.dumps(change)) for change in changes
+        ]
         self.processor.counts["changes"] += len(changes)
-        last = {change.segment: change for change in changes}  # the last of each
-        for segment, change in last.items():
-            record = (
-                MembershipRecord.of_change(change)
-                if state is None
-                else MembershipRecord.of_state(state, segment)
-            )
+        for segment, record in records.items():
             value = record.to_json() if record is not None else None
             messages.append(
                 (names.segment_memberships, membership_key(customer_id, segment), value)
             )
-        ids = {change.change_id for change in changes}
+        ids = {change["change_id"] for change in changes}
         acked = self.acked
 
         def on_acked() -> None:
@@ -413,7 +419,7 @@ class SegmentProcessor:
         )
         for customer_id, record in pending:
             state = state_from_bytes(customer_id, record.state)
-            part.publish(customer_id, record.outbox, state)
+            part.republish(customer_id, record.outbox, state)
         if stale:
             # SPEC section 3: every stored customer switches now, at the clock.
             at = engine.clock if self.event_clock and engine.clock is not None else wall

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -11,8 +10,6 @@ import orjson
 
 from segments.changes import format_instant
 from segments.events import ClockMark, Rejection, decode_event
-
-log = logging.getLogger(__name__)
 
 
 class _AnyCurrency:

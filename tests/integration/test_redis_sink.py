@@ -12,8 +12,9 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from streams.kafka.retry import Backoff
 from streams.serving.cache import RedisCache, connect
-from streams.serving.cache_sink import Backoff, CacheSink
+from streams.serving.cache_sink import CacheSink
 from streams.serving.resync import resync_cache
 from tests.helpers import wait_for, wait_until
 
@@ -224,9 +225,10 @@ def test_resync_rebuilds_a_flushed_cache_from_memberships(private_redis, topics)
                 await producer.send(topics["memberships"], value, key=key)
             await producer.flush()
             # The cache as the sink would have built it from the changes.
+            from segments.changes import Change
             from streams.serving.cache import CacheWrite
 
-            await cache.apply([CacheWrite.from_change(c) for c in changes])
+            await cache.apply([CacheWrite.from_change(Change.from_dict(c)) for c in changes])
             before = await cache_state(cache, history.customers)
             assert before == history.expected()
             sizes_before = await cache.segment_sizes(history.segments)

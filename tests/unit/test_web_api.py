@@ -10,7 +10,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from streams.serving.cache import SHARDS, RedisCache, shard_of
-from streams.serving.cache_sink import ChurnHistory
+from streams.serving.churn import ChurnHistory
 from streams.serving.web import create_app
 
 pytestmark = pytest.mark.unit

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from streams.serving.cache_sink import ChurnHistory
+from streams.serving.churn import ChurnHistory
 from streams.serving.web import create_app
 from tests.unit.test_web_api import make_cache
 

@@ -152,11 +152,17 @@ def _evaluate(
     event_id: str | None,
     changes: list[Change],
 ) -> int | None:
-    """Evaluate the rules at `at` and apply what changed; returns next_deadline(state, at)."""
-    flags, values, day = rules.assess(state, rules.calendar.day_of(at))
+    """Evaluate the rules at `at` and apply what changed; returns the next deadline.
+
+    The deadline is the first instant at which a flag can change (`flip`) when the
+    memberships agree with the flags (settled); otherwise next_deadline(state, at),
+    the next instant at which any metric can change (docs/decisions/0009).
+    """
+    today = rules.calendar.day_of(at)
+    flags, values, flip = rules.assess(state, today)
     settled = state.settled
     if settled is not None and settled[1] == flags and settled[0] is rules:
-        return _deadline(state, rules, at, day)  # the memberships agree with these flags
+        return _deadline(state, rules, at, flip)  # the memberships agree with these flags
     memberships = state.memberships
     get = memberships.get
     stable = True
@@ -197,8 +203,11 @@ def _evaluate(
         )
     # Flags equal to settled ones leave every segment as it is, whatever the instant:
     # entering reads only the flags, and leaving too unless a min_dwell holds it back.
-    state.settled = (rules, flags) if stable else None
-    return _deadline(state, rules, at, day)
+    if stable:
+        state.settled = (rules, flags)
+        return _deadline(state, rules, at, flip)
+    state.settled = None
+    return _deadline(state, rules, at, rules.next_day(state, today))
 
 
 def _order_of(event: Purchase, rules: CompiledRules) -> Order:

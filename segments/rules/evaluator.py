@@ -581,6 +581,9 @@ def _lifetime_value(i: int, name: str) -> str:
 
 
 _NON_INCREASING = frozenset({"orders", "units", "discounted_orders", "spend"})
+# Up to this many lines of day code under an and/or, each side's day is worked out only
+# in the branches that need it (copied into them); beyond, both are worked out first.
+_LAZY_DAY_LINES = 80
 
 
 class _FlipDays:
@@ -614,37 +617,66 @@ class _FlipDays:
 
     def statements(self, expr: Expr, name: str) -> list[str]:
         """Lines that set `name` (the truth) and `name_day` (NO_DAY: never by time alone)."""
-        out: list[str] = []
-        self._node(expr, name, out)
-        return out
+        truths, days = self._node(expr, name)
+        return truths + days
 
-    def _node(self, expr: Expr, name: str, out: list[str]) -> None:
+    def _node(self, expr: Expr, name: str) -> tuple[list[str], list[str]]:
+        """The lines that set the truth of `expr` and of its parts, and those that set
+        `name_day` once the truths are known: a part's day is worked out only where it
+        decides (a false `and` needs only the days of its false sides)."""
         if isinstance(expr, And | Or):
             lhs, rhs = f"{name}l", f"{name}r"
-            self._node(expr.left, lhs, out)
-            self._node(expr.right, rhs, out)
-            if isinstance(expr, And):
-                out.append(f"    {name} = {lhs} and {rhs}")
-                out.append(f"    if {name}:")
-                out.append(f"        {name}_day = min({lhs}_day, {rhs}_day)")
-                out.append(f"    elif not {lhs} and not {rhs}:")
-                out.append(f"        {name}_day = max({lhs}_day, {rhs}_day)")
-                out.append("    else:")
-                out.append(f"        {name}_day = {rhs}_day if {lhs} else {lhs}_day")
-            else:
-                out.append(f"    {name} = {lhs} or {rhs}")
-                out.append(f"    if not {name}:")
-                out.append(f"        {name}_day = min({lhs}_day, {rhs}_day)")
-                out.append(f"    elif {lhs} and {rhs}:")
-                out.append(f"        {name}_day = max({lhs}_day, {rhs}_day)")
-                out.append("    else:")
-                out.append(f"        {name}_day = {lhs}_day if {lhs} else {rhs}_day")
-            return
+            left_truths, left_days = self._node(expr.left, lhs)
+            right_truths, right_days = self._node(expr.right, rhs)
+            both, either = ("min", "max") if isinstance(expr, And) else ("max", "min")
+            # an `and` (`or`) whose sides are all true (false) changes with the first
+            # side that does; with one false (true) side, when that side does; with two,
+            # not before both did
+            agree = f"{name}" if isinstance(expr, And) else f"not {name}"
+            truths = [
+                *left_truths,
+                *right_truths,
+                f"    {name} = {lhs} {'and' if isinstance(expr, And) else 'or'} {rhs}",
+            ]
+            if len(left_days) + len(right_days) > _LAZY_DAY_LINES:
+                # a large expression: both sides' days first, so the code stays linear in size
+                return truths, [
+                    *left_days,
+                    *right_days,
+                    f"    if {agree}:",
+                    f"        {name}_day = {both}({lhs}_day, {rhs}_day)",
+                    f"    elif {lhs} == {rhs}:",
+                    f"        {name}_day = {either}({lhs}_day, {rhs}_day)",
+                    "    else:",
+                    f"        {name}_day = {lhs}_day if {'not ' if isinstance(expr, And) else ''}"
+                    f"{lhs} else {rhs}_day",
+                ]
+            shifted_left = ["    " + line for line in left_days]
+            shifted_right = ["    " + line for line in right_days]
+            days = [
+                f"    if {agree}:",
+                *shifted_left,
+                *shifted_right,
+                f"        {name}_day = {both}({lhs}_day, {rhs}_day)",
+                f"    elif {lhs} == {rhs}:",
+                *shifted_left,
+                *shifted_right,
+                f"        {name}_day = {either}({lhs}_day, {rhs}_day)",
+                f"    elif {'not ' if isinstance(expr, And) else ''}{lhs}:",
+                *shifted_left,
+                f"        {name}_day = {lhs}_day",
+                "    else:",
+                *shifted_right,
+                f"        {name}_day = {rhs}_day",
+            ]
+            return truths, days
         if isinstance(expr, Not):
-            self._node(expr.operand, f"{name}n", out)
-            out.append(f"    {name} = not {name}n")
-            out.append(f"    {name}_day = {name}n_day")
-            return
+            truths, days = self._node(expr.operand, f"{name}n")
+            return (
+                [*truths, f"    {name} = not {name}n"],
+                [*days, f"    {name}_day = {name}n_day"],
+            )
+        out: list[str] = []
         if isinstance(expr, Compare):
             left, right = expr.left, expr.right
             if isinstance(right, Metric) and not isinstance(left, Metric):
@@ -661,9 +693,9 @@ class _FlipDays:
                     name,
                     out,
                 )
-                return
-            self._generic([left, right], lambda v: f"{v[0]} {op} {v[1]}", name, out)
-            return
+            else:
+                self._generic([left, right], lambda v: f"{v[0]} {op} {v[1]}", name, out)
+            return out[:1], out[1:]
         if isinstance(expr, Between):
             operand, low, high = expr.operand, expr.low, expr.high
             if isinstance(operand, Metric) and isinstance(low, Number) and isinstance(high, Number):
@@ -676,9 +708,11 @@ class _FlipDays:
                     name,
                     out,
                 )
-                return
-            self._generic([operand, low, high], lambda v: f"{v[1]} <= {v[0]} <= {v[2]}", name, out)
-            return
+            else:
+                self._generic(
+                    [operand, low, high], lambda v: f"{v[1]} <= {v[0]} <= {v[2]}", name, out
+                )
+            return out[:1], out[1:]
         raise TypeError(f"unknown expression {expr!r}")
 
     def _operand(self, expr: Expr) -> tuple[str, int | None]:
@@ -767,6 +801,19 @@ class _FlipDays:
             # a non-increasing value: a false `>` or a true `<` stays so
             out.append(f"        if {'' if op in ('>', '>=') else 'not '}{name}:")
             body += "    "
+        if spec.name == "avg_order_value" and op in (">", ">=", "<", "<="):
+            # Every later average lies between the least and the greatest amount still in
+            # the window (rounding keeps it there): when the comparison holds alike for both,
+            # only the window running empty (undefined: false) can change it.
+            amounts = f"x{j}_amount[{low}:h{j}]"
+            out.append(f"{body}if h{j} > {low}:")
+            out.append(f"{body}    least = min({amounts})")
+            out.append(f"{body}    most = max({amounts})")
+            out.append(f"{body}    if ({test('least')}) == ({test('most')}):")
+            out.append(f"{body}        if {name}:")
+            out.append(f"{body}            {name}_day = {days}[h{j} - 1] + {window}")
+            out.append(f"{body}    else:")
+            body += "        "
         if spec.name in ("units", "discounted_orders"):
             out.append(f"{body}rest = v{i}")
         elif summed:

@@ -31,6 +31,7 @@ from segments.money import to_base
 from segments.rules.evaluator import CompiledRules
 
 ZERO = Decimal(0)
+_MAX_FLAG_SETS = 1 << 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,8 +161,11 @@ def _evaluate(
     """
     today = rules.calendar.day_of(at)
     flags, values, flip = rules.assess(state, today)
-    settled = state.settled
-    if settled is not None and settled[1] == flags and settled[0] is rules:
+    # One shared tuple per distinct flags of these rules: a settled state keeps a
+    # reference (8 bytes) instead of its own tuple, and identity means same rules too.
+    flag_sets = rules.flag_sets
+    flags = flag_sets.setdefault(flags, flags)
+    if state.settled is flags:
         return _deadline(state, rules, at, flip)  # the memberships agree with these flags
     memberships = state.memberships
     get = memberships.get
@@ -204,7 +208,10 @@ def _evaluate(
     # Flags equal to settled ones leave every segment as it is, whatever the instant:
     # entering reads only the flags, and leaving too unless a min_dwell holds it back.
     if stable:
-        state.settled = (rules, flags)
+        if len(flag_sets) > _MAX_FLAG_SETS:  # a bound for rule sets with very many segments
+            flag_sets.clear()  # settled states then no longer match and are evaluated in full
+            flag_sets[flags] = flags
+        state.settled = flags
         return _deadline(state, rules, at, flip)
     state.settled = None
     return _deadline(state, rules, at, rules.next_day(state, today))

@@ -9,6 +9,7 @@ over those values. Nothing is parsed or walked per event.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable
@@ -92,6 +93,8 @@ class CompiledRules:
     segment_plan: tuple[tuple[int, str, bool, int | None], ...]
     dwell_plan: tuple[tuple[int, str, bool, int], ...]  # the segments with a min_dwell
     source: str  # the generated code, for debugging and docs
+    # the distinct flag tuples seen so far, each kept once (membership.py shares them)
+    flag_sets: dict[tuple[bool, ...], tuple[bool, ...]] = dataclasses.field(default_factory=dict)
 
     def metrics_of(self, segment_index: int, values: tuple[Value, ...]) -> dict[str, Any]:
         result: dict[str, Any] = {}

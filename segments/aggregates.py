@@ -12,6 +12,7 @@ from __future__ import annotations
 from bisect import insort
 from dataclasses import dataclass, field
 from decimal import Decimal
+from operator import attrgetter, itemgetter
 from typing import Any
 
 import orjson
@@ -19,6 +20,9 @@ import orjson
 from segments.clock import month_day
 
 ZERO = Decimal(0)
+_EVENT_ID = attrgetter("event_id")
+_FIRST = itemgetter(0)
+_SCAN_IDS = 8
 
 # (channel, category, season) of an unwindowed metric; None means "any".
 FilterKey = tuple[str | None, str | None, tuple[int, int, int, int] | None]
@@ -99,14 +103,23 @@ class CustomerState:
     # The flags of the last evaluation (shared with the compiled rules, membership.py)
     # when evaluating the same flags again would change nothing at any later instant.
     settled: tuple[bool, ...] | None = field(default=None, compare=False, repr=False)
+    # The ids of `orders` and `returns_seen` as a set for has_seen(), built once a customer
+    # keeps more than _SCAN_IDS records and then kept up to date by add_order, note_return
+    # and prune; not serialized either. Below that a scan is about as fast and the set
+    # would cost several hundred bytes per customer.
+    seen_ids: set[str] | None = field(default=None, compare=False, repr=False)
 
     def has_seen(self, event_id: str) -> bool:
-        # A scan of the retained orders and returns (a few each): a set beside them
-        # cost more memory per customer (about 750 bytes) than the scan costs time.
-        for order in self.orders:
-            if order.event_id == event_id:
-                return True
-        return any(seen == event_id for seen, _ in self.returns_seen)
+        ids = self.seen_ids
+        if ids is None:
+            if len(self.orders) + len(self.returns_seen) <= _SCAN_IDS:
+                for order in self.orders:
+                    if order.event_id == event_id:
+                        return True
+                return any(seen == event_id for seen, _ in self.returns_seen)
+            ids = self.seen_ids = set(map(_EVENT_ID, self.orders))
+            ids.update(map(_FIRST, self.returns_seen))
+        return event_id in ids
 
     def find_order(self, event_id: str) -> Order | None:
         for order in self.orders:
@@ -168,6 +181,8 @@ def add_order(state: CustomerState, order: Order) -> None:
         orders.append(order)  # the usual case, and where insort would put it
     else:
         insort(orders, order)
+    if state.seen_ids is not None:
+        state.seen_ids.add(order.event_id)
     if order.net > 0:
         for key, lifetime in state.lifetime.items():
             if matches(order, key):
@@ -235,6 +250,8 @@ def ensure_lifetime_keys(
 def note_return(state: CustomerState, event_id: str, day: int) -> None:
     """Remember a return's id (dedupe) until it is older than max_lateness."""
     state.returns_seen.append((event_id, day))
+    if state.seen_ids is not None:
+        state.seen_ids.add(event_id)
 
 
 def add_adjustment(state: CustomerState, adjustment: Adjustment) -> None:
@@ -267,12 +284,20 @@ def prune(state: CustomerState, oldest_order_day: int, oldest_seen_day: int) -> 
                         lifetime.pruned_last_day is None or order.day > lifetime.pruned_last_day
                     ):
                         lifetime.pruned_last_day = order.day
+        if state.seen_ids is not None:
+            state.seen_ids.difference_update(
+                o.event_id for o in state.orders if o.day < oldest_order_day
+            )
         state.orders = [o for o in state.orders if o.day >= oldest_order_day]
         state.index = None
     if state.adjustments and state.adjustments[0].day < oldest_order_day:
         state.adjustments = [a for a in state.adjustments if a.day >= oldest_order_day]
         state.index = None
     if state.returns_seen:
+        if state.seen_ids is not None:
+            state.seen_ids.difference_update(
+                r[0] for r in state.returns_seen if r[1] < oldest_seen_day
+            )
         state.returns_seen = [r for r in state.returns_seen if r[1] >= oldest_seen_day]
 
 

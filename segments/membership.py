@@ -26,12 +26,27 @@ from segments.aggregates import (
 )
 from segments.changes import ENTERED, EXITED, Change
 from segments.clock import MICROS_PER_DAY
-from segments.events import Purchase, Rejection, Return
+from segments.events import Purchase, Rejection, Return, _fast_constructor
 from segments.money import to_base
 from segments.rules.evaluator import CompiledRules
 
 ZERO = Decimal(0)
 _MAX_FLAG_SETS = 1 << 16
+# Change is a frozen dataclass; about one is made per event (see events._fast_constructor).
+_new_change = _fast_constructor(
+    Change,
+    (
+        "customer_id",
+        "segment",
+        "change",
+        "at",
+        "cause",
+        "event_id",
+        "rules_version",
+        "seq",
+        "metrics",
+    ),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,16 +208,16 @@ def _evaluate(
             if flags[2 * index]:
                 stable = False  # the same flags make it enter again
         changes.append(
-            Change(
-                customer_id=state.customer_id,
-                segment=name,
-                change=kind,
-                at=at,
-                cause=cause,
-                event_id=event_id,
-                rules_version=rules.ruleset.version,
-                seq=seq,
-                metrics=rules.metrics_of(index, values),
+            _new_change(
+                state.customer_id,
+                name,
+                kind,
+                at,
+                cause,
+                event_id,
+                rules.ruleset.version,
+                seq,
+                rules.metrics_of(index, values),
             )
         )
     # Flags equal to settled ones leave every segment as it is, whatever the instant:

@@ -197,7 +197,7 @@ def test_rich_rules_agree_with_reference(history: tuple[list[Event], int]) -> No
 
 @SETTINGS
 @given(histories())
-def test_the_order_index_step_keeps_equals_a_fresh_one(
+def test_the_order_index_and_seen_ids_step_keeps_equal_fresh_ones(
     history: tuple[list[Event], int],
 ) -> None:
     # step() updates a customer's order index in place for added and pruned orders
@@ -211,6 +211,9 @@ def test_the_order_index_step_keeps_equals_a_fresh_one(
         with suppress(DuplicateEvent):
             engine.apply(event)
         for state in states.states.values():
+            if state.seen_ids is not None:  # kept up to date like the index
+                fresh = {o.event_id for o in state.orders} | {r[0] for r in state.returns_seen}
+                assert state.seen_ids == fresh
             kept = state.index
             if kept is None:
                 continue

@@ -94,7 +94,9 @@ class CompiledRules:
     dwell_plan: tuple[tuple[int, str, bool, int], ...]  # the segments with a min_dwell
     source: str  # the generated code, for debugging and docs
     # the distinct flag tuples seen so far, each kept once (membership.py shares them)
-    flag_sets: dict[tuple[bool, ...], tuple[bool, ...]] = dataclasses.field(default_factory=dict)
+    flag_sets: dict[tuple[bool, ...], tuple[bool, ...]] = dataclasses.field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def metrics_of(self, segment_index: int, values: tuple[Value, ...]) -> dict[str, Any]:
         result: dict[str, Any] = {}

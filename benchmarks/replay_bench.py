@@ -3,7 +3,7 @@
 Generates (once, cached under bench-out/) N events of C customers with
 `segments generate`, then runs the real `segments replay` command in a fresh
 process with the SPEC example rule set and reads its summary and peak RSS.
-Usage: python benchmarks/replay_bench.py [--events 1000000] [--customers 100000]
+Usage: python benchmarks/replay_bench.py [--events 1000000] [--customers 100000] [--jobs N]
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def ensure_input(events: int, customers: int, days: int, seed: int) -> Path:
     return path
 
 
-def run_replay(path: Path, out: Path, profile: bool) -> dict[str, object]:
+def run_replay(path: Path, out: Path, profile: bool, jobs: int = 1) -> dict[str, object]:
     command = [
         sys.executable,
         "-m",
@@ -90,6 +90,8 @@ def run_replay(path: Path, out: Path, profile: bool) -> dict[str, object]:
         str(path),
         "--out",
         str(out),
+        "--jobs",
+        str(jobs),
     ]
     if profile:
         command = [
@@ -107,11 +109,13 @@ def run_replay(path: Path, out: Path, profile: bool) -> dict[str, object]:
     started = time.perf_counter()
     subprocess.run(command, check=True)
     wall = time.perf_counter() - started
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # the replay and its jobs
+    peak_kib = usage.ru_maxrss
     summary = json.loads((out / "summary.json").read_text())
     return {
         "wall_seconds": round(wall, 2),
         "peak_rss_mib": round(peak_kib / 1024),
+        "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
         "summary": summary,
     }
 
@@ -123,9 +127,10 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=730)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--profile", action="store_true", help="write a pyinstrument profile")
+    parser.add_argument("--jobs", type=int, default=1, help="segments replay --jobs")
     args = parser.parse_args()
     path = ensure_input(args.events, args.customers, args.days, args.seed)
-    result = run_replay(path, OUT / "replay", args.profile)
+    result = run_replay(path, OUT / "replay", args.profile, args.jobs)
     summary = result["summary"]
     assert isinstance(summary, dict)
     report = {
@@ -133,10 +138,13 @@ def main() -> None:
         "input": path.name,
         "events": summary["events_read"],
         "customers": args.customers,
+        "jobs": args.jobs,
+        "load_average_1m": round(os.getloadavg()[0], 2),
         "replay_seconds": summary["seconds"],
         "events_per_second": summary["events_per_second"],
         "process_wall_seconds": result["wall_seconds"],
         "peak_rss_mib": result["peak_rss_mib"],
+        "cpu_seconds": result["cpu_seconds"],
         "changes": summary["changes"],
     }
     print(json.dumps(report, indent=2))

@@ -22,6 +22,7 @@ from segments.clock import month_day
 ZERO = Decimal(0)
 _EVENT_ID = attrgetter("event_id")
 _FIRST = itemgetter(0)
+_SCAN_IDS = 8
 
 # (channel, category, season) of an unwindowed metric; None means "any".
 FilterKey = tuple[str | None, str | None, tuple[int, int, int, int] | None]
@@ -99,16 +100,23 @@ class CustomerState:
     # Derived from `orders` by the compiled rules (evaluator.py), never serialized:
     # every change to the records sets it back to None.
     index: tuple[Any, ...] | None = field(default=None, compare=False, repr=False)
-    # (rules, flags) of the last evaluation when evaluating the same flags again would
-    # change nothing at any later instant (membership.py); not serialized either.
-    settled: tuple[Any, ...] | None = field(default=None, compare=False, repr=False)
-    # The ids of `orders` and `returns_seen` as a set for has_seen(), built on first use
-    # and kept up to date by add_order, note_return and prune; not serialized either.
+    # The flags of the last evaluation (shared with the compiled rules, membership.py)
+    # when evaluating the same flags again would change nothing at any later instant.
+    settled: tuple[bool, ...] | None = field(default=None, compare=False, repr=False)
+    # The ids of `orders` and `returns_seen` as a set for has_seen(), built once a customer
+    # keeps more than _SCAN_IDS records and then kept up to date by add_order, note_return
+    # and prune; not serialized either. Below that a scan is about as fast and the set
+    # would cost several hundred bytes per customer.
     seen_ids: set[str] | None = field(default=None, compare=False, repr=False)
 
     def has_seen(self, event_id: str) -> bool:
         ids = self.seen_ids
         if ids is None:
+            if len(self.orders) + len(self.returns_seen) <= _SCAN_IDS:
+                for order in self.orders:
+                    if order.event_id == event_id:
+                        return True
+                return any(seen == event_id for seen, _ in self.returns_seen)
             ids = self.seen_ids = set(map(_EVENT_ID, self.orders))
             ids.update(map(_FIRST, self.returns_seen))
         return event_id in ids

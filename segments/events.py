@@ -10,6 +10,7 @@ from decimal import Decimal, InvalidOperation
 from re import compile as _compile
 from typing import Any, NoReturn
 
+import msgspec
 import orjson
 
 from segments.changes import format_instant
@@ -131,6 +132,23 @@ def decode_event(raw: bytes, currencies: Container[str]) -> Purchase | Return | 
     and the keys of its rate table. Amounts keep their exact decimal value,
     whether sent as strings or as JSON numbers.
     """
+    # The fast path takes the usual message: canonical fields only, amounts as strings
+    # or integers. It accepts only what the full decoder below accepts, with the same
+    # result; anything else (a float amount, an unknown field, any doubt) goes there,
+    # which finds the precise rejection reason.
+    if len(raw) <= MAX_PAYLOAD_BYTES:
+        try:
+            canonical = _decode_canonical(raw)
+        except (msgspec.MsgspecError, ValueError):
+            pass
+        else:
+            event = _event_from_fields(canonical, currencies)
+            if event is not None:
+                return event
+    return _decode_event_in_full(raw, currencies)
+
+
+def _decode_event_in_full(raw: bytes, currencies: Container[str]) -> Purchase | Return | ClockMark:
     obj = _read_object(raw, lambda obj: _event_from_object(obj, currencies))
     try:
         return _event_from_object(obj, currencies)
@@ -316,6 +334,137 @@ def _event_from_object(
                 'original_event_id is only allowed on a return; set "type": "return"',
             )
 
+    if is_return:
+        returned: Return = _build_return(
+            event_id,
+            customer_id,
+            occurred_at,
+            channel,
+            currency,
+            total,
+            discount_total,
+            original_event_id,
+            lines,
+            store_id,
+            order_id,
+        )
+        return returned
+    purchase: Purchase = _build_purchase(
+        event_id,
+        customer_id,
+        occurred_at,
+        channel,
+        currency,
+        total,
+        discount_total,
+        lines,
+        store_id,
+        order_id,
+    )
+    return purchase
+
+
+class _CanonicalLine(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    sku: str
+    category: str
+    quantity: int
+    unit_price: str | int
+    discount: str | int | None = None
+    product: str | None = None  # SPEC section 1; not used by the rules
+
+
+class _Canonical(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """The canonical event as the fast path reads it: the JSON types the usual message has."""
+
+    event_id: str
+    customer_id: str
+    occurred_at: str
+    channel: str
+    currency: str
+    total: str | int
+    type: str | None = None
+    discount_total: str | int | None = None
+    lines: list[_CanonicalLine] | None = None
+    store_id: str | None = None
+    order_id: str | None = None
+    original_event_id: str | None = None
+
+
+_decode_canonical = msgspec.json.Decoder(_Canonical).decode
+
+
+def _event_from_fields(
+    canonical: _Canonical, currencies: Container[str]
+) -> Purchase | Return | None:
+    """The event _event_from_object would build from the same message, or None when it
+    would reject it (the full decoder then works out the reason)."""
+    kind = canonical.type
+    if kind is None or kind == "purchase":
+        is_return = False
+    elif kind == "return":
+        is_return = True
+    else:
+        return None
+    event_id = canonical.event_id
+    customer_id = canonical.customer_id
+    if not 0 < len(event_id) <= MAX_EVENT_ID_CHARS or not (
+        0 < len(customer_id) <= MAX_CUSTOMER_ID_CHARS
+    ):
+        return None
+    try:
+        moment = _fromisoformat(canonical.occurred_at)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        return None
+    occurred_at = (moment - _EPOCH) // _MICROSECOND
+    channel = canonical.channel
+    if channel == "pos":
+        channel = "pos"  # the interned constant, as _event_from_object does
+    elif channel == "online":
+        channel = "online"
+    else:
+        return None
+    currency = canonical.currency
+    if currency not in currencies:
+        return None
+    try:
+        value: Any = canonical.total
+        total = _AMOUNTS.get(value) if value.__class__ is str else None
+        if total is None:
+            total = _amount(value, "total")
+        value = canonical.discount_total
+        discount_total: Decimal | None
+        if value is None:
+            discount_total = _ZERO
+        else:
+            discount_total = _AMOUNTS.get(value) if value.__class__ is str else None
+            if discount_total is None:
+                discount_total = _amount(value, "discount_total")
+        raw_lines = canonical.lines
+        lines: tuple[Line, ...] = ()
+        if raw_lines:
+            built: list[Line] = []
+            for item in raw_lines:
+                key = (item.sku, item.category, item.quantity, item.unit_price, item.discount)
+                line = _LINES.get(key)
+                if line is None:
+                    line = _line(key, len(built))
+                built.append(line)
+            lines = tuple(built)
+    except Rejection:
+        return None
+    store_id = canonical.store_id
+    if store_id is not None and not 0 < len(store_id) <= MAX_TEXT_CHARS:
+        return None
+    order_id = canonical.order_id
+    if order_id is not None and not 0 < len(order_id) <= MAX_TEXT_CHARS:
+        return None
+    original_event_id = canonical.original_event_id
+    if original_event_id is not None and (
+        not is_return or not 0 < len(original_event_id) <= MAX_EVENT_ID_CHARS
+    ):
+        return None
     if is_return:
         returned: Return = _build_return(
             event_id,

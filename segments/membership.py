@@ -26,11 +26,27 @@ from segments.aggregates import (
 )
 from segments.changes import ENTERED, EXITED, Change
 from segments.clock import MICROS_PER_DAY
-from segments.events import Purchase, Rejection, Return
+from segments.events import Purchase, Rejection, Return, _fast_constructor
 from segments.money import to_base
 from segments.rules.evaluator import CompiledRules
 
 ZERO = Decimal(0)
+_MAX_FLAG_SETS = 1 << 16
+# Change is a frozen dataclass; about one is made per event (see events._fast_constructor).
+_new_change = _fast_constructor(
+    Change,
+    (
+        "customer_id",
+        "segment",
+        "change",
+        "at",
+        "cause",
+        "event_id",
+        "rules_version",
+        "seq",
+        "metrics",
+    ),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,11 +168,20 @@ def _evaluate(
     event_id: str | None,
     changes: list[Change],
 ) -> int | None:
-    """Evaluate the rules at `at` and apply what changed; returns next_deadline(state, at)."""
-    flags, values, day = rules.assess(state, rules.calendar.day_of(at))
-    settled = state.settled
-    if settled is not None and settled[1] == flags and settled[0] is rules:
-        return _deadline(state, rules, at, day)  # the memberships agree with these flags
+    """Evaluate the rules at `at` and apply what changed; returns the next deadline.
+
+    The deadline is the first instant at which a flag can change (`flip`) when the
+    memberships agree with the flags (settled); otherwise next_deadline(state, at),
+    the next instant at which any metric can change (docs/decisions/0009).
+    """
+    today = rules.calendar.day_of(at)
+    flags, values, flip = rules.assess(state, today)
+    # One shared tuple per distinct flags of these rules: a settled state keeps a
+    # reference (8 bytes) instead of its own tuple, and identity means same rules too.
+    flag_sets = rules.flag_sets
+    flags = flag_sets.setdefault(flags, flags)
+    if state.settled is flags:
+        return _deadline(state, rules, at, flip)  # the memberships agree with these flags
     memberships = state.memberships
     get = memberships.get
     stable = True
@@ -183,22 +208,28 @@ def _evaluate(
             if flags[2 * index]:
                 stable = False  # the same flags make it enter again
         changes.append(
-            Change(
-                customer_id=state.customer_id,
-                segment=name,
-                change=kind,
-                at=at,
-                cause=cause,
-                event_id=event_id,
-                rules_version=rules.ruleset.version,
-                seq=seq,
-                metrics=rules.metrics_of(index, values),
+            _new_change(
+                state.customer_id,
+                name,
+                kind,
+                at,
+                cause,
+                event_id,
+                rules.ruleset.version,
+                seq,
+                rules.metrics_of(index, values),
             )
         )
     # Flags equal to settled ones leave every segment as it is, whatever the instant:
     # entering reads only the flags, and leaving too unless a min_dwell holds it back.
-    state.settled = (rules, flags) if stable else None
-    return _deadline(state, rules, at, day)
+    if stable:
+        if len(flag_sets) > _MAX_FLAG_SETS:  # a bound for rule sets with very many segments
+            flag_sets.clear()  # settled states then no longer match and are evaluated in full
+            flag_sets[flags] = flags
+        state.settled = flags
+        return _deadline(state, rules, at, flip)
+    state.settled = None
+    return _deadline(state, rules, at, rules.next_day(state, today))
 
 
 def _order_of(event: Purchase, rules: CompiledRules) -> Order:

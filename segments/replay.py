@@ -70,107 +70,154 @@ def replay(
     as_of: int | None = None,
     progress: Callable[[int], None] | None = None,
     wall: int | None = None,
+    jobs: int = 1,
 ) -> ReplayResult:
     """Run the pipeline over input lines and write changes, memberships, rejections, summary.
 
     `wall`: the wall clock of the run; an event more than max_future_skew ahead
     of it is rejected (too_far_ahead), as the worker rejects it (SPEC section 2).
+    `jobs` > 1 splits the customers over that many processes (segments.replay_jobs);
+    the files written are byte for byte those of one job, but for the summary's timing.
     """
     started = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
+    if jobs > 1:
+        from segments.replay_jobs import replay_in_jobs
+
+        result = replay_in_jobs(lines, rules, out_dir, jobs, as_of, wall)
+        result.seconds = time.perf_counter() - started
+        _write_summary(out_dir, result)
+        return result
+    with (
+        (out_dir / "rejected.jsonl").open("wb") as rejected_file,
+        (out_dir / "changes.jsonl").open("wb") as changes_file,
+    ):
+        write_change = changes_file.write
+
+        def on_change(change: Change, line_no: int | None) -> None:
+            write_change(change.to_json() + b"\n")
+
+        def on_reject(record: bytes, line_no: int, instant: int | None) -> None:
+            rejected_file.write(record)
+
+        result, states = run(
+            enumerate(lines, start=1), rules, on_change, on_reject, as_of, progress, wall
+        )
+    memberships = states.memberships(s.name for s in rules.ruleset.segments)
+    (out_dir / "memberships.json").write_bytes(
+        orjson.dumps(memberships, option=orjson.OPT_INDENT_2)
+    )
+    result.seconds = time.perf_counter() - started
+    _write_summary(out_dir, result)
+    return result
+
+
+def _write_summary(out_dir: Path, result: ReplayResult) -> None:
+    (out_dir / "summary.json").write_bytes(
+        orjson.dumps(result.summary(), option=orjson.OPT_INDENT_2)
+    )
+
+
+def run(
+    numbered_lines: Iterable[tuple[int, bytes]],
+    rules: CompiledRules,
+    on_change: Callable[[Change, int | None], None],
+    on_reject: Callable[[bytes, int, int | None], None],
+    as_of: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    wall: int | None = None,
+) -> tuple[ReplayResult, MemoryStates]:
+    """Decode, order by time and apply (line number, line) pairs; the states at the end.
+
+    `on_change(change, line)`: every change in the order applied; `line` is the input
+    line of the event that caused it, None for a time-driven change. `on_reject(record,
+    line, instant)`: each rejected.jsonl record (with its newline), in the order
+    written; `instant` is None for a line rejected when decoded, else the event's time.
+    """
     # Millions of small, acyclic objects (states, Decimals) make the cyclic
     # collector rescan the heap over and over; reference counting frees them.
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _replay(lines, rules, out_dir, as_of, progress, wall, started)
+        return _run(numbered_lines, rules, on_change, on_reject, as_of, progress, wall)
     finally:
         if gc_was_enabled:
             gc.enable()
 
 
-def _replay(
-    lines: Iterable[bytes],
+def _run(
+    numbered_lines: Iterable[tuple[int, bytes]],
     rules: CompiledRules,
-    out_dir: Path,
+    on_change: Callable[[Change, int | None], None],
+    on_reject: Callable[[bytes, int, int | None], None],
     as_of: int | None,
     progress: Callable[[int], None] | None,
     wall: int | None,
-    started: float,
-) -> ReplayResult:
+) -> tuple[ReplayResult, MemoryStates]:
     result = ReplayResult()
     ruleset = rules.ruleset
     currencies = frozenset((ruleset.base_currency, *ruleset.rates))
 
-    with (
-        (out_dir / "rejected.jsonl").open("wb") as rejected_file,
-        (out_dir / "changes.jsonl").open("wb") as changes_file,
-    ):
+    def reject(line_no: int, raw: bytes, reason: str, message: str, instant: int | None) -> None:
+        result.rejected[reason] += 1
+        record = {
+            "line": line_no,
+            "reason": reason,
+            "message": message,
+            "raw": raw.decode("utf-8", "replace"),
+        }
+        on_reject(orjson.dumps(record) + b"\n", line_no, instant)
 
-        def reject(line_no: int, raw: bytes, reason: str, message: str) -> None:
-            result.rejected[reason] += 1
-            record = {
-                "line": line_no,
-                "reason": reason,
-                "message": message,
-                "raw": raw.decode("utf-8", "replace"),
-            }
-            rejected_file.write(orjson.dumps(record) + b"\n")
+    # Decode everything first: input is applied in occurred_at order, ties in input order.
+    # The raw bytes are not kept: a decoded event re-encodes for the rare rejection
+    # after sorting, and a million raw lines would double the peak memory.
+    timeline: list[tuple[int, int, Event | ClockMark]] = []
+    for line_no, line in numbered_lines:
+        raw = line.rstrip(b"\r\n")
+        if not raw.strip():
+            continue
+        result.events_read += 1
+        try:
+            item = decode_event(raw, currencies)
+        except Rejection as rejection:
+            reject(line_no, raw, rejection.reason, rejection.message, None)
+            continue
+        instant = item.at if isinstance(item, ClockMark) else item.occurred_at
+        timeline.append((instant, line_no, item))
+        if progress is not None and line_no % 65536 == 0:
+            progress(line_no)
+    timeline.sort(key=_instant)
 
-        # Decode everything first: input is applied in occurred_at order, ties in input order.
-        # The raw bytes are not kept: a decoded event re-encodes for the rare rejection
-        # after sorting, and a million raw lines would double the peak memory.
-        timeline: list[tuple[int, int, Event | ClockMark]] = []
-        for line_no, line in enumerate(lines, start=1):
-            raw = line.rstrip(b"\r\n")
-            if not raw.strip():
-                continue
-            result.events_read += 1
-            try:
-                item = decode_event(raw, currencies)
-            except Rejection as rejection:
-                reject(line_no, raw, rejection.reason, rejection.message)
-                continue
-            instant = item.at if isinstance(item, ClockMark) else item.occurred_at
-            timeline.append((instant, line_no, item))
-            if progress is not None and line_no % 65536 == 0:
-                progress(line_no)
-        timeline.sort(key=_instant)
+    counts = result.changes
+    current_line: int | None = None
 
-        write = changes_file.write
-        counts = result.changes
+    def emit(changes: list[Change]) -> None:
+        for change in changes:
+            counts[(change.segment, change.change)] += 1
+            # apply() first applies the deadlines due by the event (no event id), then it
+            on_change(change, current_line if change.event_id is not None else None)
 
-        def emit(changes: list[Change]) -> None:
-            for change in changes:
-                counts[(change.segment, change.change)] += 1
-                write(change.to_json() + b"\n")
-
-        states = MemoryStates(emit)
-        engine = Engine(rules, states)
-        for _, line_no, item in timeline:
-            if isinstance(item, ClockMark):
-                result.clock_marks += 1
-                engine.advance(item.at)
-                continue
-            try:
-                engine.apply(item, wall)
-                result.applied += 1
-            except DuplicateEvent:
-                result.duplicates += 1
-            except Rejection as rejection:
-                reject(line_no, encode_event(item), rejection.reason, rejection.message)
-        if as_of is not None:
-            engine.advance(as_of)
-
-    memberships = states.memberships(s.name for s in ruleset.segments)
-    (out_dir / "memberships.json").write_bytes(
-        orjson.dumps(memberships, option=orjson.OPT_INDENT_2)
-    )
-    result.seconds = time.perf_counter() - started
-    (out_dir / "summary.json").write_bytes(
-        orjson.dumps(result.summary(), option=orjson.OPT_INDENT_2)
-    )
-    return result
+    states = MemoryStates(emit)
+    engine = Engine(rules, states)
+    advance = engine.advance
+    apply = engine.apply
+    for instant, line_no, item in timeline:
+        if isinstance(item, ClockMark):
+            result.clock_marks += 1
+            advance(item.at)
+            continue
+        current_line = line_no
+        try:
+            apply(item, wall)
+            result.applied += 1
+        except DuplicateEvent:
+            result.duplicates += 1
+        except Rejection as rejection:
+            reject(line_no, encode_event(item), rejection.reason, rejection.message, instant)
+        current_line = None
+    if as_of is not None:
+        advance(as_of)
+    return result, states
 
 
 def _instant(entry: tuple[int, int, Event | ClockMark]) -> int:

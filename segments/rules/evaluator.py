@@ -9,6 +9,7 @@ over those values. Nothing is parsed or walked per event.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable
@@ -83,7 +84,7 @@ class CompiledRules:
     evaluate: Callable[[CustomerState, int], Evaluation]
     # the first day after `today` on which time alone changes a metric (see next_deadline)
     next_day: Callable[[CustomerState, int], int | None]
-    # evaluate and next_day at one day, sharing their bisections: (flags, values), day
+    # evaluate at one day, and the first day after it on which a flag can change
     assess: Callable[[CustomerState, int], tuple[tuple[bool, ...], tuple[Value, ...], int | None]]
     # an index updated in place for one added order / records pruned before a day (None: stale)
     index_add: Callable[[tuple[Any, ...], Order], tuple[Any, ...] | None]
@@ -92,6 +93,10 @@ class CompiledRules:
     segment_plan: tuple[tuple[int, str, bool, int | None], ...]
     dwell_plan: tuple[tuple[int, str, bool, int], ...]  # the segments with a min_dwell
     source: str  # the generated code, for debugging and docs
+    # the distinct flag tuples seen so far, each kept once (membership.py shares them)
+    flag_sets: dict[tuple[bool, ...], tuple[bool, ...]] = dataclasses.field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def metrics_of(self, segment_index: int, values: tuple[Value, ...]) -> dict[str, Any]:
         result: dict[str, Any] = {}
@@ -170,10 +175,12 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
         raise TypeError(f"unknown expression {expr!r}")
 
     flags: list[str] = []
+    conditions: list[Expr | None] = []
     for segment in ruleset.segments:
         used: set[int] = set()
         flags.append(emit(segment.when, used))
         flags.append(emit(segment.exit_when, used) if segment.exit_when is not None else "False")
+        conditions.extend((segment.when, segment.exit_when))
         segment_metrics.append(tuple(sorted(used)))
 
     window_filters = tuple(
@@ -188,7 +195,14 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
         )
     )
     day_thresholds = tuple(sorted(thresholds))
-    source, namespace = _generate(specs, flags, window_filters, day_thresholds)
+    source, namespace = _generate(
+        specs,
+        flags,
+        window_filters,
+        day_thresholds,
+        conditions,
+        lambda m: index_of[MetricSpec.of(m)],
+    )
     exec(compile(source, f"<rules {ruleset.source} v{ruleset.version}>", "exec"), namespace)
     evaluate = namespace["evaluate"]
 
@@ -276,6 +290,8 @@ def _generate(
     flags: list[str],
     window_filters: tuple[tuple[int, FilterKey, bool], ...],
     day_thresholds: tuple[tuple[int, int], ...],
+    flag_conditions: list[Expr | None],
+    spec_index: Callable[[Metric], int],
 ) -> tuple[str, dict[str, Any]]:
     """Source of `build_index`, `index_add`, `index_prune`, `evaluate`, `next_day`, `assess`.
 
@@ -300,6 +316,7 @@ def _generate(
         "UNITS": attrgetter("units"),
         "DISCOUNTED": attrgetter("discounted"),
         "NO_DAY": _NO_DAY,
+        "EXACT_SUM": 10**16,
     }
     windowed = [s for s in specs if s.within_days is not None]
     keys = list(dict.fromkeys(s.key for s in windowed))
@@ -503,8 +520,22 @@ def _generate(
 
     evaluate = [*lines, f"    return {result}"]
     # assess: evaluate and next_day at one `today` (step() always needs both)
-    assess = ["def assess(state, today):", *lines[1:], *day_lines(True)]
-    assess.append(f"    return {result}, None if best == NO_DAY else best")
+    # assess: evaluate at `today` and the first day on which a flag can change (step()
+    # needs both; next_day only when a segment is not settled, see membership.py)
+    flip = _FlipDays(specs, keys, fields, lows, day_thresholds, namespace, spec_index)
+    flip_lines = ["    flip = NO_DAY"]
+    for n, condition in enumerate(flag_conditions):
+        if condition is None:
+            continue  # a constant False flag never changes
+        flip_lines.extend(flip.statements(condition, f"f{n}"))
+        flip_lines.append(f"    if f{n}_day < flip:")
+        flip_lines.append(f"        flip = f{n}_day")
+    flag_names = [f"f{n}" if c is not None else "False" for n, c in enumerate(flag_conditions)]
+    assess = ["def assess(state, today):", *lines[1:], *flip_lines]
+    assess.append(
+        f"    return ({', '.join(flag_names)},), ({values}{',' if specs else ''}), "
+        "None if flip == NO_DAY else flip"
+    )
     following = ["def next_day(state, today):"]
     if windowed:
         following.extend(unpack)
@@ -552,3 +583,341 @@ def _lifetime_value(i: int, name: str) -> str:
             f"(today - L{i}.first_day if L{i}.first_day is not None else None)"
         ),
     }[name]
+
+
+_NON_INCREASING = frozenset({"orders", "units", "discounted_orders", "spend"})
+# Up to this many lines of day code under an and/or, each side's day is worked out only
+# in the branches that need it (copied into them); beyond, both are worked out first.
+_LAZY_DAY_LINES = 80
+
+
+class _FlipDays:
+    """Generates, for a flag's expression, the first day after `today` on which its truth
+    can change: time-driven deadlines only on days where a flag may really flip.
+
+    Every day it gives is a lower bound of the real flip day (sound): a comparison keeps
+    its truth until its metric's value changes, and for the windowed counts and sums the
+    value on each day an order leaves the window is computed exactly from the index.
+    `and` that is false stays false until each false side can turn (the latest of them),
+    `or` that is true stays true until each true side can turn; otherwise the earliest.
+    """
+
+    def __init__(
+        self,
+        specs: list[MetricSpec],
+        keys: list[FilterKey],
+        fields: dict[FilterKey, list[str]],
+        lows: dict[tuple[int, int], str],
+        day_thresholds: tuple[tuple[int, int], ...],
+        namespace: dict[str, Any],
+        spec_index: Callable[[Metric], int],
+    ) -> None:
+        self.specs = specs
+        self.keys = keys
+        self.fields = fields
+        self.lows = lows
+        self.day_thresholds = day_thresholds
+        self.namespace = namespace
+        self.spec_index = spec_index
+
+    def statements(self, expr: Expr, name: str) -> list[str]:
+        """Lines that set `name` (the truth) and `name_day` (NO_DAY: never by time alone)."""
+        truths, days = self._node(expr, name)
+        return truths + days
+
+    def _node(self, expr: Expr, name: str) -> tuple[list[str], list[str]]:
+        """The lines that set the truth of `expr` and of its parts, and those that set
+        `name_day` once the truths are known: a part's day is worked out only where it
+        decides (a false `and` needs only the days of its false sides)."""
+        if isinstance(expr, And | Or):
+            lhs, rhs = f"{name}l", f"{name}r"
+            left_truths, left_days = self._node(expr.left, lhs)
+            right_truths, right_days = self._node(expr.right, rhs)
+            both, either = ("min", "max") if isinstance(expr, And) else ("max", "min")
+            # an `and` (`or`) whose sides are all true (false) changes with the first
+            # side that does; with one false (true) side, when that side does; with two,
+            # not before both did
+            agree = f"{name}" if isinstance(expr, And) else f"not {name}"
+            truths = [
+                *left_truths,
+                *right_truths,
+                f"    {name} = {lhs} {'and' if isinstance(expr, And) else 'or'} {rhs}",
+            ]
+            if len(left_days) + len(right_days) > _LAZY_DAY_LINES:
+                # a large expression: both sides' days first, so the code stays linear in size
+                return truths, [
+                    *left_days,
+                    *right_days,
+                    f"    if {agree}:",
+                    f"        {name}_day = {both}({lhs}_day, {rhs}_day)",
+                    f"    elif {lhs} == {rhs}:",
+                    f"        {name}_day = {either}({lhs}_day, {rhs}_day)",
+                    "    else:",
+                    f"        {name}_day = {lhs}_day if {'not ' if isinstance(expr, And) else ''}"
+                    f"{lhs} else {rhs}_day",
+                ]
+            shifted_left = ["    " + line for line in left_days]
+            shifted_right = ["    " + line for line in right_days]
+            days = [
+                f"    if {agree}:",
+                *shifted_left,
+                *shifted_right,
+                f"        {name}_day = {both}({lhs}_day, {rhs}_day)",
+                f"    elif {lhs} == {rhs}:",
+                *shifted_left,
+                *shifted_right,
+                f"        {name}_day = {either}({lhs}_day, {rhs}_day)",
+                f"    elif {'not ' if isinstance(expr, And) else ''}{lhs}:",
+                *shifted_left,
+                f"        {name}_day = {lhs}_day",
+                "    else:",
+                *shifted_right,
+                f"        {name}_day = {rhs}_day",
+            ]
+            return truths, days
+        if isinstance(expr, Not):
+            truths, days = self._node(expr.operand, f"{name}n")
+            return (
+                [*truths, f"    {name} = not {name}n"],
+                [*days, f"    {name}_day = {name}n_day"],
+            )
+        out: list[str] = []
+        if isinstance(expr, Compare):
+            left, right = expr.left, expr.right
+            if isinstance(right, Metric) and not isinstance(left, Metric):
+                left, right, op = right, left, _MIRRORED[expr.op]
+            else:
+                op = expr.op
+            if isinstance(left, Metric) and isinstance(right, Number):
+                number = _literal(right.value)
+                self._single(
+                    self.spec_index(left),
+                    lambda value: f"{value} {op} {number}",
+                    [(op, right.value)],
+                    op,
+                    name,
+                    out,
+                )
+            else:
+                self._generic([left, right], lambda v: f"{v[0]} {op} {v[1]}", name, out)
+            return out[:1], out[1:]
+        if isinstance(expr, Between):
+            operand, low, high = expr.operand, expr.low, expr.high
+            if isinstance(operand, Metric) and isinstance(low, Number) and isinstance(high, Number):
+                low_text, high_text = _literal(low.value), _literal(high.value)
+                self._single(
+                    self.spec_index(operand),
+                    lambda value: f"{low_text} <= {value} <= {high_text}",
+                    [(">=", low.value), ("<=", high.value)],
+                    "between",
+                    name,
+                    out,
+                )
+            else:
+                self._generic(
+                    [operand, low, high], lambda v: f"{v[1]} <= {v[0]} <= {v[2]}", name, out
+                )
+            return out[:1], out[1:]
+        raise TypeError(f"unknown expression {expr!r}")
+
+    def _operand(self, expr: Expr) -> tuple[str, int | None]:
+        if isinstance(expr, Metric):
+            index = self.spec_index(expr)
+            return f"v{index}", index
+        if isinstance(expr, Number):
+            return _literal(expr.value), None
+        raise ValueError(f"line {expr.line}: expected a metric or a number")
+
+    def _truth(self, indexes: list[int], test: str) -> str:
+        checks = [f"v{i} is not None" for i in indexes if self.specs[i].name not in ALWAYS_DEFINED]
+        return f"({' and '.join([*checks, test])})"
+
+    def _generic(
+        self, operands: list[Expr], test: Callable[[list[str]], str], name: str, out: list[str]
+    ) -> None:
+        """Any comparison: its truth holds until one of its metrics changes value."""
+        texts, indexes = [], []
+        for operand in operands:
+            text, index = self._operand(operand)
+            texts.append(text)
+            if index is not None:
+                indexes.append(index)
+        out.append(f"    {name} = {self._truth(indexes, test(texts))}")
+        out.append(f"    {name}_day = NO_DAY")
+        for index in dict.fromkeys(indexes):
+            out.extend(self._metric_change_day(index, f"{name}_day"))
+
+    def _single(
+        self,
+        i: int,
+        test: Callable[[str], str],
+        bounds: list[tuple[str, Decimal]],
+        op: str,
+        name: str,
+        out: list[str],
+    ) -> None:
+        """`metric op number` or `metric between a and b`."""
+        spec = self.specs[i]
+        defined = spec.name in ALWAYS_DEFINED
+        guarded: Callable[[str], str] = (
+            test if defined else (lambda value: f"{value} is not None and {test(value)}")
+        )
+        out.append(f"    {name} = ({guarded(f'v{i}')})")
+        out.append(f"    {name}_day = NO_DAY")
+        if spec.within_days is None:
+            if spec.name not in DAYS_SINCE:
+                return  # lifetime totals do not move with time
+            field = "last_day" if spec.name == "days_since_last_purchase" else "first_day"
+            flips = sorted(
+                {v for bound_op, number in bounds for v in _flip_values(bound_op, number)}
+            )
+            if not flips:
+                return
+            out.append(f"    base = L{i}.{field}")
+            out.append("    if base is not None:")
+            for flip_value in flips:
+                out.append(f"        if today < base + {flip_value} < {name}_day:")
+                out.append(f"            {name}_day = base + {flip_value}")
+            return
+        if spec.name not in _NON_INCREASING and spec.name != "avg_order_value":
+            out.extend(self._metric_change_day(i, f"{name}_day"))
+            return
+        j = self.keys.index(spec.key)
+        window = spec.within_days
+        low = self.lows[(j, window)]
+        days = f"x{j}_days"
+        if spec.name == "orders" and op != "==" and op != "!=":
+            out.append(f"    if h{j} == len({days}):")
+            out.extend(self._orders_flip(j, window, bounds, op, name, f"v{i}"))
+            out.append("    else:")
+            out.extend("    " + line for line in self._metric_change_day(i, f"{name}_day"))
+            return
+        exact = [f"h{j} == len({days})"]  # no order dated after today (it would enter later)
+        summed = spec.name in ("spend", "avg_order_value")
+        if summed:
+            if spec.category is None:
+                exact.append("not state.adjustments")  # unknown-order returns also leave
+            # Below 1e16, every partial sum of amounts with at most 12 places fits Decimal's
+            # 28 digits, so subtracting the leaving amounts one by one is exact.
+            exact.append(f"s{i} < EXACT_SUM")
+        out.append(f"    if {' and '.join(exact)}:")
+        body = "        "
+        if spec.name in _NON_INCREASING and op in (">", ">=", "<", "<="):
+            # a non-increasing value: a false `>` or a true `<` stays so
+            out.append(f"        if {'' if op in ('>', '>=') else 'not '}{name}:")
+            body += "    "
+        if spec.name == "avg_order_value" and op in (">", ">=", "<", "<="):
+            # Every later average lies between the least and the greatest amount still in
+            # the window (rounding keeps it there): when the comparison holds alike for both,
+            # only the window running empty (undefined: false) can change it.
+            amounts = f"x{j}_amount[{low}:h{j}]"
+            out.append(f"{body}if h{j} > {low}:")
+            out.append(f"{body}    least = min({amounts})")
+            out.append(f"{body}    most = max({amounts})")
+            out.append(f"{body}    if ({test('least')}) == ({test('most')}):")
+            out.append(f"{body}        if {name}:")
+            out.append(f"{body}            {name}_day = {days}[h{j} - 1] + {window}")
+            out.append(f"{body}    else:")
+            body += "        "
+        if spec.name in ("units", "discounted_orders"):
+            out.append(f"{body}rest = v{i}")
+        elif summed:
+            out.append(f"{body}rest = s{i}")
+        out.append(f"{body}for k in range({low}, h{j}):")
+        inner = body + "    "
+        if spec.name == "orders":
+            value = f"(h{j} - k - 1)"
+        elif spec.name in ("units", "discounted_orders"):
+            column = "units" if spec.name == "units" else "discounted"
+            out.append(f"{inner}rest -= x{j}_{column}[k]")
+            value = "rest"
+        else:
+            out.append(f"{inner}rest -= x{j}_amount[k]")
+            value = "rest"
+            if spec.name == "avg_order_value":
+                out.append(f"{inner}left = h{j} - k - 1")
+                out.append(f"{inner}value = rest / left if left else None")
+                value = "value"
+        out.append(f"{inner}if ({guarded(value)}) != {name}:")
+        out.append(f"{inner}    {name}_day = {days}[k] + {window}")
+        out.append(f"{inner}    break")
+        out.append("    else:")
+        out.extend("    " + line for line in self._metric_change_day(i, f"{name}_day"))
+
+    def _orders_flip(
+        self,
+        j: int,
+        window: int,
+        bounds: list[tuple[str, Decimal]],
+        op: str,
+        name: str,
+        value: str,
+    ) -> list[str]:
+        """The day a windowed order count crosses its bound: with no order after today the
+        count on the day order k (in day order) leaves is h - k - 1, so the day is direct."""
+        # the least count that satisfies the lower bound, the greatest for the upper one
+        least = most = None
+        for bound_op, number in bounds:
+            if bound_op == ">=":
+                least = math.ceil(number)
+            elif bound_op == ">":
+                least = math.floor(number) + 1
+            elif bound_op == "<=":
+                most = math.floor(number)
+            else:  # "<"
+                most = math.ceil(number) - 1
+        days = f"x{j}_days"
+        out: list[str] = []
+        if most is not None:  # too many orders now: true once the count falls to `most`
+            if most < 0:
+                return ["        pass"]  # never true
+            out.append(f"        if {value} > {most}:")
+            out.append(f"            {name}_day = {days}[h{j} - {most + 1}] + {window}")
+            if least is None or least <= 0:
+                return out
+            out.append(f"        elif {name}:")
+        elif least is None or least <= 0:
+            return ["        pass"]  # always true
+        else:
+            out.append(f"        if {name}:")
+        # true now: false once the count falls below `least`
+        out.append(f"            {name}_day = {days}[h{j} - {least}] + {window}")
+        return out
+
+    def _metric_change_day(self, i: int, target: str) -> list[str]:
+        """Lines lowering `target` to the first day after today on which time alone changes
+        the value of metric `i` (the candidates of next_day that belong to this metric)."""
+        spec = self.specs[i]
+        out: list[str] = []
+        if spec.within_days is not None:
+            j = self.keys.index(spec.key)
+            window = spec.within_days
+            low = self.lows[(j, window)]
+            out.append(f"    if {low} < len(x{j}_days) and x{j}_days[{low}] + {window} < {target}:")
+            out.append(f"        {target} = x{j}_days[{low}] + {window}")
+            if spec.name in ("spend", "avg_order_value") and spec.category is None:
+                channel, _, season = spec.key
+                conditions = ["day > today"]
+                if channel is not None:
+                    conditions.append(f"a.channel == {channel!r}")
+                if season is not None:
+                    conditions.append(_season_test(season).replace("md", "month_day(a.day)"))
+                out.append("    for a in state.adjustments:")
+                out.append(f"        day = a.day + {window}")
+                out.append(f"        if {' and '.join(conditions)}:")
+                out.append(f"            if day < {target}:")
+                out.append(f"                {target} = day")
+                out.append("            break")
+        for index, number in self.day_thresholds:
+            if index != i:
+                continue
+            if spec.within_days is None:
+                field = "last_day" if spec.name == "days_since_last_purchase" else "first_day"
+                out.append(f"    base = L{i}.{field}")
+                out.append(f"    if base is not None and today < base + {number} < {target}:")
+                out.append(f"        {target} = base + {number}")
+            else:
+                out.append(f"    p = bisect_right(counted, today - {number})")
+                out.append(f"    if p < len(counted) and counted[p] + {number} < {target}:")
+                out.append(f"        {target} = counted[p] + {number}")
+        return out

@@ -19,7 +19,16 @@ from streams.cli.validate import load_ruleset_or_exit
 @click.option("--input", "input_path", required=True, help=".jsonl, .jsonl.gz, or - for stdin")
 @click.option("--as-of", "as_of", default=None, help="advance the clock to this instant at the end")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
-def replay_command(rules_path: str, input_path: str, as_of: str | None, out_dir: str) -> None:
+@click.option(
+    "--jobs",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="processes; customers are split among them, the output is the same",
+)
+def replay_command(
+    rules_path: str, input_path: str, as_of: str | None, out_dir: str, jobs: int
+) -> None:
     """Replay purchase events through the segment rules and write the changes."""
     ruleset = load_ruleset_or_exit(rules_path)
     as_of_instant = None
@@ -31,7 +40,7 @@ def replay_command(rules_path: str, input_path: str, as_of: str | None, out_dir:
     rules = compile_rules(ruleset)
     # Events dated more than max_future_skew after this run are refused, as the worker does.
     wall = time.time_ns() // 1000
-    show_progress = sys.stderr.isatty()
+    show_progress = sys.stderr.isatty() and jobs == 1
     if show_progress:
         from rich.progress import Progress
 
@@ -47,7 +56,7 @@ def replay_command(rules_path: str, input_path: str, as_of: str | None, out_dir:
             )
     else:
         result = replay(
-            read_lines(input_path), rules, Path(out_dir), as_of=as_of_instant, wall=wall
+            read_lines(input_path), rules, Path(out_dir), as_of=as_of_instant, wall=wall, jobs=jobs
         )
     summary = result.summary()
     click.echo(

@@ -18,11 +18,12 @@ GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "small"
 
 
 def _replay(
-    input_arg: str, out: Path, stdin: bytes | None = None
+    input_arg: str, out: Path, stdin: bytes | None = None, jobs: int = 1
 ) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         [sys.executable, "-m", "streams", "replay", "--rules", str(GOLDEN / "rules.yaml"),
-         "--input", input_arg, "--as-of", "2024-05-10T00:00:00Z", "--out", str(out)],
+         "--input", input_arg, "--as-of", "2024-05-10T00:00:00Z", "--out", str(out),
+         "--jobs", str(jobs)],
         input=stdin, capture_output=True, check=False,
     )  # fmt: skip
 
@@ -68,6 +69,16 @@ def test_golden_gzip_and_stdin_give_the_same_result(tmp_path: Path) -> None:
     _check(tmp_path / "gz")
     assert _replay("-", tmp_path / "stdin", stdin=raw).returncode == 0
     _check(tmp_path / "stdin")
+
+
+@pytest.mark.parametrize("jobs", [2, 3])
+def test_golden_file_in_jobs_gives_the_bytes_of_one_job(tmp_path: Path, jobs: int) -> None:
+    assert _replay(str(GOLDEN / "events.jsonl"), tmp_path / "one").returncode == 0
+    completed = _replay(str(GOLDEN / "events.jsonl"), tmp_path / "many", jobs=jobs)
+    assert completed.returncode == 0, completed.stderr
+    _check(tmp_path / "many")
+    for name in ("changes.jsonl", "memberships.json", "rejected.jsonl"):
+        assert (tmp_path / "many" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
 
 
 def test_an_invalid_rule_file_exits_2_with_file_line_and_column(tmp_path: Path) -> None:

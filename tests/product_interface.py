@@ -78,3 +78,13 @@ def segments_invocations(script: str) -> list[list[str]]:
         else:
             command.append(word)
     return found
+
+
+def load_settings_from_environment() -> object:
+    """The settings as the product validates them at start, from os.environ alone.
+
+    Raises the product's settings error (a ValueError naming each bad variable).
+    """
+    from streams.settings import load_settings
+
+    return load_settings(env_file=None)

@@ -292,12 +292,6 @@ def test_every_container_runs_an_existing_command(tools: dict[str, str], variant
     assert sorted(args[0] for args in commands) == ["serve", "worker"]
 
 
-def test_the_command_check_catches_a_wrong_option() -> None:
-    assert command_problem(["serve", "--lookup-prot", "6067"]) is not None
-    assert command_problem(["serve", "--workers", "two"]) is not None
-    assert command_problem(["wrker"]) is not None
-
-
 def test_probes_secrets_volumes_and_budgets(tools: dict[str, str]) -> None:
     objects = render(tools, FULL)
     for spec in pod_specs(objects):

@@ -128,7 +128,7 @@ def main() -> None:
     first = synthetic_events(args.customers, args.events, seed=11, start="2025-01-01T00:00:00Z",
                              days=540)  # fmt: skip
     second = synthetic_events(args.customers, args.events // 5, seed=12,
-                              start="2026-06-25T00:00:00Z", days=150)  # fmt: skip
+                              start="2026-07-02T00:00:00Z", days=140)  # fmt: skip
     for event in second:  # ids of their own, so they are not taken for duplicates
         event["event_id"] = "f" + event["event_id"][1:]
         if "original_event_id" in event:

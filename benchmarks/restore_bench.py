@@ -30,6 +30,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,6 @@ from tests.integration.worker_harness import (  # noqa: E402
 
 BOOTSTRAP = os.environ.get("SEGMENTS_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
 PARTITIONS = 8
-AS_OF_FIRST = "2026-07-01T00:00:00Z"
 AS_OF_SECOND = "2026-12-01T00:00:00Z"
 
 
@@ -127,8 +127,13 @@ def main() -> None:
     }
     first = synthetic_events(args.customers, args.events, seed=11, start="2025-01-01T00:00:00Z",
                              days=540)  # fmt: skip
-    second = synthetic_events(args.customers, args.events // 5, seed=12,
-                              start="2026-07-02T00:00:00Z", days=140)  # fmt: skip
+    # The second batch and the first batch's clock mark come after every first-batch
+    # event (returns run up to 20 days past the window), so nothing of it is late.
+    last = max(datetime.fromisoformat(e["occurred_at"].replace("Z", "+00:00")) for e in first)
+    second_start = (last + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    as_of_first = second_start.strftime("%Y-%m-%dT%H:%M:%SZ")
+    second = synthetic_events(args.customers, args.events // 5, seed=12, start=as_of_first,
+                              days=120)  # fmt: skip
     for event in second:  # ids of their own, so they are not taken for duplicates
         event["event_id"] = "f" + event["event_id"][1:]
         if "original_event_id" in event:
@@ -141,7 +146,7 @@ def main() -> None:
         # The worker creates the run's topics when it starts; then the backlog arrives.
         worker, result["first_start"] = timed_start(env, work / "drain.log")
         began = time.monotonic()
-        produce(env, first_file, AS_OF_FIRST)
+        produce(env, first_file, as_of_first)
         wait_drained(BOOTSTRAP, root, topics.purchases, timeout=900, workers=(worker,))
         result["drain_s"] = round(time.monotonic() - began, 1)
         assert worker.stop() == 0
@@ -166,12 +171,15 @@ def main() -> None:
         assert_equals_replay(published, reference, ordered=False)
         result["after_restore_equals_replay"] = True
         result["changes"] = len(reference.changes)
+    except BaseException as error:
+        result["error"] = f"{type(error).__name__}: {error}"[:500]
+        raise
     finally:
         if worker is not None:
             worker.kill()
         delete_run(root)
         shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps(result))
+        print(json.dumps(result))
 
 
 if __name__ == "__main__":

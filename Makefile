@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-deps demo test test-faults test-unit lint typecheck services-up services-down services-status bench clean
+.PHONY: setup system-deps deploy-tools demo test test-faults test-unit lint typecheck services-up services-down services-status bench clean
 
 # Creates .venv and installs the locked dependencies plus the project (editable).
 # Idempotent: only re-runs when pyproject.toml or requirements.lock changed.
@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml requirements.lock scripts/setup-venv.sh
 # Debian packages for the tests (headless Chromium); apt-get only when missing.
 system-deps:
 	bash scripts/install-system-deps.sh
+
+# Helm (pinned) and the chart validator, built once into ~/.cache/purchase-segments/tools.
+deploy-tools:
+	bash scripts/install-deploy-tools.sh >/dev/null
 
 services-up:
 	bash deploy/local/services.sh up
@@ -33,7 +37,7 @@ demo: setup services-up
 
 # The whole suite against real Kafka and Redis. pytest's exit 5 (no tests ran)
 # is a failure here, never a silent pass.
-test: setup system-deps services-up
+test: setup system-deps deploy-tools services-up
 	$(PY) -m pytest tests --ignore=tests/faults; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran" >&2; exit 1; fi; exit $$rc
 
 # The fault-injection suite (tests/faults, about 7 minutes): not yet part of `make test`,
@@ -42,7 +46,7 @@ test-faults: setup system-deps services-up
 	$(PY) -m pytest tests/faults
 
 test-unit: setup
-	$(PY) -m pytest tests -m "not integration"
+	$(PY) -m pytest tests -m "not integration and not deploy"
 
 lint: setup
 	$(VENV)/bin/ruff check segments streams tests benchmarks

@@ -15,6 +15,8 @@ _MARKERS_BY_DIRECTORY = {
     "property": ("unit",),
     "integration": ("integration",),
     "e2e": ("integration",),
+    # Helm and the chart validator are built from Go sources the first time (minutes).
+    "deploy": ("deploy", "slow"),
 }
 
 

@@ -34,6 +34,7 @@ import redis
 from segments.data import EXAMPLE_RULES
 from streams.settings import Topics
 from streams.sinks.redis import SHARDS, Keys, parse_field
+from streams.topics import ensure_topics
 from tests.faults.proxy import TcpProxy
 from tests.helpers import PrivateRedis, wait_until
 from tests.integration.worker_harness import (
@@ -239,7 +240,13 @@ class Product:
     def start_serve(
         self, via_kafka_proxy: bool = True, triggers: bool = False, **extra: str
     ) -> WorkerProcess:
-        """`segments serve` with the cache sink, the HTTP port and the checkout fast path."""
+        """`segments serve` with the cache sink, the HTTP port and the checkout fast path.
+
+        The topics are created first, as a worker would: serve is ready only once its sink
+        has built the cache from segment-memberships (decision 0004), and it waits for the
+        worker to create that topic. Scenarios that start serve without a worker need them.
+        """
+        ensure_topics(self.direct_bootstrap, self.topics, PARTITIONS)
         arguments = ["-m", "streams", "serve", "--lookup-port", str(self.lookup_port)]
         if not triggers:
             arguments.append("--no-triggers")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -22,10 +23,6 @@ from tests.helpers import wait_until
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.slow]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="needs issue 9 fix 1: serve does not notice a Redis restarted empty while idle",
-)
 def test_redis_restarted_empty_while_idle(
     product: Product, tmp_path: Path, fault_report: FaultReport
 ) -> None:
@@ -64,17 +61,18 @@ def test_redis_restarted_empty_while_idle(
     fault_report.add(outcome)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="needs issue 9 fix 4: /metrics and /segments answer 500 while Redis is down",
-)
 def test_metrics_answer_while_redis_is_down(product: Product) -> None:
-    """Prometheus must read the cache-failure counter during the outage its alert is about;
-    the data routes say the cache is unavailable."""
+    """Prometheus must read the cache gauges during the outage its alert is about; the data
+    routes say the cache is unavailable (503), a malformed cursor is the client's 400."""
     serve = product.start_serve()
     base = f"http://127.0.0.1:{serve.port}"
+    assert http_status(base + "/segments/vip/members?cursor=not-a-cursor") == 400
     product.redis_server.stop(save=True)
     answers = {path: http_status(base + path) for path in ("/metrics", "/segments")}
     answers["members"] = http_status(base + "/segments/vip/members")
+    with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
+        metrics = response.read().decode()
     product.redis_server.start()
     assert answers == {"/metrics": 200, "/segments": 503, "members": 503}
+    assert "segments_cache_redis_up 0.0" in metrics.splitlines()
+    assert "segments_size{" not in metrics

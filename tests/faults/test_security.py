@@ -69,9 +69,6 @@ def test_serve_listens_on_loopback_only(product: Product) -> None:
     assert {host for host, _ in sockets} == {LOOPBACK}, sockets
 
 
-@pytest.mark.xfail(
-    strict=False, reason="needs issue 9 fix 2: the worker's web server binds 0.0.0.0"
-)
 def test_worker_listens_on_loopback_only(product: Product) -> None:
     worker = product.start_worker()
     sockets = listening_sockets(worker.pid)
@@ -107,9 +104,6 @@ def test_serve_answers_401_without_the_token(product: Product) -> None:
         assert http_status(base + route) == 200
 
 
-@pytest.mark.xfail(
-    strict=False, reason="needs issue 9 fix 2: the worker serves Faust's table and router views"
-)
 def test_worker_exposes_no_table_views_and_no_data_without_the_token(
     product: Product, tmp_path: Path
 ) -> None:
@@ -149,9 +143,6 @@ def _raw_get(port: int, target: str, headers: dict[str, str]) -> int:
         connection.close()
 
 
-@pytest.mark.xfail(
-    strict=False, reason="needs issue 9 fix 7: the fast path has no id or header limits"
-)
 def test_lookup_limits_are_the_same_on_both_ports(product: Product) -> None:
     serve = product.start_serve()
     cases = {

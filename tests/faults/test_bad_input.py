@@ -68,14 +68,12 @@ def test_malformed_records_are_dead_lettered_and_change_nothing(
     fault_report.add(outcome)
 
 
-# An invalid message just under the broker's default limit (1,048,588 bytes): accepted by
-# Kafka, but the dead letter (the same bytes plus headers) is not.
+# An invalid message just under the broker's default limit (1,048,588 bytes): before issue 9
+# its dead letter (the same bytes plus headers) was refused and the record was lost. Now the
+# original is kept whole up to 1 MiB - 4 KiB (decision 0005).
 OVERSIZE = b"{" + b"x" * 1_039_999
 
 
-@pytest.mark.xfail(
-    strict=False, reason="needs issue 9 fix 3: an oversize message never reaches the DLQ"
-)
 def test_an_oversize_record_reaches_the_dead_letter_topic(
     product: Product, tmp_path: Path, fault_report: FaultReport
 ) -> None:
@@ -90,29 +88,34 @@ def test_an_oversize_record_reaches_the_dead_letter_topic(
     product.produce(backlog.parts[1], AS_OF)
     fault_ended = time.monotonic()
     product.settle(backlog, outcome, fault_ended, dead_letters=1)
+    (dead,) = read_topic(product.direct_bootstrap, product.topics.purchases_dlq)
+    headers = dict(dead.headers)
+    assert (headers["reason"], "truncated" in headers) == (b"invalid_json", False), headers
+    assert dead.value == OVERSIZE
     fault_report.add(outcome)
 
 
-@pytest.mark.xfail(
-    strict=False, reason="needs issue 9 fix 6: a far-future event moves its partition's clock"
-)
 def test_a_far_future_record_in_event_mode_poisons_nothing(
     product: Product, tmp_path: Path, fault_report: FaultReport
 ) -> None:
-    """One event dated 9999 in the middle of the stream: refused, later events applied."""
+    """One event dated 9999 in the middle of the stream: refused, later events applied.
+
+    Decision 0007: an event more than max_future_skew ahead of the wall clock is rejected
+    `too_far_ahead` (to the dead-letter topic) in either clock mode, and by replay against
+    the wall clock of its run; the partition's clock does not move, so nothing after it
+    is `too_late`.
+    """
     future = orjson.dumps(_event("far-future", occurred_at="9999-01-01T00:00:00Z"))
     backlog = make_backlog(
         tmp_path / "backlog", customers=1000, seed=99, extra_lines=(future,), extra_part=0
     )
+    assert backlog.reference.summary["rejected_by_reason"] == {"too_far_ahead": 1}
     outcome = Outcome("far-future-record", "one event dated 9999-01-01", 0)
     product.start_worker()
     product.start_serve()
     product.produce(backlog.parts[0])  # the far-future event is the last of this part
     product.produce(backlog.parts[1], AS_OF)
     fault_ended = time.monotonic()
-    # Which events the event clock refuses is the engine's decision (issue 9 fix 6), the
-    # same in replay; whatever it is, the worker must end as replay, no event `too_late`.
-    rejected = backlog.reference.summary["rejected"]
-    product.settle(backlog, outcome, fault_ended, dead_letters=rejected)
-    assert "too_late" not in _reasons(product)
+    product.settle(backlog, outcome, fault_ended, dead_letters=1)
+    assert _reasons(product) == Counter({"too_far_ahead": 1})
     fault_report.add(outcome)

@@ -282,8 +282,10 @@ class Product:
         committed = committed_offsets(self.direct_bootstrap, self.app_id, topic)
         return sum(max(committed.get(p, 0), 0) for p in ends) / max(1, sum(ends.values()))
 
-    def committed_total(self) -> int:
-        committed = committed_offsets(self.direct_bootstrap, self.app_id, self.topics.purchases)
+    def committed_total(self, group: str | None = None, topic: str | None = None) -> int:
+        """Messages a group (default: the worker's) has committed of a topic (`purchases`)."""
+        group, topic = group or self.app_id, topic or self.topics.purchases
+        committed = committed_offsets(self.direct_bootstrap, group, topic)
         return sum(max(offset, 0) for offset in committed.values())
 
     def group_caught_up(self, group: str, topic: str) -> bool:

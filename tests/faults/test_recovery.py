@@ -23,7 +23,9 @@ from tests.integration.worker_harness import WorkerProcess
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.slow]
 
 OUTAGE = 30.0  # seconds the broker or Redis is down
-PARTITION = 20.0  # seconds of a network partition, or of added latency
+PARTITION = 20.0  # seconds of a network partition
+LATENCY = 0.2  # seconds added to every chunk, each way
+LATENCY_PROGRESS = 500  # input messages the worker commits while the latency lasts
 
 
 def _produce_and_work(product: Product, part: Path, timeout: float = 120) -> None:
@@ -98,9 +100,13 @@ def test_broker_unreachable_for_30_s_under_load(
         assert product.committed_total() == committed, "the worker reached the broker"
         during = worker.log_text().splitlines()[log_before:]
         errors = sum("[ERROR]" in line or " ERROR " in line for line in during)
-    # Observed, not asserted (issue 9 item 5): what the worker says during the outage.
+    # Issue 9 item 5: the worker says it is unready (within about 5 s, docs/operations.md)
+    # and logs at a bounded rate (each distinct line at most once per 10 s), where it wrote
+    # about 100 ERROR lines a second before.
     outcome.notes["worker_readyz_during_outage"] = sorted(readiness)
     outcome.notes["worker_error_lines_per_s"] = round(errors / OUTAGE, 1)
+    assert 503 in readiness, f"/readyz answered {sorted(readiness)} during the outage"
+    assert errors / OUTAGE <= 2, f"{errors} ERROR lines in {OUTAGE:g} s of outage"
     outcome.notes["refused_connections"] = proxy.stats.refused
     product.settle(backlog, outcome, fault_ended)
     fault_report.add(outcome)
@@ -156,20 +162,39 @@ def test_network_partition_for_20_s(
 def test_200_ms_of_added_latency(
     product: Product, tmp_path: Path, fault_report: FaultReport
 ) -> None:
-    """Every chunk to and from the broker and Redis arrives 200 ms late, for 20 s of load."""
+    """Every chunk to and from the broker and Redis arrives 200 ms late while the worker and
+    serve's sink work through the backlog: until both have committed progress through it."""
     kafka = product.require_kafka_proxy()
     backlog = make_backlog(tmp_path / "backlog", customers=1000, seed=95)
-    outcome = Outcome("latency-200ms", "200 ms added each way, broker and Redis", PARTITION)
+    outcome = Outcome("latency-200ms", "200 ms added each way, broker and Redis", 0)
     worker = product.start_worker()
     serve = product.start_serve()
-    kafka.latency = product.redis_proxy.latency = 0.2
+    sink = (f"{product.app_id}-cache-sink", product.topics.segment_changes)
+    started = time.monotonic()
+    kafka.latency = product.redis_proxy.latency = LATENCY
     committed = product.committed_total()
+    applied = product.committed_total(*sink)
     product.produce(backlog.parts[0])
     product.produce(backlog.parts[1], AS_OF)
-    fault_ended = hold(PARTITION, _alive(worker, serve))
+
+    def worked_through_latency() -> bool:
+        _alive(worker, serve)()
+        return (
+            product.committed_total() >= committed + LATENCY_PROGRESS
+            and product.committed_total(*sink) > applied
+        )
+
+    wait_until(
+        worked_through_latency,
+        120,
+        interval=0.5,
+        what=f"the worker to commit {LATENCY_PROGRESS} messages and the sink to commit"
+        " changes under latency",
+    )
     kafka.latency = product.redis_proxy.latency = 0.0
+    fault_ended = time.monotonic()
+    outcome.fault_seconds = round(fault_ended - started, 1)
     outcome.notes["committed_under_latency"] = product.committed_total() - committed
-    assert outcome.notes["committed_under_latency"] > 0, "no progress under latency"
     product.settle(backlog, outcome, fault_ended)
     fault_report.add(outcome)
 

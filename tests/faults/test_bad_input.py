@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from tests.faults.harness import AS_OF, FaultReport, Outcome, Product, make_backlog
-from tests.integration.worker_harness import read_topic
+from tests.integration.worker_harness import Record, read_topic
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.slow]
 
@@ -42,30 +42,8 @@ MALFORMED = (
 )
 
 
-def _reasons(product: Product) -> Counter[str]:
-    dead = read_topic(product.direct_bootstrap, product.topics.purchases_dlq)
+def _reasons(dead: list[Record]) -> Counter[str]:
     return Counter(dict(record.headers).get("reason", b"?").decode() for record in dead)
-
-
-def test_malformed_records_are_dead_lettered_and_change_nothing(
-    product: Product, tmp_path: Path, fault_report: FaultReport
-) -> None:
-    """`generate --dirty` (duplicates, late and malformed records) plus one of each kind."""
-    backlog = make_backlog(
-        tmp_path / "backlog", customers=1000, seed=97, dirty=True, extra_lines=MALFORMED
-    )
-    rejected = backlog.reference.summary["rejected_by_reason"]
-    assert sum(rejected.values()) >= len(MALFORMED), rejected
-    outcome = Outcome("malformed-records", f"{sum(rejected.values())} malformed records", 0)
-    product.start_worker()
-    product.start_serve()
-    product.produce(backlog.parts[0])
-    product.produce(backlog.parts[1], AS_OF)
-    fault_ended = time.monotonic()
-    product.settle(backlog, outcome, fault_ended, dead_letters=sum(rejected.values()))
-    assert _reasons(product) == Counter(rejected)
-    outcome.notes["rejected_by_reason"] = rejected
-    fault_report.add(outcome)
 
 
 # An invalid message just under the broker's default limit (1,048,588 bytes): before issue 9
@@ -74,24 +52,36 @@ def test_malformed_records_are_dead_lettered_and_change_nothing(
 OVERSIZE = b"{" + b"x" * 1_039_999
 
 
-def test_an_oversize_record_reaches_the_dead_letter_topic(
+def test_malformed_and_oversize_records_are_dead_lettered_and_change_nothing(
     product: Product, tmp_path: Path, fault_report: FaultReport
 ) -> None:
+    """`generate --dirty` (duplicates, late and malformed records), one record of each
+    malformed kind and one invalid record of 1,040,000 bytes: each is dead-lettered with
+    replay's reason, the oversize one whole, and nothing else changes."""
+    bad = (*MALFORMED, OVERSIZE)
     backlog = make_backlog(
-        tmp_path / "backlog", customers=300, seed=98, extra_lines=(OVERSIZE,), extra_part=0
+        tmp_path / "backlog", customers=1000, seed=97, dirty=True, extra_lines=bad
     )
-    assert backlog.reference.summary["rejected"] == 1
-    outcome = Outcome("oversize-record", "one invalid 1,040,000-byte record", 0)
+    rejected = backlog.reference.summary["rejected_by_reason"]
+    assert sum(rejected.values()) >= len(MALFORMED) + 1, rejected
+    outcome = Outcome(
+        "malformed-and-oversize",
+        f"{sum(rejected.values()) - 1} malformed records, one of 1,040,000 bytes",
+        0,
+    )
     product.start_worker()
     product.start_serve()
     product.produce(backlog.parts[0])
     product.produce(backlog.parts[1], AS_OF)
     fault_ended = time.monotonic()
-    product.settle(backlog, outcome, fault_ended, dead_letters=1)
-    (dead,) = read_topic(product.direct_bootstrap, product.topics.purchases_dlq)
-    headers = dict(dead.headers)
+    product.settle(backlog, outcome, fault_ended, dead_letters=sum(rejected.values()))
+    dead = read_topic(product.direct_bootstrap, product.topics.purchases_dlq)
+    assert _reasons(dead) == Counter(rejected)
+    (oversize,) = [record for record in dead if len(record.value or b"") > 65536]
+    headers = dict(oversize.headers)
     assert (headers["reason"], "truncated" in headers) == (b"invalid_json", False), headers
-    assert dead.value == OVERSIZE
+    assert oversize.value == OVERSIZE
+    outcome.notes["rejected_by_reason"] = rejected
     fault_report.add(outcome)
 
 
@@ -117,5 +107,6 @@ def test_a_far_future_record_in_event_mode_poisons_nothing(
     product.produce(backlog.parts[1], AS_OF)
     fault_ended = time.monotonic()
     product.settle(backlog, outcome, fault_ended, dead_letters=1)
-    assert _reasons(product) == Counter({"too_far_ahead": 1})
+    dead = read_topic(product.direct_bootstrap, product.topics.purchases_dlq)
+    assert _reasons(dead) == Counter({"too_far_ahead": 1})
     fault_report.add(outcome)

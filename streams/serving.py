@@ -277,6 +277,11 @@ def serve_command(
         trigger_max_age_s=trigger_max_age, cache_check_s=cache_check_interval
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # The Kafka client logs a refused connection about 65 times a second while the broker
+    # is unreachable: each repeated warning or error at most once per 10 s, as the worker.
+    from streams.log_rate import limit_repeated_messages
+
+    limit_repeated_messages(logging.getLogger())
     extra = [_spawn_web_only(port, lookup_port) for _ in range(max(0, workers - 1))]
     try:
         _run_until_signal(

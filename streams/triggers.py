@@ -794,6 +794,11 @@ def triggers_command(from_beginning: bool, max_age: float, group: str | None) ->
         raise click.ClickException(str(error)) from None
     config = ServingConfig.from_settings(settings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # The Kafka client logs a refused connection about 65 times a second while the broker
+    # is unreachable: each repeated warning or error at most once per 10 s, as the worker.
+    from streams.log_rate import limit_repeated_messages
+
+    limit_repeated_messages(logging.getLogger())
 
     async def main() -> None:
         stop = asyncio.Event()

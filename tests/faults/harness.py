@@ -117,8 +117,8 @@ class Outcome:
     fault: str
     fault_seconds: float
     recovery_seconds: float | None = None
-    changes: int = 0  # distinct change ids published (= replay's)
-    copies: int = 0  # change messages published, duplicates included
+    changes: int = 0  # distinct change ids published (= replay's), or called (webhooks)
+    copies: int = 0  # change messages published, or webhook calls received, repeats included
     dead_letters: int = 0
     compared: str = "not compared"
     notes: dict[str, Any] = field(default_factory=dict)

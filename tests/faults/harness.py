@@ -20,10 +20,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
+import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -262,12 +264,18 @@ class Product:
 
     def stop(self) -> None:
         """SIGTERM first: a process that leaves its consumer group lets the teardown delete
-        the group at once instead of after the session timeout."""
-        for process in [*([self.serve] if self.serve else []), *self.workers]:
-            if process.process is not None and process.process.poll() is None:
-                with contextlib.suppress(AssertionError):
-                    process.stop(timeout=30)
-            process.kill()
+        the group at once instead of after the session timeout. All are signalled before
+        any is waited for: they stop side by side."""
+        processes = [*([self.serve] if self.serve else []), *self.workers]
+        running = [p.process for p in processes if p.process and p.process.poll() is None]
+        for process in running:
+            process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for process in running:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(max(0.1, deadline - time.monotonic()))
+        for each in processes:
+            each.kill()  # whatever ignored SIGTERM
         self.redis.close()
 
     def produce(self, path: Path, as_of: str | None = None) -> None:
@@ -424,6 +432,18 @@ def _explain_redis_mismatch(
             )
         )
         raise AssertionError(f"{error}\n{detail}") from None
+
+
+def alive(*processes: WorkerProcess) -> Callable[[], None]:
+    """A check for hold(): a product process that exits during a fault fails the scenario."""
+
+    def check() -> None:
+        for process in processes:
+            assert process.process is not None
+            if process.process.poll() is not None:
+                raise AssertionError(f"a process exited during the fault:\n{process.tail()}")
+
+    return check
 
 
 def hold(seconds: float, check: Any = None) -> float:

@@ -52,26 +52,36 @@ def _reasons(dead: list[Record]) -> Counter[str]:
 OVERSIZE = b"{" + b"x" * 1_039_999
 
 
-def test_malformed_and_oversize_records_are_dead_lettered_and_change_nothing(
+# Decision 0007: an event more than max_future_skew ahead of the wall clock is rejected
+# `too_far_ahead` in either clock mode (replay too, against the wall clock of its run); in
+# event mode it moved its partition's clock to 9999 before, and every later event of the
+# partition was then rejected `too_late`.
+FAR_FUTURE = orjson.dumps(_event("far-future", occurred_at="9999-01-01T00:00:00Z"))
+
+
+def test_malformed_oversize_and_far_future_records_are_dead_lettered_and_change_nothing(
     product: Product, tmp_path: Path, fault_report: FaultReport
 ) -> None:
     """`generate --dirty` (duplicates, late and malformed records), one record of each
-    malformed kind and one invalid record of 1,040,000 bytes: each is dead-lettered with
-    replay's reason, the oversize one whole, and nothing else changes."""
-    bad = (*MALFORMED, OVERSIZE)
+    malformed kind, one invalid record of 1,040,000 bytes and one event dated 9999, in the
+    middle of the stream (event mode): each is dead-lettered with replay's reason, the
+    oversize one whole, and nothing else changes; no later event is `too_late`."""
+    bad = (*MALFORMED, OVERSIZE, FAR_FUTURE)
     backlog = make_backlog(
-        tmp_path / "backlog", customers=1000, seed=97, dirty=True, extra_lines=bad
+        tmp_path / "backlog", customers=1000, seed=97, dirty=True, extra_lines=bad, extra_part=0
     )
     rejected = backlog.reference.summary["rejected_by_reason"]
-    assert sum(rejected.values()) >= len(MALFORMED) + 1, rejected
+    assert sum(rejected.values()) >= len(bad), rejected
+    assert rejected["too_far_ahead"] == 1 and "too_late" not in rejected, rejected
     outcome = Outcome(
-        "malformed-and-oversize",
-        f"{sum(rejected.values()) - 1} malformed records, one of 1,040,000 bytes",
+        "bad-records",
+        f"{sum(rejected.values()) - 2} malformed records, one of 1,040,000 bytes,"
+        " one dated 9999-01-01",
         0,
     )
     product.start_worker()
     product.start_serve()
-    product.produce(backlog.parts[0])
+    product.produce(backlog.parts[0])  # the bad records are the last of this part
     product.produce(backlog.parts[1], AS_OF)
     fault_ended = time.monotonic()
     product.settle(backlog, outcome, fault_ended, dead_letters=sum(rejected.values()))
@@ -82,31 +92,4 @@ def test_malformed_and_oversize_records_are_dead_lettered_and_change_nothing(
     assert (headers["reason"], "truncated" in headers) == (b"invalid_json", False), headers
     assert oversize.value == OVERSIZE
     outcome.notes["rejected_by_reason"] = rejected
-    fault_report.add(outcome)
-
-
-def test_a_far_future_record_in_event_mode_poisons_nothing(
-    product: Product, tmp_path: Path, fault_report: FaultReport
-) -> None:
-    """One event dated 9999 in the middle of the stream: refused, later events applied.
-
-    Decision 0007: an event more than max_future_skew ahead of the wall clock is rejected
-    `too_far_ahead` (to the dead-letter topic) in either clock mode, and by replay against
-    the wall clock of its run; the partition's clock does not move, so nothing after it
-    is `too_late`.
-    """
-    future = orjson.dumps(_event("far-future", occurred_at="9999-01-01T00:00:00Z"))
-    backlog = make_backlog(
-        tmp_path / "backlog", customers=1000, seed=99, extra_lines=(future,), extra_part=0
-    )
-    assert backlog.reference.summary["rejected_by_reason"] == {"too_far_ahead": 1}
-    outcome = Outcome("far-future-record", "one event dated 9999-01-01", 0)
-    product.start_worker()
-    product.start_serve()
-    product.produce(backlog.parts[0])  # the far-future event is the last of this part
-    product.produce(backlog.parts[1], AS_OF)
-    fault_ended = time.monotonic()
-    product.settle(backlog, outcome, fault_ended, dead_letters=1)
-    dead = read_topic(product.direct_bootstrap, product.topics.purchases_dlq)
-    assert _reasons(dead) == Counter({"too_far_ahead": 1})
     fault_report.add(outcome)

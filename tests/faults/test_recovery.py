@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from tests.faults.harness import (
     FaultReport,
     Outcome,
     Product,
+    alive,
     hold,
     http_status,
     make_backlog,
@@ -22,7 +22,7 @@ from tests.integration.worker_harness import WorkerProcess
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.slow]
 
-OUTAGE = 30.0  # seconds the broker or Redis is down
+OUTAGE = 30.0  # seconds the broker is unreachable
 PARTITION = 20.0  # seconds of a network partition
 LATENCY = 0.2  # seconds added to every chunk, each way
 LATENCY_PROGRESS = 500  # input messages the worker commits while the latency lasts
@@ -64,18 +64,6 @@ def test_sigkill_three_times_during_a_backlog(
     fault_report.add(outcome)
 
 
-def _alive(*processes: WorkerProcess) -> Callable[[], None]:
-    """A check for hold(): a product process that exits during a fault fails the scenario."""
-
-    def check() -> None:
-        for process in processes:
-            assert process.process is not None
-            if process.process.poll() is not None:
-                raise AssertionError(f"a process exited during the fault:\n{process.tail()}")
-
-    return check
-
-
 def _problem_lines(process: WorkerProcess, after_line: int) -> int:
     """WARNING and ERROR lines a process logged after its `after_line`-th line."""
     lines = process.log_text().splitlines()[after_line:]
@@ -99,7 +87,7 @@ def test_broker_unreachable_for_30_s_under_load(
     lookups: set[int] = set()
 
     def check() -> None:
-        _alive(worker, serve)()
+        alive(worker, serve)()
         readiness.add(http_status(f"http://127.0.0.1:{worker.port}/readyz"))
         for port in (serve.port, product.lookup_port):
             lookups.add(http_status(f"http://127.0.0.1:{port}/customers/c-0000001/segments"))
@@ -129,34 +117,6 @@ def test_broker_unreachable_for_30_s_under_load(
     fault_report.add(outcome)
 
 
-def test_redis_down_for_30_s_under_load(
-    product: Product, tmp_path: Path, fault_report: FaultReport
-) -> None:
-    """Redis stopped (SHUTDOWN SAVE) for 30 s while changes keep flowing into serve's sink."""
-    backlog = make_backlog(tmp_path / "backlog", customers=1000, seed=93)
-    outcome = Outcome("redis-down-30s", "Redis stopped, then started with its data", OUTAGE)
-    worker = product.start_worker()
-    serve = product.start_serve()
-    product.produce(backlog.parts[0])
-    wait_until(product.redis_members, 120, what="serve's sink to write the first memberships")
-    member = next(iter(product.redis_members()))
-    product.redis_server.stop(save=True)
-    product.produce(backlog.parts[1], AS_OF)
-    statuses: set[int] = set()
-
-    def check() -> None:
-        _alive(worker, serve)()
-        for port in (serve.port, product.lookup_port):
-            statuses.add(http_status(f"http://127.0.0.1:{port}/customers/{member}/segments"))
-
-    fault_ended = hold(OUTAGE, check)
-    # While the cache is down a lookup says so; it never answers "no segments".
-    assert statuses == {503}, f"lookups during the outage answered {sorted(statuses)}"
-    product.redis_server.start()
-    product.settle(backlog, outcome, fault_ended)
-    fault_report.add(outcome)
-
-
 def test_network_partition_for_20_s(
     product: Product, tmp_path: Path, fault_report: FaultReport
 ) -> None:
@@ -171,7 +131,7 @@ def test_network_partition_for_20_s(
     lookups: set[int] = set()
 
     def check() -> None:
-        _alive(worker, serve)()
+        alive(worker, serve)()
         readiness.add(http_status(f"http://127.0.0.1:{worker.port}/readyz"))
         for port in (serve.port, product.lookup_port):
             lookups.add(http_status(f"http://127.0.0.1:{port}/customers/c-0000001/segments"))
@@ -210,7 +170,7 @@ def test_200_ms_of_added_latency(
     product.produce(backlog.parts[1], AS_OF)
 
     def worked_through_latency() -> bool:
-        _alive(worker, serve)()
+        alive(worker, serve)()
         return (
             product.committed_total() >= committed + LATENCY_PROGRESS
             and product.committed_total(*sink) > applied

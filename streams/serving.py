@@ -322,6 +322,9 @@ def _run_until_signal(main: Any) -> None:
     try:
         import uvloop  # type: ignore[import-not-found]
 
+        from streams.aiokafka_fixes import closed_transports_raise_connection_errors
+
+        closed_transports_raise_connection_errors()  # aiokafka on uvloop: see there
         loop = uvloop.new_event_loop()
     except ImportError:
         loop = asyncio.new_event_loop()

@@ -346,18 +346,19 @@ class Product:
         """Wait for the drained, equal state; record the recovery time; compare everything."""
         assert self.serve is not None
         wait_until(
-            lambda: self.group_caught_up(self.app_id, self.topics.purchases),
+            lambda: self._exited() or self.group_caught_up(self.app_id, self.topics.purchases),
             SETTLE_TIMEOUT,
             interval=0.5,
             what=f"the worker to commit all of {self.topics.purchases}",
         )
         sink_group = f"{self.app_id}-cache-sink"
         wait_until(
-            lambda: self.group_caught_up(sink_group, self.topics.segment_changes),
+            lambda: self._exited() or self.group_caught_up(sink_group, self.topics.segment_changes),
             SETTLE_TIMEOUT,
             interval=0.5,
             what=f"serve's cache sink to commit all of {self.topics.segment_changes}",
         )
+        assert not self._exited(), self._exited()
         expected = expected_redis(backlog.reference)
         # The sink commits after it has written Redis, so Redis is normally equal by now.
         recovered = time.monotonic() if self.redis_members() == expected else None
@@ -380,6 +381,14 @@ class Product:
         outcome.copies = published.copies
         outcome.dead_letters = len(dead)
         outcome.compared = "equal to replay"
+
+    def _exited(self) -> str:
+        """Why waiting is pointless: the running worker or serve exited (else "")."""
+        for name, process in (("worker", self.worker), ("serve", self.serve)):
+            popen = process.process if process is not None else None
+            if popen is not None and popen.poll() is not None:
+                return f"{name} exited with {popen.returncode}:\n{process.tail()}"
+        return ""
 
     def _check_lookups(
         self, backlog: Backlog, expected: dict[str, dict[str, tuple[int, str]]]

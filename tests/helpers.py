@@ -137,11 +137,16 @@ class PrivateRedis:
             time.sleep(0.02)
 
     def stop(self, save: bool = True) -> None:
-        """SHUTDOWN (SAVE keeps the data for the restart: an outage, not a flush)."""
+        """SHUTDOWN (SAVE keeps the data for the restart: an outage, not a flush).
+
+        Without save the next start is empty: a snapshot an earlier stop saved is removed.
+        """
         with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
             s.sendall(b"SHUTDOWN SAVE\r\n" if save else b"SHUTDOWN NOSAVE\r\n")
         assert self.process is not None
         self.process.wait(timeout=20)
+        if not save:
+            (self.directory / "dump.rdb").unlink(missing_ok=True)
 
     def kill(self) -> None:
         if self.process and self.process.poll() is None:

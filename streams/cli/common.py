@@ -30,6 +30,9 @@ def run_until_signal(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]])
     try:
         import uvloop
 
+        from streams.kafka.aiokafka_fixes import closed_transports_raise_connection_errors
+
+        closed_transports_raise_connection_errors()  # aiokafka on uvloop: see there
         loop = uvloop.new_event_loop()
     except ImportError:
         loop = asyncio.new_event_loop()

@@ -154,6 +154,12 @@ class Driver:
             handled += 1
         return handled
 
+    def seek(self, partition: int, offset: int) -> None:
+        """Move a partition's next offset within the run, as a consumer seek does (the
+        head-gap healing of streams/faust_fixes.py re-reads from the committed offset):
+        a seek back hands the processor offsets it has already handled in this run."""
+        self.position[partition] = offset
+
     def tick(self, wall: int | None = None) -> None:
         """Advance the wall clock (optional) and tick every partition, as the timer does."""
         if wall is not None:

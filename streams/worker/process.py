@@ -113,7 +113,7 @@ def prepare_data_dir(data_dir: Path) -> bool:
 def worker_class() -> type[Any]:
     import faust
 
-    from streams.worker.log_rate import limit_repeated_messages
+    from streams.log_rate import limit_repeated_messages
 
     class Worker(faust.Worker):
         """faust.Worker whose log writes each repeated warning or error at a bounded rate."""

@@ -330,7 +330,9 @@ class SegmentProcessor:
     ) -> list[Outgoing]:
         part = self._partition(partition, wall)
         self.counts["messages"] += 1
-        redelivered = offset <= part.handled_offset
+        # At or below an offset handled before (found in the table at open, or handled in
+        # this run and read again after a seek back): a message seen before.
+        redelivered = offset <= part.offset
         part.offset = max(part.offset, offset)
         source = (self.names.purchases, partition, offset)
         try:
@@ -355,7 +357,7 @@ class SegmentProcessor:
         except Rejection as rejection:
             part.forget(item.customer_id)  # step() leaves it untouched; be sure anyway
             if redelivered and rejection.reason == "too_late":
-                # Applied before a crash, and its id is no longer remembered
+                # Applied before (a crash, or a seek back), and its id is no longer remembered
                 # (ids are kept for max_lateness): a duplicate, not a late event.
                 self.counts["duplicates"] += 1
             else:

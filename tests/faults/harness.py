@@ -20,10 +20,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
+import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ import orjson
 import redis
 
 from segments.data import EXAMPLE_RULES
+from streams.kafka.topics import ensure_topics
 from streams.serving.cache import SHARDS, Keys, parse_field
 from streams.settings import Topics
 from tests.faults.proxy import TcpProxy
@@ -116,8 +119,8 @@ class Outcome:
     fault: str
     fault_seconds: float
     recovery_seconds: float | None = None
-    changes: int = 0  # distinct change ids published (= replay's)
-    copies: int = 0  # change messages published, duplicates included
+    changes: int = 0  # distinct change ids published (= replay's), or called (webhooks)
+    copies: int = 0  # change messages published, or webhook calls received, repeats included
     dead_letters: int = 0
     compared: str = "not compared"
     notes: dict[str, Any] = field(default_factory=dict)
@@ -239,7 +242,13 @@ class Product:
     def start_serve(
         self, via_kafka_proxy: bool = True, triggers: bool = False, **extra: str
     ) -> WorkerProcess:
-        """`segments serve` with the cache sink, the HTTP port and the checkout fast path."""
+        """`segments serve` with the cache sink, the HTTP port and the checkout fast path.
+
+        The topics are created first, as a worker would: serve is ready only once its sink
+        has built the cache from segment-memberships (decision 0004), and it waits for the
+        worker to create that topic. Scenarios that start serve without a worker need them.
+        """
+        ensure_topics(self.direct_bootstrap, self.topics, PARTITIONS)
         arguments = ["-m", "streams", "serve", "--lookup-port", str(self.lookup_port)]
         if not triggers:
             arguments.append("--no-triggers")
@@ -255,12 +264,18 @@ class Product:
 
     def stop(self) -> None:
         """SIGTERM first: a process that leaves its consumer group lets the teardown delete
-        the group at once instead of after the session timeout."""
-        for process in [*([self.serve] if self.serve else []), *self.workers]:
-            if process.process is not None and process.process.poll() is None:
-                with contextlib.suppress(AssertionError):
-                    process.stop(timeout=30)
-            process.kill()
+        the group at once instead of after the session timeout. All are signalled before
+        any is waited for: they stop side by side."""
+        processes = [*([self.serve] if self.serve else []), *self.workers]
+        running = [p.process for p in processes if p.process and p.process.poll() is None]
+        for process in running:
+            process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for process in running:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(max(0.1, deadline - time.monotonic()))
+        for each in processes:
+            each.kill()  # whatever ignored SIGTERM
         self.redis.close()
 
     def produce(self, path: Path, as_of: str | None = None) -> None:
@@ -275,8 +290,10 @@ class Product:
         committed = committed_offsets(self.direct_bootstrap, self.app_id, topic)
         return sum(max(committed.get(p, 0), 0) for p in ends) / max(1, sum(ends.values()))
 
-    def committed_total(self) -> int:
-        committed = committed_offsets(self.direct_bootstrap, self.app_id, self.topics.purchases)
+    def committed_total(self, group: str | None = None, topic: str | None = None) -> int:
+        """Messages a group (default: the worker's) has committed of a topic (`purchases`)."""
+        group, topic = group or self.app_id, topic or self.topics.purchases
+        committed = committed_offsets(self.direct_bootstrap, group, topic)
         return sum(max(offset, 0) for offset in committed.values())
 
     def group_caught_up(self, group: str, topic: str) -> bool:
@@ -329,18 +346,19 @@ class Product:
         """Wait for the drained, equal state; record the recovery time; compare everything."""
         assert self.serve is not None
         wait_until(
-            lambda: self.group_caught_up(self.app_id, self.topics.purchases),
+            lambda: self._exited() or self.group_caught_up(self.app_id, self.topics.purchases),
             SETTLE_TIMEOUT,
             interval=0.5,
             what=f"the worker to commit all of {self.topics.purchases}",
         )
         sink_group = f"{self.app_id}-cache-sink"
         wait_until(
-            lambda: self.group_caught_up(sink_group, self.topics.segment_changes),
+            lambda: self._exited() or self.group_caught_up(sink_group, self.topics.segment_changes),
             SETTLE_TIMEOUT,
             interval=0.5,
             what=f"serve's cache sink to commit all of {self.topics.segment_changes}",
         )
+        assert not self._exited(), self._exited()
         expected = expected_redis(backlog.reference)
         # The sink commits after it has written Redis, so Redis is normally equal by now.
         recovered = time.monotonic() if self.redis_members() == expected else None
@@ -363,6 +381,14 @@ class Product:
         outcome.copies = published.copies
         outcome.dead_letters = len(dead)
         outcome.compared = "equal to replay"
+
+    def _exited(self) -> str:
+        """Why waiting is pointless: the running worker or serve exited (else "")."""
+        for name, process in (("worker", self.worker), ("serve", self.serve)):
+            popen = process.process if process is not None else None
+            if popen is not None and popen.poll() is not None:
+                return f"{name} exited with {popen.returncode}:\n{process.tail()}"
+        return ""
 
     def _check_lookups(
         self, backlog: Backlog, expected: dict[str, dict[str, tuple[int, str]]]
@@ -415,6 +441,18 @@ def _explain_redis_mismatch(
             )
         )
         raise AssertionError(f"{error}\n{detail}") from None
+
+
+def alive(*processes: WorkerProcess) -> Callable[[], None]:
+    """A check for hold(): a product process that exits during a fault fails the scenario."""
+
+    def check() -> None:
+        for process in processes:
+            assert process.process is not None
+            if process.process.poll() is not None:
+                raise AssertionError(f"a process exited during the fault:\n{process.tail()}")
+
+    return check
 
 
 def hold(seconds: float, check: Any = None) -> float:

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from tests.faults.harness import AS_OF, FaultReport, Outcome, Product, make_backlog
-from tests.integration.worker_harness import read_topic
+from tests.integration.worker_harness import Record, read_topic
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.slow]
 
@@ -42,77 +42,54 @@ MALFORMED = (
 )
 
 
-def _reasons(product: Product) -> Counter[str]:
-    dead = read_topic(product.direct_bootstrap, product.topics.purchases_dlq)
+def _reasons(dead: list[Record]) -> Counter[str]:
     return Counter(dict(record.headers).get("reason", b"?").decode() for record in dead)
 
 
-def test_malformed_records_are_dead_lettered_and_change_nothing(
-    product: Product, tmp_path: Path, fault_report: FaultReport
-) -> None:
-    """`generate --dirty` (duplicates, late and malformed records) plus one of each kind."""
-    backlog = make_backlog(
-        tmp_path / "backlog", customers=1000, seed=97, dirty=True, extra_lines=MALFORMED
-    )
-    rejected = backlog.reference.summary["rejected_by_reason"]
-    assert sum(rejected.values()) >= len(MALFORMED), rejected
-    outcome = Outcome("malformed-records", f"{sum(rejected.values())} malformed records", 0)
-    product.start_worker()
-    product.start_serve()
-    product.produce(backlog.parts[0])
-    product.produce(backlog.parts[1], AS_OF)
-    fault_ended = time.monotonic()
-    product.settle(backlog, outcome, fault_ended, dead_letters=sum(rejected.values()))
-    assert _reasons(product) == Counter(rejected)
-    outcome.notes["rejected_by_reason"] = rejected
-    fault_report.add(outcome)
-
-
-# An invalid message just under the broker's default limit (1,048,588 bytes): accepted by
-# Kafka, but the dead letter (the same bytes plus headers) is not.
+# An invalid message just under the broker's default limit (1,048,588 bytes): before issue 9
+# its dead letter (the same bytes plus headers) was refused and the record was lost. Now the
+# original is kept whole up to 1 MiB - 4 KiB (decision 0005).
 OVERSIZE = b"{" + b"x" * 1_039_999
 
 
-@pytest.mark.xfail(
-    strict=False, reason="needs issue 9 fix 3: an oversize message never reaches the DLQ"
-)
-def test_an_oversize_record_reaches_the_dead_letter_topic(
-    product: Product, tmp_path: Path, fault_report: FaultReport
-) -> None:
-    backlog = make_backlog(
-        tmp_path / "backlog", customers=300, seed=98, extra_lines=(OVERSIZE,), extra_part=0
-    )
-    assert backlog.reference.summary["rejected"] == 1
-    outcome = Outcome("oversize-record", "one invalid 1,040,000-byte record", 0)
-    product.start_worker()
-    product.start_serve()
-    product.produce(backlog.parts[0])
-    product.produce(backlog.parts[1], AS_OF)
-    fault_ended = time.monotonic()
-    product.settle(backlog, outcome, fault_ended, dead_letters=1)
-    fault_report.add(outcome)
+# Decision 0007: an event more than max_future_skew ahead of the wall clock is rejected
+# `too_far_ahead` in either clock mode (replay too, against the wall clock of its run); in
+# event mode it moved its partition's clock to 9999 before, and every later event of the
+# partition was then rejected `too_late`.
+FAR_FUTURE = orjson.dumps(_event("far-future", occurred_at="9999-01-01T00:00:00Z"))
 
 
-@pytest.mark.xfail(
-    strict=False, reason="needs issue 9 fix 6: a far-future event moves its partition's clock"
-)
-def test_a_far_future_record_in_event_mode_poisons_nothing(
+def test_malformed_oversize_and_far_future_records_are_dead_lettered_and_change_nothing(
     product: Product, tmp_path: Path, fault_report: FaultReport
 ) -> None:
-    """One event dated 9999 in the middle of the stream: refused, later events applied."""
-    future = orjson.dumps(_event("far-future", occurred_at="9999-01-01T00:00:00Z"))
+    """`generate --dirty` (duplicates, late and malformed records), one record of each
+    malformed kind, one invalid record of 1,040,000 bytes and one event dated 9999, in the
+    middle of the stream (event mode): each is dead-lettered with replay's reason, the
+    oversize one whole, and nothing else changes; no later event is `too_late`."""
+    bad = (*MALFORMED, OVERSIZE, FAR_FUTURE)
     backlog = make_backlog(
-        tmp_path / "backlog", customers=1000, seed=99, extra_lines=(future,), extra_part=0
+        tmp_path / "backlog", customers=1000, seed=97, dirty=True, extra_lines=bad, extra_part=0
     )
-    outcome = Outcome("far-future-record", "one event dated 9999-01-01", 0)
+    rejected = backlog.reference.summary["rejected_by_reason"]
+    assert sum(rejected.values()) >= len(bad), rejected
+    assert rejected["too_far_ahead"] == 1 and "too_late" not in rejected, rejected
+    outcome = Outcome(
+        "bad-records",
+        f"{sum(rejected.values()) - 2} malformed records, one of 1,040,000 bytes,"
+        " one dated 9999-01-01",
+        0,
+    )
     product.start_worker()
     product.start_serve()
-    product.produce(backlog.parts[0])  # the far-future event is the last of this part
+    product.produce(backlog.parts[0])  # the bad records are the last of this part
     product.produce(backlog.parts[1], AS_OF)
     fault_ended = time.monotonic()
-    # Which events the event clock refuses is the engine's decision (issue 9 fix 6), the
-    # same in replay; whatever it is, the worker must end as replay, no event `too_late`.
-    rejected = backlog.reference.summary["rejected"]
-    product.settle(backlog, outcome, fault_ended, dead_letters=rejected)
-    assert "too_late" not in _reasons(product)
+    product.settle(backlog, outcome, fault_ended, dead_letters=sum(rejected.values()))
+    dead = read_topic(product.direct_bootstrap, product.topics.purchases_dlq)
+    assert _reasons(dead) == Counter(rejected)
+    (oversize,) = [record for record in dead if len(record.value or b"") > 65536]
+    headers = dict(oversize.headers)
+    assert (headers["reason"], "truncated" in headers) == (b"invalid_json", False), headers
+    assert oversize.value == OVERSIZE
+    outcome.notes["rejected_by_reason"] = rejected
     fault_report.add(outcome)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from tests.faults.harness import (
     FaultReport,
     Outcome,
     Product,
+    alive,
     hold,
     http_status,
     make_backlog,
@@ -22,8 +22,10 @@ from tests.integration.worker_harness import WorkerProcess
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.slow]
 
-OUTAGE = 30.0  # seconds the broker or Redis is down
-PARTITION = 20.0  # seconds of a network partition, or of added latency
+OUTAGE = 30.0  # seconds the broker is unreachable
+PARTITION = 20.0  # seconds of a network partition
+LATENCY = 0.2  # seconds added to every chunk, each way
+LATENCY_PROGRESS = 500  # input messages the worker commits while the latency lasts
 
 
 def _produce_and_work(product: Product, part: Path, timeout: float = 120) -> None:
@@ -62,16 +64,13 @@ def test_sigkill_three_times_during_a_backlog(
     fault_report.add(outcome)
 
 
-def _alive(*processes: WorkerProcess) -> Callable[[], None]:
-    """A check for hold(): a product process that exits during a fault fails the scenario."""
+def _problem_lines(process: WorkerProcess, after_line: int) -> int:
+    """WARNING and ERROR lines a process logged after its `after_line`-th line."""
+    lines = process.log_text().splitlines()[after_line:]
+    return sum(any(level in line for level in _LEVELS) for line in lines)
 
-    def check() -> None:
-        for process in processes:
-            assert process.process is not None
-            if process.process.poll() is not None:
-                raise AssertionError(f"a process exited during the fault:\n{process.tail()}")
 
-    return check
+_LEVELS = ("[ERROR]", "[WARNING]", " ERROR ", " WARNING ")  # the worker's and serve's formats
 
 
 def test_broker_unreachable_for_30_s_under_load(
@@ -85,51 +84,35 @@ def test_broker_unreachable_for_30_s_under_load(
     serve = product.start_serve()
     _produce_and_work(product, backlog.parts[0])
     readiness: set[int] = set()
+    lookups: set[int] = set()
 
     def check() -> None:
-        _alive(worker, serve)()
+        alive(worker, serve)()
         readiness.add(http_status(f"http://127.0.0.1:{worker.port}/readyz"))
+        for port in (serve.port, product.lookup_port):
+            lookups.add(http_status(f"http://127.0.0.1:{port}/customers/c-0000001/segments"))
 
     with proxy.refusing():
-        log_before = len(worker.log_text().splitlines())
+        processes = {"worker": worker, "serve": serve}
+        before = {name: len(p.log_text().splitlines()) for name, p in processes.items()}
         product.produce(backlog.parts[1], AS_OF)  # the shops' producers still reach Kafka
         committed = product.committed_total()
         fault_ended = hold(OUTAGE, check)
         assert product.committed_total() == committed, "the worker reached the broker"
-        during = worker.log_text().splitlines()[log_before:]
-        errors = sum("[ERROR]" in line or " ERROR " in line for line in during)
-    # Observed, not asserted (issue 9 item 5): what the worker says during the outage.
+        per_second = {
+            name: round(_problem_lines(process, before[name]) / OUTAGE, 1)
+            for name, process in processes.items()
+        }
+    # Issue 9 item 5: the worker says it is unready (within about 5 s, docs/operations.md),
+    # and both processes log at a bounded rate (each distinct line at most once per 10 s),
+    # where the Kafka client wrote 65 to 100 ERROR lines a second before.
     outcome.notes["worker_readyz_during_outage"] = sorted(readiness)
-    outcome.notes["worker_error_lines_per_s"] = round(errors / OUTAGE, 1)
+    outcome.notes["warning_and_error_lines_per_s"] = per_second
+    assert 503 in readiness, f"/readyz answered {sorted(readiness)} during the outage"
+    # The checkout lookup reads Redis only: it goes on answering (what the cache held).
+    assert lookups == {200}, f"lookups answered {sorted(lookups)} during the outage"
+    assert max(per_second.values()) <= 2, f"WARNING and ERROR lines a second: {per_second}"
     outcome.notes["refused_connections"] = proxy.stats.refused
-    product.settle(backlog, outcome, fault_ended)
-    fault_report.add(outcome)
-
-
-def test_redis_down_for_30_s_under_load(
-    product: Product, tmp_path: Path, fault_report: FaultReport
-) -> None:
-    """Redis stopped (SHUTDOWN SAVE) for 30 s while changes keep flowing into serve's sink."""
-    backlog = make_backlog(tmp_path / "backlog", customers=1000, seed=93)
-    outcome = Outcome("redis-down-30s", "Redis stopped, then started with its data", OUTAGE)
-    worker = product.start_worker()
-    serve = product.start_serve()
-    product.produce(backlog.parts[0])
-    wait_until(product.redis_members, 120, what="serve's sink to write the first memberships")
-    member = next(iter(product.redis_members()))
-    product.redis_server.stop(save=True)
-    product.produce(backlog.parts[1], AS_OF)
-    statuses: set[int] = set()
-
-    def check() -> None:
-        _alive(worker, serve)()
-        for port in (serve.port, product.lookup_port):
-            statuses.add(http_status(f"http://127.0.0.1:{port}/customers/{member}/segments"))
-
-    fault_ended = hold(OUTAGE, check)
-    # While the cache is down a lookup says so; it never answers "no segments".
-    assert statuses == {503}, f"lookups during the outage answered {sorted(statuses)}"
-    product.redis_server.start()
     product.settle(backlog, outcome, fault_ended)
     fault_report.add(outcome)
 
@@ -144,11 +127,26 @@ def test_network_partition_for_20_s(
     worker = product.start_worker()
     serve = product.start_serve(via_kafka_proxy=False)  # serve keeps the broker: it writes
     _produce_and_work(product, backlog.parts[0])
+    readiness: set[int] = set()
+    lookups: set[int] = set()
+
+    def check() -> None:
+        alive(worker, serve)()
+        readiness.add(http_status(f"http://127.0.0.1:{worker.port}/readyz"))
+        for port in (serve.port, product.lookup_port):
+            lookups.add(http_status(f"http://127.0.0.1:{port}/customers/c-0000001/segments"))
+
     with kafka.partitioned(), product.redis_proxy.partitioned():
         product.produce(backlog.parts[1], AS_OF)
         committed = product.committed_total()
-        fault_ended = hold(PARTITION, _alive(worker, serve))
+        fault_ended = hold(PARTITION, check)
         assert product.committed_total() == committed, "the worker reached the broker"
+    # No answer is no refusal: the worker's probe times out (unready after about 5 s) and
+    # a lookup gives up on Redis after 1 s with 503 (docs/operations.md).
+    outcome.notes["worker_readyz_during_partition"] = sorted(readiness)
+    outcome.notes["lookups_during_partition"] = sorted(lookups)
+    assert 503 in readiness, f"/readyz answered {sorted(readiness)} during the partition"
+    assert lookups == {503}, f"lookups answered {sorted(lookups)} during the partition"
     product.settle(backlog, outcome, fault_ended)
     fault_report.add(outcome)
 
@@ -156,20 +154,39 @@ def test_network_partition_for_20_s(
 def test_200_ms_of_added_latency(
     product: Product, tmp_path: Path, fault_report: FaultReport
 ) -> None:
-    """Every chunk to and from the broker and Redis arrives 200 ms late, for 20 s of load."""
+    """Every chunk to and from the broker and Redis arrives 200 ms late while the worker and
+    serve's sink work through the backlog: until both have committed progress through it."""
     kafka = product.require_kafka_proxy()
     backlog = make_backlog(tmp_path / "backlog", customers=1000, seed=95)
-    outcome = Outcome("latency-200ms", "200 ms added each way, broker and Redis", PARTITION)
+    outcome = Outcome("latency-200ms", "200 ms added each way, broker and Redis", 0)
     worker = product.start_worker()
     serve = product.start_serve()
-    kafka.latency = product.redis_proxy.latency = 0.2
+    sink = (f"{product.app_id}-cache-sink", product.topics.segment_changes)
+    started = time.monotonic()
+    kafka.latency = product.redis_proxy.latency = LATENCY
     committed = product.committed_total()
+    applied = product.committed_total(*sink)
     product.produce(backlog.parts[0])
     product.produce(backlog.parts[1], AS_OF)
-    fault_ended = hold(PARTITION, _alive(worker, serve))
+
+    def worked_through_latency() -> bool:
+        alive(worker, serve)()
+        return (
+            product.committed_total() >= committed + LATENCY_PROGRESS
+            and product.committed_total(*sink) > applied
+        )
+
+    wait_until(
+        worked_through_latency,
+        120,
+        interval=0.5,
+        what=f"the worker to commit {LATENCY_PROGRESS} messages and the sink to commit"
+        " changes under latency",
+    )
     kafka.latency = product.redis_proxy.latency = 0.0
+    fault_ended = time.monotonic()
+    outcome.fault_seconds = round(fault_ended - started, 1)
     outcome.notes["committed_under_latency"] = product.committed_total() - committed
-    assert outcome.notes["committed_under_latency"] > 0, "no progress under latency"
     product.settle(backlog, outcome, fault_ended)
     fault_report.add(outcome)
 

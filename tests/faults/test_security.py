@@ -69,16 +69,6 @@ def test_serve_listens_on_loopback_only(product: Product) -> None:
     assert {host for host, _ in sockets} == {LOOPBACK}, sockets
 
 
-@pytest.mark.xfail(
-    strict=False, reason="needs issue 9 fix 2: the worker's web server binds 0.0.0.0"
-)
-def test_worker_listens_on_loopback_only(product: Product) -> None:
-    worker = product.start_worker()
-    sockets = listening_sockets(worker.pid)
-    assert worker.port in {port for _, port in sockets}, sockets
-    assert {host for host, _ in sockets} == {LOOPBACK}, sockets
-
-
 SERVE_ROUTES = (
     "/customers/c-0000001/segments",
     "/segments",
@@ -107,15 +97,17 @@ def test_serve_answers_401_without_the_token(product: Product) -> None:
         assert http_status(base + route) == 200
 
 
-@pytest.mark.xfail(
-    strict=False, reason="needs issue 9 fix 2: the worker serves Faust's table and router views"
-)
-def test_worker_exposes_no_table_views_and_no_data_without_the_token(
+def test_worker_listens_on_loopback_only_and_shows_no_data_without_the_token(
     product: Product, tmp_path: Path
 ) -> None:
+    """The worker's sockets are on 127.0.0.1; with a token set it has no table or routing
+    views at all, and nothing but its health checks answers without the token."""
     backlog = make_backlog(tmp_path / "backlog", customers=50, seed=101, parts=1)
     product.base_env["SEGMENTS_API_TOKEN"] = TOKEN
     worker = product.start_worker()
+    sockets = listening_sockets(worker.pid)
+    assert worker.port in {port for _, port in sockets}, sockets
+    assert {host for host, _ in sockets} == {LOOPBACK}, sockets
     product.produce(backlog.parts[0], AS_OF)
     wait_until(
         lambda: product.group_caught_up(product.app_id, product.topics.purchases),
@@ -132,6 +124,9 @@ def test_worker_exposes_no_table_views_and_no_data_without_the_token(
     # Whatever else Faust serves answers nothing without the token.
     for path in ("/", "/graph/", "/stats/", "/stats/assignment/", "/router/customers/"):
         assert http_status(base + path) in (401, 404), path
+    assert (http_status(base + "/metrics"), http_status(base + "/metrics", right)) == (401, 200)
+    for route in ("/healthz", "/readyz"):
+        assert http_status(base + route) == 200, route
 
 
 def _raw_get(port: int, target: str, headers: dict[str, str]) -> int:
@@ -149,9 +144,6 @@ def _raw_get(port: int, target: str, headers: dict[str, str]) -> int:
         connection.close()
 
 
-@pytest.mark.xfail(
-    strict=False, reason="needs issue 9 fix 7: the fast path has no id or header limits"
-)
 def test_lookup_limits_are_the_same_on_both_ports(product: Product) -> None:
     serve = product.start_serve()
     cases = {

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.slow
 
 KAFKA_SCRIPT = REPO_ROOT / "deploy" / "local" / "kafka.sh"
 WINDOW = 20.0  # seconds of outage over which the log rate is measured
-LIMITER_WINDOW = 10.0  # streams.worker.log_rate: one line per message template per 10 s
+LIMITER_WINDOW = 10.0  # streams.log_rate: one line per message template per 10 s
 LOG_LINE = re.compile(r"^\[[^\]]+\] \[\d+\] \[(WARNING|ERROR|CRITICAL)\] (.*)$")
 HELD_BACK = re.compile(r" \[\d+ more like this since the last one logged\]\s*$")
 

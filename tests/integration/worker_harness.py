@@ -354,10 +354,16 @@ class Reference:
 
 
 def replay_reference(rules: Path, events: Path, out: Path, as_of: str | None) -> Reference:
-    """`segments replay` of the same input: what the worker must end in."""
+    """`segments replay` of the same input: what the worker must end in.
+
+    As the command does, replay gets the wall clock of the run: an event more than
+    max_future_skew ahead of it is rejected `too_far_ahead`, as the worker rejects it
+    in either clock mode (decision 0007). Without it replay would apply such an event.
+    """
     compiled = compile_rules(load_ruleset(rules))
     as_of_instant = parse_instant(as_of.replace("Z", "+00:00")) if as_of else None
-    replay(read_lines(events), compiled, out, as_of=as_of_instant)
+    wall = time.time_ns() // 1000
+    replay(read_lines(events), compiled, out, as_of=as_of_instant, wall=wall)
     changes = [orjson.loads(line) for line in (out / "changes.jsonl").read_bytes().splitlines()]
     return Reference(
         changes,

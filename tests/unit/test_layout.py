@@ -19,10 +19,11 @@ ROOT = Path(__file__).resolve().parents[2]
 # Which part of streams/ may import which; segments/ (the core) is open to all of them.
 ALLOWED = {
     "settings": set(),
+    "log_rate": set(),
     "kafka": {"settings"},
-    "worker": {"kafka", "settings"},
-    "serving": {"kafka", "settings"},
-    "cli": {"worker", "serving", "kafka", "settings"},
+    "worker": {"kafka", "settings", "log_rate"},
+    "serving": {"kafka", "settings", "log_rate"},
+    "cli": {"worker", "serving", "kafka", "settings", "log_rate"},
     "__main__": {"cli"},
 }
 # Command-line libraries belong to the command line only.

@@ -6,8 +6,8 @@ import io
 import logging
 import threading
 
+from streams.log_rate import RepeatedMessageLimiter, limit_repeated_messages
 from streams.worker.broker_probe import Readiness
-from streams.worker.log_rate import RepeatedMessageLimiter, limit_repeated_messages
 
 
 class Clock:
@@ -82,12 +82,28 @@ def test_info_lines_and_distinct_texts_are_not_limited() -> None:
     assert len(first.getvalue().splitlines()) == 7
 
 
+def test_formatted_messages_that_differ_only_in_numbers_are_one_template() -> None:
+    """Faust logs `f"producer buffer full size {size}"` about ten times a second while the
+    broker is unreachable: one line per window, like a templated message."""
+    clock = Clock()
+    log, first, _ = _logger(RepeatedMessageLimiter(window=10.0, clock=clock))
+    for size in range(100, 200):
+        log.warning(f"producer buffer full size {size}")
+        clock.now += 0.1
+    log.warning("producer buffer full size 200")
+    assert first.getvalue().splitlines() == [
+        "producer buffer full size 100",
+        "producer buffer full size 200 [99 more like this since the last one logged]",
+    ]
+
+
 def test_the_limiter_forgets_old_templates_when_it_has_too_many() -> None:
     clock = Clock()
     limiter = RepeatedMessageLimiter(window=10.0, clock=clock, max_templates=100)
     log, first, _ = _logger(limiter)
     for number in range(1000):
-        log.error(f"untemplated {number}")
+        word = "".join(chr(ord("a") + int(digit)) for digit in str(number))
+        log.error(f"untemplated {word}")  # 1000 distinct texts, no arguments
         clock.now += 1.0
     assert len(first.getvalue().splitlines()) == 1000
     assert len(limiter._windows) <= 100

@@ -3,12 +3,16 @@
 During a broker outage the Kafka client logs the same few errors (a refused
 connection, a failed metadata update) thousands of times a second. Each
 distinct message template (logger, level, format string) gets one line per
-window; the next line let through says how many were held back since.
+window; the next line let through says how many were held back since. A message
+formatted before logging (no arguments, e.g. Faust's f-string "producer buffer
+full size 117", written ten times a second while the broker is away) counts as
+one template whatever numbers it holds.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -16,6 +20,7 @@ from collections.abc import Callable
 # Set on a record once a limiter has decided about it: a record goes through the
 # filter of every handler, and the second handler must not count it again.
 _DECISION = "_segments_rate_limited"
+_NUMBER = re.compile(r"\d+")
 
 
 class RepeatedMessageLimiter(logging.Filter):
@@ -53,7 +58,10 @@ class RepeatedMessageLimiter(logging.Filter):
     def _decide(self, record: logging.LogRecord) -> bool:
         if record.levelno < self.level:
             return True
-        key = (record.name, record.levelno, str(record.msg))
+        template = str(record.msg)
+        if not record.args:  # formatted already: the numbers in it are the arguments
+            template = _NUMBER.sub("#", template)
+        key = (record.name, record.levelno, template)
         now = self.clock()
         with self._lock:
             window = self._windows.get(key)

@@ -20,6 +20,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from segments.changes import Change, MembershipRecord
+from streams.serving.redis_fixes import closed_transports_raise_connection_errors
 
 SHARDS = 16
 _LUA = Path(__file__).with_name("lua")
@@ -242,6 +243,7 @@ def parse_cursor(cursor: str | None) -> tuple[int, int]:
 
 def connect(url: str) -> aioredis.Redis:
     """An asyncio Redis client for the cache (str replies, hiredis when installed)."""
+    closed_transports_raise_connection_errors()  # redis-py on uvloop: see there
     client: aioredis.Redis = aioredis.Redis.from_url(
         url, decode_responses=True, health_check_interval=0
     )

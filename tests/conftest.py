@@ -1,4 +1,11 @@
-"""Suite-wide setup: markers follow the directory, so `-m "not integration"` needs no list."""
+"""Suite-wide setup: markers follow the directory, so `-m "not integration"` needs no list.
+
+`make test` runs the suite on two pytest-xdist workers (`--dist loadgroup`). Tests that
+share one fixed resource carry the same `xdist_group` and run one after another on one
+worker: the fault suite's tests all reach the broker through one proxy port (its PROXIED
+listener). Every other test has its own topic and key prefixes, free ports and, where it
+stops or empties something, its own broker or redis-server.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +25,8 @@ _MARKERS_BY_DIRECTORY = {
     # Helm and the chart validator are built from Go sources the first time (minutes).
     "deploy": ("deploy", "slow"),
 }
+# Directory -> the xdist group its tests share (see the module docstring).
+_GROUP_BY_DIRECTORY = {"faults": "faults-proxy-port"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -28,3 +37,5 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             continue
         for marker in _MARKERS_BY_DIRECTORY.get(top, ()):
             item.add_marker(marker)
+        if top in _GROUP_BY_DIRECTORY:
+            item.add_marker(pytest.mark.xdist_group(_GROUP_BY_DIRECTORY[top]))

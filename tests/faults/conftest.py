@@ -14,6 +14,7 @@ Environment:
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -143,8 +144,19 @@ def fault_report(tmp_path_factory: pytest.TempPathFactory) -> FaultReport:
     return report
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    for report in _REPORT:
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    reports = _REPORT
+    if not reports and not hasattr(config, "workerinput"):
+        # Under pytest-xdist the scenarios ran in a worker process, which wrote its report
+        # to $FAULTS_REPORT or to its own temporary directory, one below this process's.
+        base = config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
+        paths = sorted(base.glob("*/faults-report.json"))
+        if "FAULTS_REPORT" in os.environ:
+            paths = [Path(os.environ["FAULTS_REPORT"])]
+        reports = [FaultReport.read(path) for path in paths if path.exists()]
+    for report in reports:
         if report.outcomes:
             terminalreporter.section("fault scenarios: recovery times")
             terminalreporter.write_line(report.table())

@@ -133,6 +133,13 @@ class FaultReport:
         self.path = path
         self.outcomes: list[Outcome] = []
 
+    @classmethod
+    def read(cls, path: Path) -> FaultReport:
+        """A report as `write` left it (a pytest-xdist worker's, read by the controller)."""
+        report = cls(path)
+        report.outcomes = [Outcome(**outcome) for outcome in json.loads(path.read_text())]
+        return report
+
     def add(self, outcome: Outcome) -> None:
         self.outcomes.append(outcome)
         self.write()

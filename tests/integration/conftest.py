@@ -11,6 +11,7 @@ gets its own topic prefix and Redis key prefix, and everything created under the
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import shutil
@@ -92,12 +93,26 @@ def services() -> LocalServices:
     settings = load_settings()
     kafka = _host_port(settings.kafka_bootstrap.split(",")[0], 9092)
     redis_at = _host_port(settings.redis_url, 6379)
-    if not (_accepts_connections(*kafka) and _accepts_connections(*redis_at)):
-        _start_local_services(kafka, redis_at)
+    # With several pytest-xdist workers each asks; one at a time starts what is missing.
+    with _services_lock():
+        if not (_accepts_connections(*kafka) and _accepts_connections(*redis_at)):
+            _start_local_services(kafka, redis_at)
     # Ports that accept connections may still belong to a broker that is starting.
     wait_until(lambda: _kafka_answers(settings.kafka_bootstrap), 60, what="Kafka metadata answer")
     wait_until(redis.Redis.from_url(settings.redis_url).ping, 20, what="Redis PING")
     return LocalServices(settings.kafka_bootstrap, settings.redis_url)
+
+
+@contextlib.contextmanager
+def _services_lock() -> Iterator[None]:
+    lock = REPO_ROOT / ".local" / "services-start.lock"
+    lock.parent.mkdir(exist_ok=True)
+    with lock.open("w") as file:
+        fcntl.flock(file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(file, fcntl.LOCK_UN)
 
 
 def _kafka_answers(bootstrap: str) -> bool:

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from segments.clock import parse_instant
 from streams.settings import Settings, SettingsError, load_settings
 
 
@@ -18,6 +19,16 @@ def settings_or_exit(**overrides: Any) -> Settings:
         return load_settings(**overrides)
     except SettingsError as error:
         raise click.ClickException(str(error)) from None
+
+
+def as_of_option(as_of: str | None) -> int | None:
+    """The --as-of option (ISO-8601 with an offset or Z) in epoch microseconds, or None."""
+    if as_of is None:
+        return None
+    try:
+        return parse_instant(as_of.replace("Z", "+00:00"))
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--as-of") from error
 
 
 def run_until_signal(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:

@@ -7,9 +7,8 @@ from collections.abc import Generator
 
 import click
 
-from segments.clock import parse_instant
 from segments.replay import read_lines
-from streams.cli.common import settings_or_exit
+from streams.cli.common import as_of_option, settings_or_exit
 from streams.kafka.produce import numbered_timeline, publish, reason
 from streams.kafka.topics import ensure_topics
 
@@ -41,12 +40,7 @@ def produce_command(input_path: str, as_of: str | None) -> None:
     from kafka.errors import KafkaConnectionError, KafkaError, NoBrokersAvailable
 
     settings = settings_or_exit()
-    as_of_instant = None
-    if as_of is not None:
-        try:
-            as_of_instant = parse_instant(as_of.replace("Z", "+00:00"))
-        except ValueError as error:
-            raise click.BadParameter(str(error), param_hint="--as-of") from error
+    as_of_instant = as_of_option(as_of)
     names = settings.topics
     bootstrap = settings.kafka_bootstrap
     try:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
-from segments.clock import parse_instant
 from segments.replay import read_lines, replay
 from segments.rules.evaluator import compile_rules
+from streams.cli.common import as_of_option
 from streams.cli.validate import load_ruleset_or_exit
 
 
@@ -31,12 +31,7 @@ def replay_command(
 ) -> None:
     """Replay purchase events through the segment rules and write the changes."""
     ruleset = load_ruleset_or_exit(rules_path)
-    as_of_instant = None
-    if as_of is not None:
-        try:
-            as_of_instant = parse_instant(as_of.replace("Z", "+00:00"))
-        except ValueError as error:
-            raise click.BadParameter(str(error), param_hint="--as-of") from error
+    as_of_instant = as_of_option(as_of)
     rules = compile_rules(ruleset)
     # Events dated more than max_future_skew after this run are refused, as the worker does.
     wall = time.time_ns() // 1000

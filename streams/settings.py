@@ -331,6 +331,16 @@ _EXPECTED = {
 }
 
 
+def redacted_url(url: str) -> str:
+    """The URL for logs and errors: a password in it replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+
+
 class SettingsError(ValueError):
     """Invalid configuration; `problems` holds one line per bad variable."""
 
@@ -395,10 +405,11 @@ def _describe(error: ValidationError) -> list[str]:
         else:
             reason = f"must be {_EXPECTED.get(field, detail['msg'].lower())}"
         value = detail.get("input")
-        got = (
-            "<hidden>"
-            if field == "api_token"
-            else repr(str(value) if isinstance(value, Path) else value)
-        )
+        if field == "api_token":
+            got = "<hidden>"
+        elif field == "redis_url" and isinstance(value, str):
+            got = repr(redacted_url(value))
+        else:
+            got = repr(str(value) if isinstance(value, Path) else value)
         problems.append(f"{env_name(field)}: {reason}, got {got}")
     return problems

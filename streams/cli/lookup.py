@@ -11,6 +11,7 @@ from redis.exceptions import RedisError
 from streams.cli.common import settings_or_exit
 from streams.serving.cache import RedisCache, connect
 from streams.serving.lookup import CACHE_INCOMPLETE_MESSAGE, lookup_document
+from streams.settings import redacted_url
 
 
 @click.command("lookup")
@@ -30,7 +31,7 @@ def lookup_command(customer_id: str) -> None:
         fields, complete = asyncio.run(main())
     except (RedisError, OSError) as error:
         raise click.ClickException(
-            f"Redis at {settings.redis_url} did not answer: {error}"
+            f"Redis at {redacted_url(settings.redis_url)} did not answer: {error}"
         ) from None
     if not complete:  # an empty hash may be a lost cache, not "no segments" (decision 0004)
         raise click.ClickException(CACHE_INCOMPLETE_MESSAGE)

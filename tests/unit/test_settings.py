@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from segments.data import EXAMPLE_RULES
-from streams.settings import SettingsError, Topics, load_settings, setting_names
+from streams.settings import SettingsError, Topics, load_settings, redacted_url, setting_names
 
 
 @pytest.fixture(autouse=True)
@@ -179,6 +179,44 @@ def test_the_api_token_is_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.api_token.get_secret_value() == "s3cret-token"
     assert "s3cret-token" not in repr(settings)
     assert "s3cret-token" not in str(settings.model_dump())
+
+
+def test_a_redis_password_is_never_shown_in_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEGMENTS_REDIS_URL", "http://cache:s3cret-pass@redis.internal:6379/0")
+    with pytest.raises(SettingsError) as excinfo:
+        load_settings()
+    (problem,) = problems_of(excinfo)
+    assert "SEGMENTS_REDIS_URL" in problem
+    assert "s3cret-pass" not in problem
+    assert "http://cache:***@redis.internal:6379/0" in problem
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://u:p%40ss@h:1/0", "redis://u:***@h:1/0"),
+        ("rediss://:pass@h:6380", "rediss://:***@h:6380"),
+        ("redis://h:6379/0", "redis://h:6379/0"),
+        ("redis://user@h", "redis://user@h"),
+    ],
+)
+def test_redacted_url_hides_only_the_password(url: str, shown: str) -> None:
+    assert redacted_url(url) == shown
+
+
+def test_segments_lookup_does_not_print_the_redis_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from click.testing import CliRunner
+
+    from streams.cli.lookup import lookup_command
+
+    monkeypatch.setenv("SEGMENTS_REDIS_URL", "redis://cache:s3cret-pass@127.0.0.1:1/0")
+    result = CliRunner().invoke(lookup_command, ["c-1"])
+    assert result.exit_code == 1
+    assert "did not answer" in result.output
+    assert "s3cret-pass" not in result.output
+    assert "redis://cache:***@127.0.0.1:1/0" in result.output
 
 
 def test_an_empty_api_token_means_no_auth(monkeypatch: pytest.MonkeyPatch) -> None:

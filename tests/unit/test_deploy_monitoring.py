@@ -62,3 +62,28 @@ def test_alert_rules_have_names_severities_and_summaries() -> None:
     for rule in (r for group in rules["groups"] for r in group["rules"]):
         assert rule["alert"] and rule["labels"]["severity"] in ("warning", "critical")
         assert rule["annotations"]["summary"]
+
+
+def _anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_every_alert_links_a_runbook_section_that_exists() -> None:
+    docs = DEPLOY.parent / "docs"
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    for rule in (r for group in rules["groups"] for r in group["rules"]):
+        runbook = rule["annotations"].get("runbook")
+        if rule["labels"]["severity"] == "critical" or rule["alert"] in CHECKED_RUNBOOKS:
+            assert runbook, f"{rule['alert']} has no runbook link"
+        if runbook is None:
+            continue
+        path, _, anchor = runbook.partition("#")
+        text = (docs.parent / path).read_text()
+        anchors = {_anchor(line.lstrip("#")) for line in text.splitlines() if line.startswith("#")}
+        assert anchor in anchors, f"{rule['alert']}: no heading for #{anchor} in {path}"
+
+
+# The alerts issue 12 asks a runbook link of (dead letters, deadline lateness, target down).
+CHECKED_RUNBOOKS = {"PurchaseDeadLetters", "DeadlinesHandledLate", "SegmentsTargetDown"}

@@ -29,6 +29,7 @@ _MARKERS_BY_DIRECTORY = {
 _GROUP_BY_DIRECTORY = {"faults": "faults-proxy-port"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         try:

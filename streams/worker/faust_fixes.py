@@ -7,14 +7,16 @@ neither compacted nor written in transactions, so every offset is a message.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import faust
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
+from faust.transport.drivers.aiokafka import ensure_aiokafka_TP
 from faust.types import TP, Message
 from faust.types.transports import TransportT
 from mode.utils.objects import cached_property
@@ -28,6 +30,10 @@ log = logging.getLogger(__name__)
 HEAD_GAP_GRACE = 5.0
 #: A repeated re-seek of the same stall waits twice as long as the one before, up to this.
 HEAD_GAP_MAX_BACKOFF = 300.0
+#: How often the offsets Faust counts as committed are compared with the broker's.
+COMMIT_CHECK_INTERVAL = 10.0
+#: The longest the fetcher waits for that comparison (the broker may be unreachable).
+COMMIT_CHECK_TIMEOUT = 5.0
 
 
 def head_gap(committed: int | None, acked: Iterable[int], read: int | None = None) -> int | None:
@@ -45,6 +51,19 @@ def head_gap(committed: int | None, acked: Iterable[int], read: int | None = Non
     if first is not None:
         return first if first > committed else None
     return read + 1 if read is not None and read > committed else None
+
+
+def lost_commits(believed: Mapping[TP, int], broker: Mapping[TP, int | None]) -> dict[TP, int]:
+    """The offsets Faust counts as committed that the broker does not have.
+
+    `believed` is Faust's committed offset per partition, `broker` what the group
+    coordinator answered for the same partitions (None: nothing committed)."""
+    lost = {}
+    for tp, offset in believed.items():
+        stored = broker.get(tp)
+        if stored is None or stored < offset:
+            lost[tp] = offset
+    return lost
 
 
 @dataclass
@@ -178,24 +197,94 @@ class HeadGapHealingConsumer(DedupingAcksConsumer):
     fetched batches: no stale batch is then being delivered, so the seek and the
     read offset it sets cannot be overtaken by records fetched before it.
     `head_gap_grace = None` turns healing off.
+
+    A commit Faust counts as done may not be at the broker: `_commit_offsets`
+    records its offsets as committed even when the commit returned False (the
+    driver returns False without a word for a CommitFailedError that says "already
+    rebalanced"). Nothing acknowledged is left to commit, so the group's committed
+    offset stays behind what was processed until the next rebalance (seen in CI: a
+    worker that processed the one message of a partition, with the group's offset
+    for it never committed). Every `commit_check_interval` seconds the offsets
+    Faust counts as committed are compared with the coordinator's, and those the
+    broker lacks are committed again: they were acknowledged, and their attached
+    sends flushed, before the first attempt. `commit_check_interval = None` turns
+    it off.
     """
 
     head_gap_grace: float | None = HEAD_GAP_GRACE
     head_gap_check_interval: float = 0.5
+    commit_check_interval: float | None = COMMIT_CHECK_INTERVAL
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_gaps = HeadGapWatch(self.head_gap_grace or HEAD_GAP_GRACE)
         self._head_gap_checked = 0.0
+        self._commit_checked = self._now()
 
     async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> Any:
-        if self.head_gap_grace is not None:
-            now = self._now()
-            if now - self._head_gap_checked >= self.head_gap_check_interval:
-                self._head_gap_checked = now
-                for tp, offset in self._head_gap_seeks(active_partitions or set(), now).items():
-                    await self._heal(tp, offset)
+        now = self._now()
+        grace = self.head_gap_grace
+        if grace is not None and now - self._head_gap_checked >= self.head_gap_check_interval:
+            self._head_gap_checked = now
+            for tp, offset in self._head_gap_seeks(active_partitions or set(), now).items():
+                await self._heal(tp, offset)
+        interval = self.commit_check_interval
+        if interval is not None and now - self._commit_checked >= interval:
+            self._commit_checked = now
+            await self._recommit_lost_commits()
         return await super()._getmany(active_partitions, timeout)
+
+    async def _recommit_lost_commits(self) -> None:
+        if self.app.rebalancing or not self.flow_active or self._commit_fut is not None:
+            return
+        assignment = self.assignment()
+        believed = {
+            tp: offset
+            for tp, offset in list(self._committed_offset.items())
+            if offset is not None
+            and tp in assignment
+            and self.app.topics.acks_enabled_for(tp.topic)
+        }
+        if not believed:
+            return
+        try:
+            broker = await self._broker_committed(list(believed))
+        except Exception as error:  # the broker unreachable, a rebalance: the next check
+            log.debug("commit_check_skipped error=%r", error)
+            return
+        if self.app.rebalancing or self._commit_fut is not None:
+            return  # a commit began meanwhile; the next check compares again
+        lost = lost_commits(believed, broker)
+        if not lost:
+            return
+        log.warning(
+            "lost_commit_recommitted offsets=%s broker=%s",
+            ",".join(f"{tp.topic}:{tp.partition}@{offset}" for tp, offset in sorted(lost.items())),
+            ",".join(f"{tp.topic}:{tp.partition}@{broker.get(tp)}" for tp in sorted(lost)),
+        )
+        await self._commit(lost)
+
+    async def _broker_committed(self, tps: list[TP]) -> dict[TP, int | None]:
+        """The group coordinator's committed offsets of `tps`, asked from the consumer's thread."""
+        thread: Any = self._thread
+
+        async def fetch() -> dict[TP, int | None]:
+            consumer = thread._ensure_consumer()
+            answer = await asyncio.wait_for(
+                consumer._coordinator.fetch_committed_offsets(
+                    [ensure_aiokafka_TP(tp) for tp in tps]
+                ),
+                COMMIT_CHECK_TIMEOUT,
+            )
+            stored = {(tp.topic, tp.partition): meta.offset for tp, meta in answer.items()}
+            offsets: dict[TP, int | None] = {}
+            for tp in tps:
+                offset = stored.get((tp.topic, tp.partition))
+                offsets[tp] = None if offset is None or offset < 0 else offset
+            return offsets
+
+        result: dict[TP, int | None] = await thread.call_thread(fetch)
+        return result
 
     def _now(self) -> float:
         return time.monotonic()

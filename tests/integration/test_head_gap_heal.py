@@ -31,11 +31,23 @@ from streams.worker.faust_fixes import App, HeadGapHealingConsumer
 from streams.settings import load_settings
 
 settings = load_settings(env_file=None)
-LOSE = {int(offset) for offset in os.environ["HEAD_GAP_LOSE"].split(",")}  # of partition 0
+LOSE = {int(offset) for offset in os.environ["HEAD_GAP_LOSE"].split(",") if offset}  # partition 0
+DROP_COMMIT_OF = os.environ.get("DROP_FIRST_COMMIT_OF")  # a partition whose first commit is lost
 
 
 class LosingConsumer(HeadGapHealingConsumer):
     head_gap_grace = 1.0 if os.environ["HEAD_GAP_HEAL"] == "1" else None
+    if "COMMIT_CHECK" in os.environ:
+        commit_check_interval = float(os.environ["COMMIT_CHECK"]) or None
+    dropped = False
+
+    async def _commit(self, offsets):
+        if DROP_COMMIT_OF is not None and not self.dropped and any(
+            tp.partition == int(DROP_COMMIT_OF) for tp in offsets
+        ):
+            self.dropped = True
+            return False  # as the driver answers a CommitFailedError "already rebalanced"
+        return await super()._commit(offsets)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -126,10 +138,17 @@ class Run:
                 f"{end_offsets(self.bootstrap, self.purchases)}\n{self.worker.tail()}"
             ) from None
 
-    def start_losing(self, lose: list[int], heal: bool, log: Path) -> None:
+    def start_losing(
+        self, lose: list[int], heal: bool, log: Path, env: dict[str, str] | None = None
+    ) -> None:
         """Starts the app, gets offsets below HEAD committed, then sends the rest of partition 0."""
         self.worker = WorkerProcess(
-            {**self.env, "HEAD_GAP_LOSE": ",".join(map(str, lose)), "HEAD_GAP_HEAL": str(+heal)},
+            {
+                **self.env,
+                "HEAD_GAP_LOSE": ",".join(map(str, lose)),
+                "HEAD_GAP_HEAL": str(+heal),
+                **(env or {}),
+            },
             log,
             arguments=(str(log.parent / "losing_app.py"), "worker", "--without-web", "-l", "info"),
         ).start()
@@ -193,3 +212,26 @@ def test_lost_messages_at_the_head_are_fetched_again(
     run.wait(lambda: run.committed(0) == MESSAGES, 60, "partition 0 committed to its end")
     assert run.worker is not None
     assert "head_gap_refetch" in run.worker.log_text()
+
+
+@pytest.mark.parametrize("checked", [False, True], ids=["faust-alone", "commit-check"])
+def test_a_commit_faust_counts_but_the_broker_lacks_is_made_again(
+    run: Run, tmp_path: Path, checked: bool
+) -> None:
+    """Faust records a commit that returned False as done (streams/worker/faust_fixes.py):
+    the first commit of partition 1 is lost that way, then nothing is left to commit."""
+    env = {"DROP_FIRST_COMMIT_OF": "1", "COMMIT_CHECK": "1" if checked else "0"}
+    run.start_losing([], heal=True, log=tmp_path / "worker.log", env=env)
+    run.wait(lambda: run.committed(0) == MESSAGES, 60, "partition 0 committed to its end")
+    run.send(1, range(1))
+    run.wait(lambda: run.forwarded("1:0"), 60, "the message of partition 1 forwarded")
+    if checked:
+        run.wait(lambda: run.committed(1) == 1, 60, "partition 1 committed")
+        assert run.worker is not None
+        assert "lost_commit_recommitted" in run.worker.log_text()
+    else:
+        # Commit rounds go on (partition 0's next messages are committed) and leave
+        # partition 1 where the broker has it: nothing.
+        run.send(0, range(MESSAGES, MESSAGES + 2))
+        run.wait(lambda: run.committed(0) == MESSAGES + 2, 60, "partition 0's next committed")
+        assert run.committed(1) == -1

@@ -32,6 +32,7 @@ from streams.worker.faust_fixes import (
     HeadGapWatch,
     KeepingFlowControl,
     head_gap,
+    lost_commits,
 )
 
 PARTITION = TP("purchases", 0)
@@ -232,6 +233,9 @@ def healing(committed: int, acked: list[int], read: int | None) -> HeadGapHealin
     consumer._unacked_messages = WeakSet()
     consumer._head_gaps = HeadGapWatch(grace=GRACE)
     consumer._head_gap_checked = 0.0
+    consumer.commit_check_interval = None  # the commit check has its own tests
+    consumer._commit_checked = 0.0
+    consumer._commit_fut = None
     consumer.flow_active = True
     consumer.app = App("faust-fixes-test", broker="kafka://127.0.0.1:1")
     return consumer
@@ -363,6 +367,97 @@ def test_no_seek_while_the_partition_is_not_flowing(state: str) -> None:
         for _ in range(3):
             asyncio.run(consumer._getmany(active, timeout=1.0))
     assert ("seek", {PARTITION: 10}) not in thread.calls
+
+
+# Lost commits: offsets Faust counts as committed that the broker does not have.
+
+
+def test_lost_commits_are_those_the_broker_lacks_or_holds_lower() -> None:
+    other = TP("purchases", 1)
+    third = TP("ticks", 0)
+    believed = {PARTITION: 10, other: 5, third: 7}
+    assert lost_commits(believed, {PARTITION: 10, other: None, third: 3}) == {other: 5, third: 7}
+    assert lost_commits(believed, {PARTITION: 12, other: 5, third: 7}) == {}
+    assert lost_commits({PARTITION: 1}, {}) == {PARTITION: 1}
+
+
+class CommitThread(FetcherThread):
+    """The consumer thread with a broker that stored `stored` offsets; commits recorded."""
+
+    def __init__(self, consumer: HeadGapHealingConsumer, stored: dict[TP, int | None]) -> None:
+        super().__init__(consumer)
+        self.stored = stored
+
+    def assignment(self) -> set[TP]:
+        return {PARTITION}
+
+    async def call_thread(self, fun: Any) -> Any:
+        self.calls.append(("ask committed",))
+        return dict(self.stored)
+
+    async def commit(self, offsets: dict[TP, int]) -> bool:
+        self.calls.append(("commit", offsets))
+        self.stored.update(offsets)
+        return True
+
+
+def checking(stored: dict[TP, int | None], times: list[float]) -> list[tuple[Any, ...]]:
+    consumer = healing(11, [], read=10)  # Faust counts 11 as committed; nothing acked since
+    consumer.head_gap_grace = None
+    consumer.commit_check_interval = 10.0
+    consumer._commit_checked = 0.0
+    stream_channel(consumer)
+    consumer._thread = thread = CommitThread(consumer, stored)
+    clock = iter(times)
+    with patch.object(consumer, "_now", lambda: next(clock)):
+        for _ in times:
+            asyncio.run(consumer._getmany({PARTITION}, timeout=1.0))
+    return thread.calls
+
+
+def test_a_commit_the_broker_lacks_is_made_again_once() -> None:
+    calls = checking({PARTITION: None}, [5.0, 10.0, 15.0, 20.0])
+    assert calls == [
+        ("fetch",),
+        ("ask committed",),
+        ("commit", {PARTITION: 11}),
+        ("fetch",),
+        ("fetch",),
+        ("ask committed",),  # the broker has it now: nothing to do
+        ("fetch",),
+    ]
+
+
+def test_nothing_is_committed_when_the_broker_has_the_offset() -> None:
+    calls = checking({PARTITION: 11}, [10.0, 20.0])
+    assert ("commit", {PARTITION: 11}) not in [c for c in calls if c[0] == "commit"]
+    assert calls.count(("ask committed",)) == 2
+
+
+def test_faust_counts_a_failed_commit_as_committed() -> None:
+    """What the commit check exists for: `_commit_offsets` records the offsets even when
+    the commit returned False (faust/transport/consumer.py)."""
+    app = App("faust-fixes-test", broker="kafka://127.0.0.1:1")
+    consumer = app.consumer  # built, not started
+
+    class Refusing:
+        def assignment(self) -> set[TP]:
+            return {PARTITION}
+
+        async def commit(self, offsets: dict[TP, int]) -> bool:
+            return False  # as the driver answers a CommitFailedError "already rebalanced"
+
+    async def flushed() -> None:
+        return None
+
+    consumer._thread = Refusing()
+
+    async def commit() -> bool:
+        with patch.object(app.producer, "flush", flushed):
+            return bool(await consumer._commit_offsets({PARTITION: 1}))
+
+    assert asyncio.run(commit()) is False
+    assert consumer._committed_offset[PARTITION] == 1
 
 
 # Faust internals the healing consumer relies on; a failure here means Faust changed them.

@@ -119,6 +119,12 @@ class Settings(BaseSettings):
         "purchase-segments", description="Faust app id: consumer group and changelog names"
     )
     partitions: int = Field(8, gt=0, description="Partitions of every topic keyed by customer")
+    replication_factor: int | None = Field(
+        None,
+        gt=0,
+        description="Replicas of every topic the product creates; unset: the broker's"
+        " default.replication.factor",
+    )
     data_dir: Path = Field(Path("./.segments-data"), description="RocksDB tables and local state")
     web_host: str = Field("127.0.0.1", description="Address the worker's HTTP server binds")
     web_port: int = Field(6066, ge=1, le=65535, description="Port of the worker's HTTP server")
@@ -327,6 +333,7 @@ def duration_seconds(text: str) -> float | None:
 _EXPECTED = {
     "clock": "'wall' or 'event'",
     "partitions": "a positive integer",
+    "replication_factor": "a positive integer",
     "web_port": "a TCP port number (1-65535)",
 }
 

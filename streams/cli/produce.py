@@ -10,7 +10,7 @@ import click
 from segments.replay import read_lines
 from streams.cli.common import as_of_option, settings_or_exit
 from streams.kafka.produce import numbered_timeline, publish, reason
-from streams.kafka.topics import ensure_topics
+from streams.kafka.topics import TopicsError, ensure_topics, topics_error_text
 
 
 def _ticker(total: int) -> Generator[None, None, None]:
@@ -49,7 +49,7 @@ def produce_command(input_path: str, as_of: str | None) -> None:
         raise click.ClickException(f"cannot read {input_path}: {error.strerror or error}") from None
     progress = _ticker(len(messages)) if sys.stderr.isatty() and messages else None
     try:
-        ensure_topics(bootstrap, names, settings.partitions)
+        ensure_topics(bootstrap, names, settings.partitions, None, settings.replication_factor)
         result = publish(bootstrap, names.purchases, messages, as_of_instant, progress)
     except (NoBrokersAvailable, KafkaConnectionError) as error:
         # Expected when the broker is down or the address is wrong: no traceback.
@@ -61,6 +61,8 @@ def produce_command(input_path: str, as_of: str | None) -> None:
         raise click.ClickException(
             f"cannot produce to Kafka at {bootstrap}: {reason(error)}"
         ) from None
+    except TopicsError as error:
+        raise click.ClickException(topics_error_text(error)) from None
     finally:
         if progress is not None:
             progress.close()

@@ -9,7 +9,8 @@ import click
 from segments.rules.evaluator import compile_rules
 from streams.cli.common import settings_or_exit
 from streams.cli.validate import load_ruleset_or_exit
-from streams.kafka.topics import ensure_topics
+from streams.kafka.topics import TopicsError, ensure_topics, topics_error_text
+from streams.worker.app import changelog_topic
 from streams.worker.process import RUNNING_MARKER, build_worker_app, prepare_data_dir, worker_class
 
 log = logging.getLogger(__name__)
@@ -20,12 +21,19 @@ def worker_command() -> None:
     """Run the streaming worker (Faust) with the SEGMENTS_* configuration."""
     worker = worker_class()
     settings = settings_or_exit()
-    ensure_topics(
-        settings.kafka_bootstrap,
-        settings.topics,
-        settings.partitions,
-        settings.changes_retention_ms,
-    )
+    try:
+        ready = ensure_topics(
+            settings.kafka_bootstrap,
+            settings.topics,
+            settings.partitions,
+            settings.changes_retention_ms,
+            settings.replication_factor,
+            changelog=changelog_topic(settings),
+        )
+    except TopicsError as error:
+        raise click.ClickException(topics_error_text(error)) from None
+    # Faust creates the changelog with the same replicas as the topics.
+    settings = settings.model_copy(update={"replication_factor": ready.replication_factor})
     if prepare_data_dir(settings.data_dir):
         # Faust has not set up logging yet.
         click.echo("unclean_stop_detected local_state=discarded restore=changelog", err=True)

@@ -125,6 +125,7 @@ def publish(
     producer = KafkaProducer(
         bootstrap_servers=bootstrap,
         acks="all",
+        enable_idempotence=True,
         linger_ms=5,
         batch_size=256 * 1024,
         client_id="segments-produce",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
+from typing import Any
 
 from aiokafka.errors import KafkaError
 
@@ -33,41 +35,202 @@ def topic_configs(
     }
 
 
+class TopicsError(RuntimeError):
+    """The topics cannot be used as configured; `problems` holds one line each.
+
+    Raised before anything is created or written."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def topics_error_text(error: TopicsError) -> str:
+    """The message a command exits with: every problem on its own line."""
+    return "the Kafka topics do not fit the settings; nothing was written:\n  " + "\n  ".join(
+        error.problems
+    )
+
+
+@dataclass(frozen=True)
+class TopicsReady:
+    created: list[str]
+    replication_factor: int
+
+
+def keyed_by_customer(names: Topics) -> list[str]:
+    """The topics whose partition p must hold the same customers (SPEC section 6)."""
+    return [
+        names.purchases,
+        names.purchases_pos,
+        names.purchases_online,
+        names.ticks,
+        names.segment_changes,
+        names.segment_memberships,
+    ]
+
+
+def topic_problems(
+    names: Topics,
+    partitions: int,
+    found_partitions: dict[str, int],
+    cleanup_policies: dict[str, str],
+    changelog: str | None = None,
+) -> list[str]:
+    """What is wrong with the existing topics (pure; the arguments are what the broker said).
+
+    Every topic keyed by customer, and the worker's changelog, must have `partitions`
+    partitions; segment-memberships must be compacted and no other topic may be (a
+    compacted event or change log keeps only the last record per customer)."""
+    problems = []
+    for topic in [*keyed_by_customer(names), *([changelog] if changelog else [])]:
+        count = found_partitions.get(topic)
+        if count is not None and count != partitions:
+            problems.append(
+                f"topic {topic} has {count} partitions but SEGMENTS_PARTITIONS is {partitions}:"
+                " every topic keyed by customer needs the same count (set SEGMENTS_PARTITIONS"
+                f" to {count}, or use new topics)"
+            )
+    for topic, policy in sorted(cleanup_policies.items()):
+        compacted = "compact" in policy.replace(" ", "").split(",")
+        if topic == names.segment_memberships and not compacted:
+            problems.append(
+                f"topic {topic} has cleanup.policy={policy} but must be compacted"
+                " (cleanup.policy=compact): it holds the current membership per key"
+            )
+        elif topic != names.segment_memberships and compacted:
+            problems.append(
+                f"topic {topic} has cleanup.policy={policy} but must not be compacted:"
+                " compaction would keep only the last record per customer"
+            )
+    return problems
+
+
 def ensure_topics(
     bootstrap: str,
     names: Topics,
     partitions: int,
     changes_retention_ms: int | None = None,
-) -> list[str]:
-    """Create the missing topics (all with `partitions` partitions); returns the created names.
+    replication_factor: int | None = None,
+    changelog: str | None = None,
+) -> TopicsReady:
+    """Check the existing topics, then create the missing ones (`partitions` partitions,
+    `replication_factor` replicas or the broker's default.replication.factor).
 
     Everything keyed by customer id must have the same partition count so that
     a customer's events, ticks, state and changes share one partition number.
+    Raises TopicsError, having created nothing, when an existing topic disagrees
+    (`topic_problems`) or a topic cannot be created as configured.
     """
     from kafka.admin import KafkaAdminClient, NewTopic
-    from kafka.errors import TopicAlreadyExistsError
+    from kafka.errors import KafkaError, TopicAlreadyExistsError
 
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="segments-admin")
     try:
         existing = set(admin.list_topics())
         wanted = topic_configs(names, changes_retention_ms)
-        new = [
-            NewTopic(name, partitions, 1, topic_configs=config)
-            for name, config in wanted.items()
-            if name not in existing
-        ]
+        candidates = [*wanted, *([changelog] if changelog else [])]
+        present = [name for name in candidates if name in existing]
+        problems = topic_problems(
+            names,
+            partitions,
+            _partition_counts(admin, present),
+            _cleanup_policies(admin, [name for name in present if name in wanted]),
+            changelog,
+        )
+        if problems:
+            raise TopicsError(problems)
+        factor = replication_factor or _default_replication_factor(admin)
         created = []
-        for topic in new:
+        for name, config in wanted.items():
+            if name in existing:
+                continue
             try:
-                admin.create_topics([topic])
-                created.append(topic.name)
+                admin.create_topics([NewTopic(name, partitions, factor, topic_configs=config)])
+                created.append(name)
             except TopicAlreadyExistsError:
                 pass
+            except KafkaError as error:
+                raise TopicsError(
+                    [
+                        f"cannot create topic {name} with {partitions} partitions and"
+                        f" replication factor {factor}: {type(error).__name__}"
+                        f" ({getattr(error, 'description', '') or error})"
+                    ]
+                ) from None
         if created:
-            log.info("topics_created names=%s partitions=%d", ",".join(created), partitions)
-        return created
+            log.info(
+                "topics_created names=%s partitions=%d replication_factor=%d",
+                ",".join(created),
+                partitions,
+                factor,
+            )
+        return TopicsReady(created, factor)
     finally:
         admin.close()
+
+
+def broker_default_replication_factor(bootstrap: str) -> int:
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="segments-admin")
+    try:
+        return _default_replication_factor(admin)
+    finally:
+        admin.close()
+
+
+def _partition_counts(admin: Any, topics: list[str]) -> dict[str, int]:
+    if not topics:
+        return {}
+    return {
+        described["topic"]: len(described["partitions"])
+        for described in admin.describe_topics(topics)
+        if described["error_code"] == 0
+    }
+
+
+def _cleanup_policies(admin: Any, topics: list[str]) -> dict[str, str]:
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    if not topics:
+        return {}
+    resources = [
+        ConfigResource(ConfigResourceType.TOPIC, topic, configs={"cleanup.policy": None})
+        for topic in topics
+    ]
+    policies = {}
+    for response in admin.describe_configs(resources):
+        for _error, _message, _type, name, entries in response.resources:
+            for entry in entries:
+                if entry[0] == "cleanup.policy":
+                    policies[name] = str(entry[1])
+    return policies
+
+
+def _default_replication_factor(admin: Any) -> int:
+    """The broker's default.replication.factor (what SEGMENTS_REPLICATION_FACTOR unset means)."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    broker = admin.describe_cluster()["brokers"][0]["node_id"]
+    wanted = {"default.replication.factor": None}
+    [response] = admin.describe_configs(
+        [ConfigResource(ConfigResourceType.BROKER, str(broker), configs=wanted)]
+    )
+    for error_code, message, _type, _name, entries in response.resources:
+        if error_code:
+            raise TopicsError(
+                [
+                    f"cannot read the broker's default.replication.factor (error {error_code}:"
+                    f" {message}); set SEGMENTS_REPLICATION_FACTOR"
+                ]
+            )
+        for entry in entries:
+            if entry[0] == "default.replication.factor":
+                return int(entry[1])
+    raise TopicsError(
+        ["the broker did not report default.replication.factor; set SEGMENTS_REPLICATION_FACTOR"]
+    )
 
 
 async def wait_for_topic(bootstrap: str, topic: str, stop: asyncio.Event) -> bool:
@@ -96,8 +259,11 @@ async def wait_for_topic(bootstrap: str, topic: str, stop: asyncio.Event) -> boo
     return False
 
 
-async def ensure_topic(bootstrap: str, topic: str, partitions: int = 1) -> None:
-    """Creates one topic when missing (brokers may not auto-create topics)."""
+async def ensure_topic(
+    bootstrap: str, topic: str, partitions: int = 1, replication_factor: int | None = None
+) -> None:
+    """Creates one topic when missing (brokers may not auto-create topics), with
+    `replication_factor` replicas or the broker's default.replication.factor."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
@@ -106,7 +272,10 @@ async def ensure_topic(bootstrap: str, topic: str, partitions: int = 1) -> None:
     try:
         if topic in set(await admin.list_topics()):
             return
-        response = await admin.create_topics([NewTopic(topic, partitions, 1)])
+        factor = replication_factor or await asyncio.to_thread(
+            broker_default_replication_factor, bootstrap
+        )
+        response = await admin.create_topics([NewTopic(topic, partitions, factor)])
         for _name, code, *_rest in getattr(response, "topic_errors", []):
             if code not in (0, TopicAlreadyExistsError.errno):
                 raise KafkaError(f"creating {topic} failed with error code {code}")

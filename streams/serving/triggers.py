@@ -238,6 +238,7 @@ class DispatchConfig:
     concurrency: int = _setting("trigger_concurrency")  # webhook calls in flight per webhook URL
     max_pending: int = 10_000  # unfinished changes before fetching pauses
     from_beginning: bool = False  # a new group starts at the start of the topic (asked for)
+    replication_factor: int | None = None  # of the dead-letter topic; None: the broker's
 
     @property
     def marker_ttl_ms(self) -> int:
@@ -256,6 +257,7 @@ class DispatchConfig:
             "retry_max_delay_s": settings.trigger_retry_max_delay,
             "timeout_s": settings.trigger_timeout,
             "concurrency": settings.trigger_concurrency,
+            "replication_factor": settings.replication_factor,
         }
         return cls(**{**values, **overrides})
 
@@ -352,9 +354,13 @@ class TriggerDispatcher:
             auto_offset_reset="earliest" if self.config.from_beginning else "latest",
             max_poll_records=500,
         )
-        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True
+        )
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
-        await ensure_topic(self.bootstrap, self.dlq_topic)
+        await ensure_topic(
+            self.bootstrap, self.dlq_topic, replication_factor=self.config.replication_factor
+        )
         await producer.start()
         await consumer.start()
         consumer.subscribe([self.topic], listener=_Rebalance(self, consumer))

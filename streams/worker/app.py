@@ -45,6 +45,11 @@ class SegmentsApp:
     customers: TableT[bytes, bytes]
 
 
+def changelog_topic(settings: Settings) -> str:
+    """The customers table's changelog, as Faust names it."""
+    return f"{settings.app_id}-customers-changelog"
+
+
 def create_app(settings: Settings) -> SegmentsApp:
     names = settings.topics
     app = App(
@@ -53,7 +58,7 @@ def create_app(settings: Settings) -> SegmentsApp:
         store="rocksdb://",
         datadir=str(settings.data_dir),
         topic_partitions=settings.partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=settings.replication_factor or 1,
         # At-least-once on purpose: Faust's exactly_once has open bugs; effects
         # are idempotent instead (docs/worker.md).
         processing_guarantee="at_least_once",

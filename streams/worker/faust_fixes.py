@@ -16,6 +16,7 @@ from typing import Any
 
 import faust
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
+from faust.transport.drivers.aiokafka import Producer as AIOKafkaProducer
 from faust.transport.drivers.aiokafka import ensure_aiokafka_TP
 from faust.types import TP, Message
 from faust.types.transports import TransportT
@@ -374,8 +375,19 @@ class KeepingFlowControl(FlowControlEvent):
             super().resume()
 
 
+class IdempotentProducer(AIOKafkaProducer):
+    """Faust turns on the idempotent producer only inside transactions (exactly_once,
+    `_settings_extra`); the worker runs at_least_once, where a produce request retried
+    after a lost response could write its records twice, and a retry after a failed one
+    could reorder them. Every producer of the product uses acks=all and idempotence
+    (SPEC section 7, issue 12)."""
+
+    def _settings_extra(self) -> dict[str, Any]:
+        return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
+
+
 class App(faust.App):
-    """faust.App whose Kafka consumer and flow control are the fixed ones."""
+    """faust.App whose Kafka consumer, producer and flow control are the fixed ones."""
 
     #: Tests swap in a subclass (tests/integration/test_head_gap_heal.py).
     consumer_class: type[HeadGapHealingConsumer] = HeadGapHealingConsumer
@@ -387,4 +399,5 @@ class App(faust.App):
     def _new_transport(self) -> TransportT:
         transport = super()._new_transport()
         transport.Consumer = self.consumer_class  # type: ignore[misc]  # this app's only
+        transport.Producer = IdempotentProducer  # type: ignore[misc]
         return transport

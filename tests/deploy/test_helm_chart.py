@@ -270,6 +270,14 @@ def test_every_variable_the_chart_sets_is_a_setting(tools: dict[str, str], varia
     assert names <= known_settings(), f"not read by the product: {sorted(names - known_settings())}"
 
 
+def test_the_replication_factor_is_the_brokers_unless_set(tools: dict[str, str]) -> None:
+    default = find(render(tools, []), "ConfigMap", "-settings")["data"]
+    assert "SEGMENTS_REPLICATION_FACTOR" not in default
+    objects = render(tools, ["--set", "kafka.replicationFactor=3"])
+    assert find(objects, "ConfigMap", "-settings")["data"]["SEGMENTS_REPLICATION_FACTOR"] == "3"
+    assert "SEGMENTS_REPLICATION_FACTOR" in known_settings()
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="issue 12 item 1: the product does not read SEGMENTS_KAFKA_SECURITY_PROTOCOL and the"

@@ -21,6 +21,7 @@ import pytest
 from faust.events import Event
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
+from faust.transport.drivers.aiokafka import Producer as FaustProducer
 from faust.types import TP, Message
 from intervaltree import IntervalTree
 from mode.utils.queues import FlowControlEvent, FlowControlQueue
@@ -30,6 +31,7 @@ from streams.worker.faust_fixes import (
     DedupingAcksConsumer,
     HeadGapHealingConsumer,
     HeadGapWatch,
+    IdempotentProducer,
     KeepingFlowControl,
     head_gap,
     lost_commits,
@@ -156,6 +158,17 @@ def test_the_worker_app_is_built_from_the_fixed_classes() -> None:
     assert app.transport.Consumer is HeadGapHealingConsumer
     assert issubclass(HeadGapHealingConsumer, DedupingAcksConsumer)
     assert isinstance(app.flow_control, KeepingFlowControl)
+
+
+def test_the_worker_producer_is_idempotent_with_acks_all() -> None:
+    """Faust alone asks for idempotence only in transactions; pins that and the fix."""
+    app = App("faust-fixes-test", broker="kafka://127.0.0.1:1", producer_acks=-1)
+    assert FaustProducer(app.transport)._settings_extra() == {}  # at_least_once in Faust
+    producer = app.producer
+    assert isinstance(producer, IdempotentProducer)
+    extra = producer._settings_extra()
+    assert extra["enable_idempotence"] is True
+    assert extra["acks"] == "all"
 
 
 # The head-gap decision (HeadGapWatch), in plain calls; times are seconds.

@@ -57,6 +57,7 @@ def test_every_spec_variable_is_a_setting() -> None:
         "SEGMENTS_WEB_HOST",
         "SEGMENTS_WEB_PORT",
         "SEGMENTS_API_TOKEN",
+        "SEGMENTS_REPLICATION_FACTOR",
     }
     assert spec_variables <= setting_names()
 
@@ -179,6 +180,20 @@ def test_the_api_token_is_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.api_token.get_secret_value() == "s3cret-token"
     assert "s3cret-token" not in repr(settings)
     assert "s3cret-token" not in str(settings.model_dump())
+
+
+def test_the_replication_factor_defaults_to_the_brokers_and_must_be_positive(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert load_settings().replication_factor is None
+    monkeypatch.setenv("SEGMENTS_REPLICATION_FACTOR", "3")
+    assert load_settings().replication_factor == 3
+    monkeypatch.setenv("SEGMENTS_REPLICATION_FACTOR", "0")
+    with pytest.raises(SettingsError) as excinfo:
+        load_settings()
+    assert problems_of(excinfo) == [
+        "SEGMENTS_REPLICATION_FACTOR: must be a positive integer, got '0'"
+    ]
 
 
 def test_a_redis_password_is_never_shown_in_an_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -149,11 +149,21 @@ def start(
         )
 
 
-def drain_rate(group: str, topic: str, timeout: float = 900) -> tuple[float, float, int]:
-    """Poll the group's commits: (messages per second, seconds, messages) first->last commit."""
+@dataclass(frozen=True)
+class Drain:
+    """One drain of a backlog, from the group's first offset commit to its last."""
+
+    rate: float  # messages per second
+    seconds: float
+    messages: int
+    cpu_seconds: float  # user + system CPU of the worker process over the same span
+
+
+def drain_rate(group: str, topic: str, pid: int, timeout: float = 900) -> Drain:
+    """Poll the group's commits (and the worker's CPU time) until `topic` is committed."""
     ends = end_offsets(BOOTSTRAP, topic)
     total = sum(ends.values())
-    first_time = first_done = None
+    first_time = first_done = first_cpu = None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -161,15 +171,22 @@ def drain_rate(group: str, topic: str, timeout: float = 900) -> tuple[float, flo
         except Exception:
             committed = {}
         done = sum(max(0, committed.get(p, 0)) for p in ends)
-        now = time.monotonic()
+        now, cpu = time.monotonic(), cpu_seconds(pid)
         if done > 0 and first_time is None:
-            first_time, first_done = now, done
+            first_time, first_done, first_cpu = now, done, cpu
         if done >= total and first_time is not None:
             seconds = now - first_time
             measured = total - (first_done or 0)
-            return measured / seconds if seconds else float("inf"), seconds, measured
+            rate = measured / seconds if seconds else float("inf")
+            return Drain(rate, seconds, measured, cpu - (first_cpu or 0.0))
         time.sleep(0.1)
     raise TimeoutError(f"group {group} did not drain {topic}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -354,18 +371,21 @@ def measure(
     load = os.getloadavg()[0]
     process = start(contender.command, env, work / f"{name}.log", contender.checkout)
     try:
-        rate, seconds, measured = drain_rate(group, topics.purchases)
+        drain = drain_rate(group, topics.purchases, process.pid)
     finally:
         stop(process)
+    cpu_us = drain.cpu_seconds / drain.messages * 1e6 if drain.messages else float("nan")
     result: dict[str, Any] = {
         "label": contender.label,
         "round": round_,
-        "rate": rate,
-        "seconds": seconds,
-        "messages": measured,
+        "rate": drain.rate,
+        "cpu_us": cpu_us,
         "load": load,
     }
-    line = f"round {round_} {contender.label}: {rate:.0f} msg/s ({measured} in {seconds:.1f} s)"
+    line = (
+        f"round {round_} {contender.label}: {drain.rate:.0f} msg/s ({drain.messages} in"
+        f" {drain.seconds:.1f} s), {cpu_us:.0f} us CPU/msg"
+    )
     if product:
         changes_after = end_offsets(BOOTSTRAP, topics.segment_changes)
         ids = read_changes(topics.segment_changes, changes_before, changes_after)
@@ -417,7 +437,7 @@ def measure_latency(
             )
         producer.flush()
         producer.close()
-        drain_rate(f"{prefix}product", latency_topics.purchases)
+        drain_rate(f"{prefix}product", latency_topics.purchases, process.pid)
     finally:
         stop(process)
     purchase_stamps = _timestamps(latency_topics.purchases)
@@ -458,23 +478,40 @@ def report(
           f"{backlog} messages; load average (1/5/15 min) {loads[0]} before, "
           f"{loads[1]} after.")  # fmt: skip
     print()
-    print("| round (order) | " + " | ".join(f"{label} msg/s" for label in labels) + " |")
+    cpu = {(r["label"], r["round"]): r["cpu_us"] for r in runs}
+    print("Each cell: messages/s, and the worker's CPU time (user + system) per message.")
+    print()
+    print("| round (order) | " + " | ".join(labels) + " |")
     print("|---|" + "---:|" * len(labels))
     for index in range(1, rounds + 1):
         order = [r["label"] for r in runs if r["round"] == index]
         shown = " > ".join(label.removeprefix("product ") for label in order)
-        cells = " | ".join(f"{rate[(label, index)]:,.0f}" for label in labels)
+        cells = " | ".join(
+            f"{rate[(label, index)]:,.0f} msg/s, {cpu[(label, index)]:,.0f} µs" for label in labels
+        )
         print(f"| {index} ({shown}) | {cells} |")
     medians = {label: statistics.median(rate[(label, i)] for i in range(1, rounds + 1))
                for label in labels}  # fmt: skip
-    print("| median | " + " | ".join(f"**{medians[label]:,.0f}**" for label in labels) + " |")
+    cpu_medians = {label: statistics.median(cpu[(label, i)] for i in range(1, rounds + 1))
+                   for label in labels}  # fmt: skip
+    cells = " | ".join(
+        f"**{medians[label]:,.0f}** msg/s, **{cpu_medians[label]:,.0f}** µs" for label in labels
+    )
+    print(f"| median | {cells} |")
     print()
     for contender in contenders[1:]:
         label = contender.label
         ratios = [rate[(label, i)] / rate[("baseline", i)] for i in range(1, rounds + 1)]
         shown = ", ".join(f"{ratio:.0%}" for ratio in ratios)
         overall = medians[label] / medians["baseline"]
-        print(f"{label} / baseline: {shown} by round; medians {overall:.0%}.")
+        print(f"{label} / baseline throughput: {shown} by round; medians {overall:.0%}.")
+    for label in labels[2:]:
+        first = labels[1]
+        print(
+            f"{label} against {first} (medians): throughput"
+            f" {medians[label] / medians[first] - 1:+.0%}, CPU per message"
+            f" {cpu_medians[label] / cpu_medians[first] - 1:+.0%}."
+        )
     products = [r for r in runs if "changes" in r]
     counts = sorted({(r["label"], r["changes"]) for r in products})
     same = len({r["change_ids"] for r in products}) == 1

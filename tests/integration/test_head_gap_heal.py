@@ -46,6 +46,7 @@ class LosingConsumer(HeadGapHealingConsumer):
             tp.partition == int(DROP_COMMIT_OF) for tp in offsets
         ):
             self.dropped = True
+            print("commit_dropped", flush=True)  # the app's log, which the test reads
             return False  # as the driver answers a CommitFailedError "already rebalanced"
         return await super()._commit(offsets)
 
@@ -230,8 +231,11 @@ def test_a_commit_faust_counts_but_the_broker_lacks_is_made_again(
         assert run.worker is not None
         assert "lost_commit_recommitted" in run.worker.log_text()
     else:
-        # Commit rounds go on (partition 0's next messages are committed) and leave
-        # partition 1 where the broker has it: nothing.
+        # Commit rounds go on (partition 0's next messages, sent after the lost commit,
+        # are committed) and leave partition 1 where the broker has it: nothing.
+        assert run.worker is not None
+        worker = run.worker
+        run.wait(lambda: "commit_dropped" in worker.log_text(), 60, "the commit dropped")
         run.send(0, range(MESSAGES, MESSAGES + 2))
         run.wait(lambda: run.committed(0) == MESSAGES + 2, 60, "partition 0's next committed")
         assert run.committed(1) == -1

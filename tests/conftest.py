@@ -9,6 +9,7 @@ stops or empties something, its own broker or redis-server.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -40,3 +41,30 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(marker)
         if top in _GROUP_BY_DIRECTORY:
             item.add_marker(pytest.mark.xdist_group(_GROUP_BY_DIRECTORY[top]))
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    """The fault scenarios' recovery times (tests/faults), read back from their JSON report.
+
+    Here and not in tests/faults/conftest.py: under pytest-xdist the controlling process
+    collects nothing, so only this conftest's hooks run in it. The scenarios' worker wrote
+    the report to $FAULTS_REPORT or to its temporary directory (one below this process's
+    under xdist, the same one without)."""
+    if hasattr(config, "workerinput"):
+        return  # an xdist worker: the controller prints
+    from tests.faults.harness import FaultReport
+
+    base = config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
+    paths = [*base.glob("faults-report.json"), *sorted(base.glob("*/faults-report.json"))]
+    if "FAULTS_REPORT" in os.environ:
+        paths = [Path(os.environ["FAULTS_REPORT"])]
+    for path in paths:
+        if not path.exists():
+            continue
+        report = FaultReport.read(path)
+        if report.outcomes:
+            terminalreporter.section("fault scenarios: recovery times")
+            terminalreporter.write_line(report.table())
+            terminalreporter.write_line(f"(JSON: {report.path})")

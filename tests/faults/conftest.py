@@ -14,7 +14,6 @@ Environment:
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -134,30 +133,7 @@ def product(
     running.stop()
 
 
-_REPORT: list[FaultReport] = []
-
-
 @pytest.fixture(scope="session")
 def fault_report(tmp_path_factory: pytest.TempPathFactory) -> FaultReport:
-    report = FaultReport(report_path(tmp_path_factory.getbasetemp() / "faults-report.json"))
-    _REPORT.append(report)
-    return report
-
-
-def pytest_terminal_summary(
-    terminalreporter: pytest.TerminalReporter, config: pytest.Config
-) -> None:
-    reports = _REPORT
-    if not reports and not hasattr(config, "workerinput"):
-        # Under pytest-xdist the scenarios ran in a worker process, which wrote its report
-        # to $FAULTS_REPORT or to its own temporary directory, one below this process's.
-        base = config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
-        paths = sorted(base.glob("*/faults-report.json"))
-        if "FAULTS_REPORT" in os.environ:
-            paths = [Path(os.environ["FAULTS_REPORT"])]
-        reports = [FaultReport.read(path) for path in paths if path.exists()]
-    for report in reports:
-        if report.outcomes:
-            terminalreporter.section("fault scenarios: recovery times")
-            terminalreporter.write_line(report.table())
-            terminalreporter.write_line(f"(JSON: {report.path})")
+    """The scenarios' outcomes, written as JSON; tests/conftest.py prints them at the end."""
+    return FaultReport(report_path(tmp_path_factory.getbasetemp() / "faults-report.json"))

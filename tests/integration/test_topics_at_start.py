@@ -4,32 +4,16 @@ written; new topics get SEGMENTS_REPLICATION_FACTOR replicas, or the broker's de
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 from kafka import KafkaAdminClient
 
 from streams.settings import Topics
 from tests.integration.conftest import CreateTopics
-from tests.integration.worker_harness import REPO_ROOT, end_offsets
+from tests.integration.worker_harness import REPO_ROOT, end_offsets, segments_result
 
 pytestmark = pytest.mark.integration
 
 EVENTS = REPO_ROOT / "tests" / "conformance" / "a-vip-by-3-orders-in-182d-exit-when-the"
-
-
-def _segments(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "streams", *args],
-        env={**os.environ, **env},
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def _topics_under(admin: KafkaAdminClient, prefix: str) -> set[str]:
@@ -46,7 +30,7 @@ def test_a_topic_with_other_partitions_stops_the_worker_before_anything_is_creat
     assert segments_env["SEGMENTS_PARTITIONS"] == "2"
     create_topics(topics.ticks, partitions=3)
 
-    result = _segments(segments_env, "worker")
+    result = segments_result(segments_env, "worker")
 
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"topic {topics.ticks} has 3 partitions but SEGMENTS_PARTITIONS is 2" in result.stderr
@@ -66,7 +50,7 @@ def test_memberships_that_are_not_compacted_stop_produce_before_anything_is_writ
     create_topics(topics.purchases, partitions=2)
     create_topics(topics.segment_memberships, partitions=2, config={"cleanup.policy": "delete"})
 
-    result = _segments(segments_env, "produce", "--input", str(EVENTS / "events.jsonl"))
+    result = segments_result(segments_env, "produce", "--input", str(EVENTS / "events.jsonl"))
 
     assert result.returncode == 1, result.stdout + result.stderr
     assert (
@@ -87,7 +71,7 @@ def test_new_topics_get_the_brokers_default_replication_factor_or_the_setting(
     topic_prefix: str,
 ) -> None:
     # One broker here: a factor of 2 cannot be met, and the command says so.
-    refused = _segments(
+    refused = segments_result(
         {**segments_env, "SEGMENTS_REPLICATION_FACTOR": "2"},
         "produce",
         "--input",
@@ -97,7 +81,7 @@ def test_new_topics_get_the_brokers_default_replication_factor_or_the_setting(
     assert "replication factor 2: InvalidReplicationFactorError" in refused.stderr
     assert _topics_under(kafka_admin, topic_prefix) == set()
 
-    produced = _segments(segments_env, "produce", "--input", str(EVENTS / "events.jsonl"))
+    produced = segments_result(segments_env, "produce", "--input", str(EVENTS / "events.jsonl"))
     assert produced.returncode == 0, produced.stdout + produced.stderr
     described = kafka_admin.describe_topics(sorted(_topics_under(kafka_admin, topic_prefix)))
     assert {d["topic"] for d in described} >= {topics.purchases, topics.segment_memberships}

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import orjson
 from kafka.partitioner import murmur2
 
-from tests.integration.worker_harness import REPO_ROOT, free_port, produce, read_topic
+from tests.integration.worker_harness import free_port, produce, read_topic, segments_result
 
 
 def _event(event_id: str, customer_id: str, at: str) -> bytes:
@@ -60,18 +57,6 @@ def test_produce_orders_keys_and_marks(
     assert c2 == [lines[2], lines[3], lines[4]]
 
 
-def _run_produce(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "streams", "produce", *args],
-        env={**os.environ, **env},
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def test_produce_names_a_line_kafka_refused_and_exits_non_zero(
     segments_env: dict[str, str], topics: object, tmp_path: Path
 ) -> None:
@@ -81,7 +66,9 @@ def test_produce_names_a_line_kafka_refused_and_exits_non_zero(
     lines.insert(4, oversize)  # line 5 of the file
     events = tmp_path / "events.jsonl"
     events.write_bytes(b"\n".join(lines) + b"\n")
-    result = _run_produce(segments_env, "--input", str(events), "--as-of", "2025-04-01T00:00:00Z")
+    result = segments_result(
+        segments_env, "produce", "--input", str(events), "--as-of", "2025-04-01T00:00:00Z"
+    )
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     assert "line 5: not produced: " in result.stderr
@@ -99,8 +86,8 @@ def test_produce_with_no_broker_says_so_in_one_line(
     address = f"127.0.0.1:{free_port()}"  # nothing listens there
     events = tmp_path / "events.jsonl"
     events.write_bytes(_event("e1", "c-1", "2025-03-01T10:00:00Z") + b"\n")
-    result = _run_produce(
-        {**segments_env, "SEGMENTS_KAFKA_BOOTSTRAP": address}, "--input", str(events)
+    result = segments_result(
+        {**segments_env, "SEGMENTS_KAFKA_BOOTSTRAP": address}, "produce", "--input", str(events)
     )
     assert result.returncode != 0
     assert "Traceback" not in result.stderr

@@ -143,6 +143,21 @@ def running_workers(env: Mapping[str, str], log_dir: Path, count: int = 1) -> It
             worker.kill()
 
 
+def segments_result(
+    env: Mapping[str, str], *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run `segments ARGS` as a subprocess and return how it ended, whatever its exit."""
+    return subprocess.run(
+        [sys.executable, "-m", "streams", *args],
+        env={**os.environ, **env},
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def run_cli(env: Mapping[str, str], *args: str, timeout: float = 300) -> str:
     """Run `segments ARGS` as a subprocess; fail with its output when it fails."""
     result = subprocess.run(

@@ -261,6 +261,9 @@ reset() {
     log "kafka: data and logs deleted"
 }
 
+# kafka-cluster.sh sources this file for its functions (jars, probe): no dispatch then.
+[[ ${BASH_SOURCE[0]} == "$0" ]] || return 0
+
 case ${1:-} in
 up | down | reset) lock_service "$KAFKA_HOME" && "$1" ;;
 status) "$1" ;;

@@ -16,6 +16,9 @@
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
+# A three-broker KRaft cluster of its own (ports 39092-39097): deploy/local/kafka-cluster.sh.
+[[ ${1:-} == kafka-cluster ]] && { shift; exec bash "$here/kafka-cluster.sh" "$@"; }
+
 command=${1:-}
 shift || true
 case $command in

@@ -46,6 +46,8 @@ BOOTSTRAP=${BOOTSTRAP%,}
 VOTERS=$(for n in "${NODES[@]}"; do printf '%s@127.0.0.1:%s,' "$n" "$(controller_port "$n")"; done)
 VOTERS=${VOTERS%,}
 
+declare -A LOG_MARK=() # node -> lines of its server.log before its latest start
+
 require_node() { [[ ${1:-} =~ ^[123]$ ]] || die "usage: $0 kill|start N, with N one of 1 2 3 (got '${1:-}')"; }
 
 node_running() {
@@ -119,6 +121,8 @@ start_node() {
     require_port_free LOCAL_KAFKA_CLUSTER_PORT "$(client_port "$n")" "Kafka cluster node $n"
     require_port_free LOCAL_KAFKA_CLUSTER_PORT "$(controller_port "$n")" "Kafka cluster controller $n"
     mkdir -p "$dir/logs"
+    LOG_MARK[$n]=0
+    [[ -f $dir/logs/server.log ]] && LOG_MARK[$n]=$(wc -l <"$dir/logs/server.log")
     write_node_config "$n"
     ensure_formatted "$n"
     # As kafka.sh: the inner bash writes its pid, then becomes the JVM.
@@ -133,16 +137,43 @@ start_node() {
 
 # Asks the cluster for metadata until it lists $1 brokers or the deadline passes; a node
 # that dies meanwhile fails at once.
+# True when node $1's latest start failed to bind a port. The ports lie in Linux's default
+# ephemeral range (32768-60999), so a client connection elsewhere on the machine can hold
+# one as its local port for a while; starting again later gets it.
+bind_failed() {
+    # grep reads to the end (no -q): with pipefail an early exit would fail the pipeline.
+    tail -n +$(( ${LOG_MARK[$1]:-0} + 1 )) "$(node_dir "$1")/logs/server.log" 2>/dev/null |
+        grep 'Address already in use' >/dev/null
+}
+
+all_listening() {
+    local n
+    for n in "${NODES[@]}"; do
+        [[ -f $(pid_file "$n") ]] || continue
+        [[ $(port_owner_pid "$(client_port "$n")") == "$(read_pid "$(pid_file "$n")")" ]] || return 1
+    done
+}
+
 wait_for_brokers() { # COUNT
-    local deadline answer="no answer" n
+    local deadline answer="no answer" n retries=5
     deadline=$(( $(date +%s) + READY_TIMEOUT ))
     while (( $(date +%s) < deadline )); do
         for n in "${NODES[@]}"; do
-            [[ -f $(pid_file "$n") ]] && ! node_running "$n" &&
-                die "kafka-cluster: node $n exited during start-up: $(tail -3 "$(node_dir "$n")/logs/kafka.out";
-                    grep -E 'ERROR|FATAL' "$(node_dir "$n")/logs/server.log" 2>/dev/null | tail -3)"
+            [[ -f $(pid_file "$n") ]] && ! node_running "$n" || continue
+            if (( retries > 0 )) && bind_failed "$n"; then
+                retries=$((retries - 1))
+                log "kafka-cluster: node $n found a port taken by a passing connection; starting it again"
+                start_node "$n"
+                deadline=$(( $(date +%s) + READY_TIMEOUT ))
+                continue
+            fi
+            die "kafka-cluster: node $n exited during start-up: $(tail -3 "$(node_dir "$n")/logs/kafka.out";
+                grep -E 'ERROR|FATAL|Address already in use' "$(node_dir "$n")/logs/server.log" 2>/dev/null | tail -3)"
         done
-        answer=$(probe 5 2>&1) && [[ $answer == *" brokers=$1 "* ]] && { printf '%s' "$answer"; return 0; }
+        # A node registers as a broker before it binds its client port (a bind that can
+        # still fail), so each one's port must also be open, by that node.
+        answer=$(probe 5 2>&1) && [[ $answer == *" brokers=$1 "* ]] && all_listening &&
+            { printf '%s' "$answer"; return 0; }
     done
     die "kafka-cluster: no metadata answer with $1 brokers on $BOOTSTRAP within ${READY_TIMEOUT}s (last: $answer)"
 }
@@ -209,6 +240,7 @@ kill_node() {
     pid=$(read_pid "$(pid_file "$1")")
     kill -KILL "$pid"
     while pid_alive "$pid"; do sleep 0.05; done
+    rm -f "$(pid_file "$1")"
     log "kafka-cluster: node $1 killed (pid $pid)"
 }
 

@@ -84,6 +84,7 @@ def kafka_cluster() -> Iterator[str]:
     if started:
         result = _cluster("up")
         if result.returncode != 0:
+            _cluster("down")
             pytest.fail(f"kafka-cluster.sh up failed:\n{result.stdout}{result.stderr}")
     yield BOOTSTRAP
     _cluster("down" if started else "up")

@@ -93,6 +93,18 @@ def test_the_schema_is_a_valid_draft_2020_12_schema() -> None:
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     Draft202012Validator.check_schema(schema)
 
+    # Editors whose support stops at draft-07 ignore a $ref's sibling keywords (the
+    # descriptions shown on hover): every $ref stands alone, and $defs is only a pointer.
+    def refs_with_siblings(node: Any) -> list[dict[str, Any]]:
+        if isinstance(node, list):
+            return [found for item in node for found in refs_with_siblings(item)]
+        if not isinstance(node, dict):
+            return []
+        here = [node] if "$ref" in node and len(node) > 1 else []
+        return here + [found for value in node.values() for found in refs_with_siblings(value)]
+
+    assert refs_with_siblings(schema) == []
+
 
 def test_every_shipped_rule_file_is_found() -> None:
     names = {path.relative_to(ROOT).as_posix() for path in shipped_rule_files()}

@@ -124,6 +124,11 @@ def test_every_shipped_rule_file_satisfies_the_schema(path: Path) -> None:
     assert schema_errors(path.read_text()) == []
 
 
+def test_the_readme_shows_the_shipped_first_rule_file() -> None:
+    example = (ROOT / "docs" / "examples" / "first-rules.yaml").read_text()
+    assert f"```yaml\n{example}```" in (ROOT / "README.md").read_text()
+
+
 def test_the_docs_example_points_editors_at_the_schema() -> None:
     example = ROOT / "docs" / "examples" / "first-rules.yaml"
     modeline = example.read_text().splitlines()[0]

@@ -83,7 +83,7 @@ def schema_errors(text: str) -> list[str]:
 def shipped_rule_files() -> list[Path]:
     """Every rule file in the repository: examples, tests' rule sets, the chart's, docs'."""
     found = {EXAMPLE_RULES}
-    for pattern in ("tests/**/rules*.yaml", "deploy/**/rules*.yaml", "docs/**/*.yaml"):
+    for pattern in ("tests/**/rules*.yaml", "deploy/**/rules*.yaml", "docs/**/*rules*.yaml"):
         found.update(ROOT.glob(pattern))
     return sorted(found)
 

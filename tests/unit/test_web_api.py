@@ -137,6 +137,19 @@ def test_bearer_token_is_required_when_configured():
     assert get_json(create_app(cache, api_token="s3cret"), "/healthz")[0] == 200
 
 
+def test_the_dashboard_page_opens_with_a_token_set_but_its_data_needs_it():
+    # A browser cannot send a bearer token for the page it opens: the page (static HTML)
+    # is open, its script sends the token from /#token=... on the data routes.
+    cache, _ = make_cache()
+    status, html, response = call(create_app(cache, api_token="s3cret"), "GET", "/")
+    assert status == 200 and response.content_type == "text/html"
+    assert 'get("token")' in html and '"Bearer "+t' in html
+    for path in ("/segments", "/segments/history"):
+        assert get_json(create_app(cache, api_token="s3cret"), path)[0] == 401
+        good = {"Authorization": "Bearer s3cret"}
+        assert get_json(create_app(cache, api_token="s3cret"), path, good)[0] == 200
+
+
 def test_members_pages_through_every_shard():
     cache, _ = make_cache()
     seen, cursor, pages = [], "0", 0

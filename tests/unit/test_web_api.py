@@ -9,6 +9,9 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+# `segments serve` always runs the cache sink, whose metrics register at import; without this
+# import the /metrics tests passed only when another test module had imported it first.
+import streams.serving.cache_sink  # noqa: F401
 from streams.serving.cache import SHARDS, RedisCache, shard_of
 from streams.serving.churn import ChurnHistory
 from streams.serving.web import create_app

@@ -28,8 +28,10 @@ LogFormat = Literal["text", "json"]
 
 TEXT_FORMAT = "[%(asctime)s] [%(process)s] [%(levelname)s] %(message)s"
 MASK = "***"
-# Loggers of the Kafka clients: their INFO lines are connection chatter that a one-shot
-# command (produce, resync-cache) leaves out; its own lines and their warnings stay.
+# Loggers of the Kafka clients. A one-shot command (produce, resync-cache) says in one
+# line what failed; the clients' retries (a refused connection: two ERROR lines and a
+# WARNING per attempt) are written only at DEBUG, as before this setup (kafka-python's
+# own NullHandler kept them out).
 CLIENT_LOGGERS = ("kafka", "aiokafka")
 # Loggers whose messages follow `event key=value ...` (logging.getLogger(__name__)).
 PRODUCT_LOGGERS = frozenset({"streams", "segments"})
@@ -188,7 +190,7 @@ def configure_logging(
 
     Each repeated warning or error is written at most once per 10 s (streams.log_rate);
     Python warnings go through logging too. With `quiet_clients`, the Kafka clients'
-    loggers start at WARNING (or `level`, when higher).
+    loggers write nothing unless `level` is DEBUG.
     """
     redact = Redactor(secrets)
     formatter: logging.Formatter = (
@@ -201,10 +203,9 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    numeric = logging.getLevelName(level)
+    quiet = quiet_clients and logging.getLevelName(level) != logging.DEBUG
     for name in CLIENT_LOGGERS:
-        client = logging.getLogger(name)
-        client.setLevel(max(numeric, logging.WARNING) if quiet_clients else logging.NOTSET)
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1 if quiet else logging.NOTSET)
     logging.captureWarnings(True)
     # The Kafka client logs a refused connection thousands of times a second while the
     # broker is down (docs/operations.md).

@@ -107,9 +107,7 @@ def test_serve_writes_json_lines_with_fields_and_exports_process_metrics(
 
         def listening() -> bool:
             assert serve.poll() is None, log_path.read_text()
-            return any(
-                r.get("event") == "serving_web" for r in json_lines(log_path.read_text())
-            )
+            return any(r.get("event") == "serving_web" for r in json_lines(log_path.read_text()))
 
         wait_until(listening, 60, interval=0.2, what="serve to listen")
         assert_process_metrics(scrape(port), serve.pid)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import click
 
@@ -11,6 +12,8 @@ from streams.cli.common import run_until_signal, settings_or_exit
 from streams.logs import configure_from
 from streams.serving.cache import connect
 from streams.serving.triggers import DEFAULT_MAX_AGE_S, DispatchConfig, TriggerDispatcher
+
+log = logging.getLogger(__name__)
 
 
 @click.command("triggers")
@@ -43,7 +46,8 @@ def triggers_command(from_beginning: bool, max_age: float, group: str | None) ->
             ),
         )
         ready = asyncio.create_task(dispatcher.ready.wait())
-        ready.add_done_callback(lambda _: click.echo("triggers: ready", err=True))
+        # A log line, so that a JSON log stays one object per line.
+        ready.add_done_callback(lambda _: log.info("triggers_ready group=%s", dispatcher.group_id))
         try:
             await dispatcher.run(stop)
         finally:

@@ -85,6 +85,20 @@ def test_worker_at_warning_writes_json_lines_only_and_no_info(
     assert unclean["local_state"] == "discarded"
 
 
+def test_worker_at_info_writes_its_own_and_fausts_lines_as_json(
+    segments_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**segments_env, "SEGMENTS_LOG_FORMAT": "json"}
+    with running_workers(env, tmp_path) as (worker,):
+        worker.wait_ready()
+        assert worker.stop() == 0
+    records = json_lines(worker.log_text())
+    [starting] = [r for r in records if r.get("event") == "worker_starting"]
+    assert starting["level"] == "INFO" and starting["partitions"] == 2
+    assert starting["app_id"] == env["SEGMENTS_APP_ID"]
+    assert any(r["logger"].startswith(("faust", "mode")) for r in records), "no Faust line"
+
+
 def test_serve_writes_json_lines_with_fields_and_exports_process_metrics(
     segments_env: dict[str, str], tmp_path: Path
 ) -> None:

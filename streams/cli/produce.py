@@ -11,6 +11,7 @@ from segments.replay import read_lines
 from streams.cli.common import as_of_option, settings_or_exit
 from streams.kafka.produce import numbered_timeline, publish, reason
 from streams.kafka.topics import TopicsError, ensure_topics, topics_error_text
+from streams.logs import configure_from
 
 
 def _ticker(total: int) -> Generator[None, None, None]:
@@ -40,6 +41,7 @@ def produce_command(input_path: str, as_of: str | None) -> None:
     from kafka.errors import KafkaConnectionError, KafkaError, NoBrokersAvailable
 
     settings = settings_or_exit()
+    configure_from(settings, quiet_clients=True)
     as_of_instant = as_of_option(as_of)
     names = settings.topics
     bootstrap = settings.kafka_bootstrap

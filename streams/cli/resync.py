@@ -7,6 +7,7 @@ import asyncio
 import click
 
 from streams.cli.common import settings_or_exit
+from streams.logs import configure_from
 from streams.serving.cache import RedisCache, connect
 from streams.serving.resync import ResyncResult, TopicNotFound, resync_cache
 
@@ -20,6 +21,7 @@ from streams.serving.resync import ResyncResult, TopicNotFound, resync_cache
 def resync_command(no_flush: bool) -> None:
     """Rebuild the Redis cache from the segment-memberships topic."""
     settings = settings_or_exit()
+    configure_from(settings, quiet_clients=True)
 
     async def main() -> ResyncResult:
         client = connect(settings.redis_url)

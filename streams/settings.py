@@ -15,15 +15,18 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from segments.adapters import IdentityMap
 from segments.data import EXAMPLE_RULES
+
+if TYPE_CHECKING:
+    from streams.serving.redis_connection import RedisTarget
 
 ENV_PREFIX = "SEGMENTS_"
 DEFAULT_ENV_FILE = ".env"
@@ -115,6 +118,23 @@ class Settings(BaseSettings):
     )
     topic_prefix: str = Field("", description="Prefix of every topic name")
     redis_prefix: str = Field("", description="Prefix of every Redis key")
+    # Redis Cluster and TLS (docs/serving.md "Redis Cluster and TLS").
+    redis_cluster: bool = Field(
+        False,
+        description="SEGMENTS_REDIS_URL names one node of a Redis Cluster; the others are"
+        " learnt from it",
+    )
+    redis_ssl_cafile: Path | None = Field(
+        None,
+        description="CA file that signed the Redis server's certificate (rediss:// only);"
+        " unset: the system's CAs",
+    )
+    redis_ssl_certfile: Path | None = Field(
+        None, description="Client certificate for a Redis that asks for one (rediss:// only)"
+    )
+    redis_ssl_keyfile: Path | None = Field(
+        None, description="Private key of SEGMENTS_REDIS_SSL_CERTFILE (rediss:// only)"
+    )
     app_id: str = Field(
         "purchase-segments", description="Faust app id: consumer group and changelog names"
     )
@@ -174,6 +194,33 @@ class Settings(BaseSettings):
         if parts.scheme not in ("redis", "rediss", "unix") or not (parts.netloc or parts.path):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return value
+
+    @field_validator("redis_cluster")
+    @classmethod
+    def _check_redis_cluster(cls, value: bool, info: ValidationInfo) -> bool:
+        url = info.data.get("redis_url")
+        if value and url is not None:
+            parts = urlsplit(url)
+            if parts.scheme == "unix":
+                raise ValueError("needs a redis:// or rediss:// SEGMENTS_REDIS_URL, not unix://")
+            if parts.path.strip("/") not in ("", "0"):
+                raise ValueError("needs database 0 in SEGMENTS_REDIS_URL (a Cluster has no other)")
+        return value
+
+    @field_validator("redis_ssl_cafile", "redis_ssl_certfile", "redis_ssl_keyfile", mode="before")
+    @classmethod
+    def _check_redis_ssl_file(cls, value: Any, info: ValidationInfo) -> Any:
+        if value in (None, ""):
+            return None
+        url = info.data.get("redis_url")
+        if url is not None and urlsplit(url).scheme != "rediss":
+            raise ValueError("applies to a rediss:// SEGMENTS_REDIS_URL only")
+        if info.field_name == "redis_ssl_keyfile" and info.data.get("redis_ssl_certfile") is None:
+            raise ValueError("needs SEGMENTS_REDIS_SSL_CERTFILE")
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise ValueError("must name an existing file")
+        return path
 
     @field_validator("rules")
     @classmethod
@@ -279,6 +326,19 @@ class Settings(BaseSettings):
     @classmethod
     def _expand_data_dir(cls, value: Path) -> Path:
         return value.expanduser()
+
+    @property
+    def redis_target(self) -> RedisTarget:
+        """Where the cache lives, for every Redis client of the product."""
+        from streams.serving.redis_connection import RedisTarget
+
+        return RedisTarget(
+            self.redis_url,
+            cluster=self.redis_cluster,
+            ssl_cafile=self.redis_ssl_cafile,
+            ssl_certfile=self.redis_ssl_certfile,
+            ssl_keyfile=self.redis_ssl_keyfile,
+        )
 
     @property
     def topics(self) -> Topics:

@@ -22,7 +22,7 @@ def resync_command(no_flush: bool) -> None:
     settings = settings_or_exit()
 
     async def main() -> ResyncResult:
-        client = connect(settings.redis_url)
+        client = connect(settings.redis_target)
         try:
             cache = RedisCache(client, settings.redis_prefix)
             return await resync_cache(

@@ -12,10 +12,11 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
@@ -24,9 +25,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from segments.adapters import IdentityMap
 from segments.data import EXAMPLE_RULES
-
-if TYPE_CHECKING:
-    from streams.serving.redis_connection import RedisTarget
 
 ENV_PREFIX = "SEGMENTS_"
 DEFAULT_ENV_FILE = ".env"
@@ -94,6 +92,59 @@ class Topics:
             self.segment_memberships,
             self.purchases_dlq,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class RedisTarget:
+    """Where the cache lives: SEGMENTS_REDIS_URL, _CLUSTER and the _SSL_* files.
+
+    cluster: the URL names one node of a Redis Cluster (any node; the client learns the
+    others from it). TLS is the `rediss://` scheme; cafile is the CA that signed the
+    server's certificate (unset: the system's), certfile and keyfile a client
+    certificate for servers that ask for one.
+    """
+
+    url: str
+    cluster: bool = False
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+    @classmethod
+    def of(cls, target: RedisTarget | str) -> RedisTarget:
+        """A target as given, or a URL alone as a single-node target."""
+        return target if isinstance(target, RedisTarget) else cls(target)
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme == "rediss"
+
+    def ssl_options(self) -> dict[str, Any]:
+        """redis-py's connection options for the _SSL_* files (empty without TLS)."""
+        if not self.tls:
+            return {}
+        options: dict[str, Any] = {}
+        if self.ssl_cafile is not None:
+            options["ssl_ca_certs"] = str(self.ssl_cafile)
+        if self.ssl_certfile is not None:
+            options["ssl_certfile"] = str(self.ssl_certfile)
+        if self.ssl_keyfile is not None:
+            options["ssl_keyfile"] = str(self.ssl_keyfile)
+        return options
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context of a raw connection (the lookup's pipelined reader); None: plain."""
+        if not self.tls:
+            return None
+        context = ssl.create_default_context(
+            cafile=str(self.ssl_cafile) if self.ssl_cafile is not None else None
+        )
+        if self.ssl_certfile is not None:
+            context.load_cert_chain(
+                str(self.ssl_certfile),
+                str(self.ssl_keyfile) if self.ssl_keyfile is not None else None,
+            )
+        return context
 
 
 class Settings(BaseSettings):
@@ -330,8 +381,6 @@ class Settings(BaseSettings):
     @property
     def redis_target(self) -> RedisTarget:
         """Where the cache lives, for every Redis client of the product."""
-        from streams.serving.redis_connection import RedisTarget
-
         return RedisTarget(
             self.redis_url,
             cluster=self.redis_cluster,

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import fcntl
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,8 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from streams.serving.cache import connect
+from streams.serving.cache import CacheWrite, RedisCache, connect
+from streams.serving.lookup_reader import lookup_reader
 from streams.serving.redis_connection import RedisTarget
 from streams.serving.triggers import DispatchConfig, TriggerDispatcher
 from tests.helpers import wait_for, wait_until
@@ -307,3 +309,61 @@ def test_the_cluster_really_has_three_masters_and_the_cache_keys_pair_up_by_slot
     assert len(masters) == 3
     assert sum(end - start + 1 for start, end, *_ in slots) == 16384
     assert key_slot(b"p:segm:{vip:3}") == key_slot(b"p:segq:{vip:3}")
+
+
+def move_slot(slot: int) -> tuple[int, int]:
+    """Moves a slot and its keys to another master, as a resharding does; (from, to) ports."""
+    ids = {}
+    for port in CLUSTER_PORTS:
+        with node(port) as client:
+            ids[port] = client.execute_command("CLUSTER MYID")
+    with node(CLUSTER_PORTS[0]) as client:
+        ranges = client.execute_command("CLUSTER SLOTS")
+    source = next(int(entry[2][1]) for entry in ranges if entry[0] <= slot <= entry[1])
+    target = next(port for port in CLUSTER_PORTS if port != source)
+    with node(target) as importing, node(source) as migrating:
+        importing.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", ids[source])
+        migrating.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", ids[target])
+        while keys := migrating.execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
+            migrating.execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys)
+    for port in (target, source, *CLUSTER_PORTS):
+        with node(port) as client:
+            client.execute_command("CLUSTER SETSLOT", slot, "NODE", ids[target])
+    return source, target
+
+
+def test_the_fast_path_reader_follows_a_slot_moved_to_another_master(
+    redis_cluster_services: None,
+) -> None:
+    """The node that owned the slot answers MOVED: that lookup goes through redis-py, which
+    learns the new owner; the next one goes to the new owner's pipelined connection."""
+    prefix = f"test-moved-{uuid.uuid4().hex[:8]}:"
+    target = RedisTarget(CLUSTER_URL, cluster=True)
+
+    async def main() -> None:
+        client = connect(target)
+        reader = lookup_reader(target, client)
+        try:
+            cache = RedisCache(client, prefix)
+            await cache.apply([CacheWrite("c-moved", "vip", 3, True, "2026-11-20T14:00:00Z")])
+            await client.set(cache.keys.sentinel(), "test")
+            key = cache.keys.customer("c-moved").encode()
+            lookup = ((b"HGETALL", key), (b"EXISTS", cache.keys.sentinel().encode()))
+            expected = (["vip", "3|1|2026-11-20T14:00:00Z"], 1)
+            assert await reader.pair_future(*lookup) == expected
+            assert reader.fallbacks == 0  # type: ignore[attr-defined]
+            moved_from, moved_to = move_slot(key_slot(key))
+            assert moved_from != moved_to
+            assert await reader.pair_future(*lookup) == expected  # the old owner said MOVED
+            assert reader.fallbacks == 1  # type: ignore[attr-defined]
+            assert await reader.pair_future(*lookup) == expected
+            assert reader.fallbacks == 1  # type: ignore[attr-defined]
+            assert ("127.0.0.1", moved_to) in reader.nodes  # type: ignore[attr-defined]
+        finally:
+            reader.close()
+            await client.aclose()
+
+    try:
+        asyncio.run(main())
+    finally:
+        delete_prefix([node(port) for port in CLUSTER_PORTS], prefix)

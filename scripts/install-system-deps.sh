@@ -6,6 +6,8 @@
 set -euo pipefail
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+# openssl makes the test TLS Redis's certificates (deploy/local/redis-cluster.sh).
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if ((${#missing[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         echo "install-system-deps: need root to apt-get install ${missing[*]}" >&2

@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from segments.adapters import IdentityMap
@@ -95,6 +96,59 @@ class Topics:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class RedisTarget:
+    """Where the cache lives: SEGMENTS_REDIS_URL, _CLUSTER and the _SSL_* files.
+
+    cluster: the URL names one node of a Redis Cluster (any node; the client learns the
+    others from it). TLS is the `rediss://` scheme; cafile is the CA that signed the
+    server's certificate (unset: the system's), certfile and keyfile a client
+    certificate for servers that ask for one.
+    """
+
+    url: str
+    cluster: bool = False
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+    @classmethod
+    def of(cls, target: RedisTarget | str) -> RedisTarget:
+        """A target as given, or a URL alone as a single-node target."""
+        return target if isinstance(target, RedisTarget) else cls(target)
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme == "rediss"
+
+    def ssl_options(self) -> dict[str, Any]:
+        """redis-py's connection options for the _SSL_* files (empty without TLS)."""
+        if not self.tls:
+            return {}
+        options: dict[str, Any] = {}
+        if self.ssl_cafile is not None:
+            options["ssl_ca_certs"] = str(self.ssl_cafile)
+        if self.ssl_certfile is not None:
+            options["ssl_certfile"] = str(self.ssl_certfile)
+        if self.ssl_keyfile is not None:
+            options["ssl_keyfile"] = str(self.ssl_keyfile)
+        return options
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context of a raw connection (the lookup's pipelined reader); None: plain."""
+        if not self.tls:
+            return None
+        context = ssl.create_default_context(
+            cafile=str(self.ssl_cafile) if self.ssl_cafile is not None else None
+        )
+        if self.ssl_certfile is not None:
+            context.load_cert_chain(
+                str(self.ssl_certfile),
+                str(self.ssl_keyfile) if self.ssl_keyfile is not None else None,
+            )
+        return context
+
+
 class Settings(BaseSettings):
     """SPEC section 6's configuration table; each field is SEGMENTS_<FIELD NAME>."""
 
@@ -117,6 +171,23 @@ class Settings(BaseSettings):
     )
     topic_prefix: str = Field("", description="Prefix of every topic name")
     redis_prefix: str = Field("", description="Prefix of every Redis key")
+    # Redis Cluster and TLS (docs/serving.md "Redis Cluster and TLS").
+    redis_cluster: bool = Field(
+        False,
+        description="SEGMENTS_REDIS_URL names one node of a Redis Cluster; the others are"
+        " learnt from it",
+    )
+    redis_ssl_cafile: Path | None = Field(
+        None,
+        description="CA file that signed the Redis server's certificate (rediss:// only);"
+        " unset: the system's CAs",
+    )
+    redis_ssl_certfile: Path | None = Field(
+        None, description="Client certificate for a Redis that asks for one (rediss:// only)"
+    )
+    redis_ssl_keyfile: Path | None = Field(
+        None, description="Private key of SEGMENTS_REDIS_SSL_CERTFILE (rediss:// only)"
+    )
     app_id: str = Field(
         "purchase-segments", description="Faust app id: consumer group and changelog names"
     )
@@ -184,6 +255,33 @@ class Settings(BaseSettings):
         if parts.scheme not in ("redis", "rediss", "unix") or not (parts.netloc or parts.path):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return value
+
+    @field_validator("redis_cluster")
+    @classmethod
+    def _check_redis_cluster(cls, value: bool, info: ValidationInfo) -> bool:
+        url = info.data.get("redis_url")
+        if value and url is not None:
+            parts = urlsplit(url)
+            if parts.scheme == "unix":
+                raise ValueError("needs a redis:// or rediss:// SEGMENTS_REDIS_URL, not unix://")
+            if parts.path.strip("/") not in ("", "0"):
+                raise ValueError("needs database 0 in SEGMENTS_REDIS_URL (a Cluster has no other)")
+        return value
+
+    @field_validator("redis_ssl_cafile", "redis_ssl_certfile", "redis_ssl_keyfile", mode="before")
+    @classmethod
+    def _check_redis_ssl_file(cls, value: Any, info: ValidationInfo) -> Any:
+        if value in (None, ""):
+            return None
+        url = info.data.get("redis_url")
+        if url is not None and urlsplit(url).scheme != "rediss":
+            raise ValueError("applies to a rediss:// SEGMENTS_REDIS_URL only")
+        if info.field_name == "redis_ssl_keyfile" and info.data.get("redis_ssl_certfile") is None:
+            raise ValueError("needs SEGMENTS_REDIS_SSL_CERTFILE")
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise ValueError("must name an existing file")
+        return path
 
     @field_validator("rules")
     @classmethod
@@ -302,6 +400,17 @@ class Settings(BaseSettings):
     @classmethod
     def _expand_data_dir(cls, value: Path) -> Path:
         return value.expanduser()
+
+    @property
+    def redis_target(self) -> RedisTarget:
+        """Where the cache lives, for every Redis client of the product."""
+        return RedisTarget(
+            self.redis_url,
+            cluster=self.redis_cluster,
+            ssl_cafile=self.redis_ssl_cafile,
+            ssl_certfile=self.redis_ssl_certfile,
+            ssl_keyfile=self.redis_ssl_keyfile,
+        )
 
     @property
     def topics(self) -> Topics:

@@ -2,6 +2,7 @@
 # Local Kafka (KRaft, Apache's jars) and Redis for development and tests.
 #
 #   deploy/local/services.sh up|down|status|reset [kafka|redis ...]
+#   deploy/local/services.sh redis-cluster up|down|status   (redis-cluster.sh: Cluster and TLS)
 #
 #   up      start what is not running and wait until it answers (Kafka: a metadata
 #           request, Redis: PING); returns at once for what is already up
@@ -15,6 +16,9 @@
 # SEGMENTS_REDIS_URL, whose defaults match the default ports here.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+# Extra local services, each its own script: services.sh redis-cluster up|down|status
+[[ ${1:-} == redis-cluster ]] && exec bash "$here/redis-cluster.sh" "${@:2}"
 
 command=${1:-}
 shift || true

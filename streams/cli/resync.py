@@ -24,7 +24,7 @@ def resync_command(no_flush: bool) -> None:
     configure_from(settings, quiet_clients=True)
 
     async def main() -> ResyncResult:
-        client = connect(settings.redis_url)
+        client = connect(settings.redis_target)
         try:
             cache = RedisCache(client, settings.redis_prefix)
             return await resync_cache(

@@ -32,7 +32,7 @@ def triggers_command(from_beginning: bool, max_age: float, group: str | None) ->
     configure_from(settings)
 
     async def main(stop: asyncio.Event) -> None:
-        client = connect(settings.redis_url)
+        client = connect(settings.redis_target)
         dispatcher = TriggerDispatcher(
             client,
             load_ruleset(settings.rules).triggers,

@@ -89,6 +89,17 @@ if cooldown > 0 then redis.call('SET', KEYS[2], ARGV[4], 'PX', cooldown) end
 return 'claimed'
 """
 
+
+def _hash_tag(customer_id: str) -> str:
+    """`{<customer_id>}`: the claim script's two keys in one Redis Cluster slot.
+
+    Redis hashes the text between the first `{` and the next `}`; an id that starts with
+    `}` would leave that empty, and then each whole key is hashed (two slots): such an
+    id gets a `_` in front, which keeps the tag non-empty and the same in both keys.
+    """
+    return f"{{_{customer_id}}}" if customer_id.startswith("}") else f"{{{customer_id}}}"
+
+
 _RETRYABLE_STATUS = frozenset({408, 425, 429})
 _WARN_EVERY_S = 10.0  # failed attempts are logged at most this often per trigger
 
@@ -339,10 +350,11 @@ class TriggerDispatcher:
         self._last_commit = 0.0
 
     def marker_key(self, trigger: Trigger, change: Change) -> str:
-        return f"{self.prefix}trig:{{{change.customer_id}}}:{trigger.name}:{change.change_id}"
+        tag = _hash_tag(change.customer_id)
+        return f"{self.prefix}trig:{tag}:{trigger.name}:{change.change_id}"
 
     def cooldown_key(self, trigger: Trigger, customer_id: str) -> str:
-        return f"{self.prefix}trigcool:{{{customer_id}}}:{trigger.name}"
+        return f"{self.prefix}trigcool:{_hash_tag(customer_id)}:{trigger.name}"
 
     async def run(self, stop: asyncio.Event) -> None:
         if not await wait_for_topic(self.bootstrap, self.topic, stop):

@@ -20,7 +20,7 @@ from prometheus_client import (
 )
 from redis.exceptions import RedisError
 
-from streams.serving.cache import PipelinedReader, RedisCache, parse_cursor
+from streams.serving.cache import RedisCache, parse_cursor
 from streams.serving.lookup import (
     CACHE_INCOMPLETE,
     RETRY_AFTER_S,
@@ -32,6 +32,7 @@ from streams.serving.lookup import (
     now_iso,
     readiness,
 )
+from streams.serving.lookup_reader import LookupReader
 from streams.serving.metrics import CACHE_COMPLETE, REDIS_UP
 
 SEGMENT_SIZE = Gauge(
@@ -82,7 +83,7 @@ def create_app(
     ready: Ready | None = None,
     registry: CollectorRegistry = REGISTRY,
     churn: Any = None,
-    reader: PipelinedReader | None = None,
+    reader: LookupReader | None = None,
 ) -> web.Application:
     """The serving API over one RedisCache.
 
@@ -93,7 +94,7 @@ def create_app(
     answers and the cache's sentinel is there);
     churn: an optional ChurnHistory (streams.serving.churn) feeding /segments and the
     dashboard;
-    reader: a PipelinedReader for the lookup's HGETALL (the hot path), else the client.
+    reader: a LookupReader for the lookup (the pipelined one on a single node), else the client.
     """
     names = list(segments)
     expected_auth = f"Bearer {api_token}".encode() if api_token else None

@@ -2,6 +2,7 @@
 # Local Kafka (KRaft, Apache's jars) and Redis for development and tests.
 #
 #   deploy/local/services.sh up|down|status|reset [kafka|redis ...]
+#   deploy/local/services.sh kafka-secure up|down|status|reset   (a SASL_SSL broker, 29092)
 #
 #   up      start what is not running and wait until it answers (Kafka: a metadata
 #           request, Redis: PING); returns at once for what is already up
@@ -18,6 +19,8 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 command=${1:-}
 shift || true
+# `services.sh kafka-secure up|down|status|reset`: the SASL_SSL test broker (kafka-secure.sh).
+[[ $command == kafka-secure ]] && exec bash "$here/kafka-secure.sh" "$@"
 case $command in
 up | down | status | reset) ;;
 *)

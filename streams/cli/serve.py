@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from streams.cli.common import run_until_signal, settings_or_exit
+from streams.cli.common import check_kafka_or_exit, run_until_signal, settings_or_exit
 from streams.log_rate import limit_repeated_messages
 from streams.serving.process import run_serving
 from streams.serving.triggers import DEFAULT_MAX_AGE_S
@@ -39,6 +39,8 @@ def serve_command(
 ) -> None:
     """Serve the lookup API, and run the cache sink and triggers, without the Faust worker."""
     settings = settings_or_exit()
+    if not (no_sink and no_triggers):
+        check_kafka_or_exit(settings, must_answer=False)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     # The Kafka client logs a refused connection about 65 times a second while the broker
     # is unreachable: each repeated warning or error at most once per 10 s, as the worker.

@@ -7,8 +7,9 @@ import logging
 import click
 
 from segments.rules.evaluator import compile_rules
-from streams.cli.common import settings_or_exit
+from streams.cli.common import check_kafka_or_exit, settings_or_exit
 from streams.cli.validate import load_ruleset_or_exit
+from streams.kafka.connection import KafkaConnection
 from streams.kafka.topics import TopicsError, ensure_topics, topics_error_text
 from streams.worker.app import changelog_topic
 from streams.worker.process import RUNNING_MARKER, build_worker_app, prepare_data_dir, worker_class
@@ -21,9 +22,10 @@ def worker_command() -> None:
     """Run the streaming worker (Faust) with the SEGMENTS_* configuration."""
     worker = worker_class()
     settings = settings_or_exit()
+    check_kafka_or_exit(settings, must_answer=False)
     try:
         ready = ensure_topics(
-            settings.kafka_bootstrap,
+            KafkaConnection.from_settings(settings),
             settings.topics,
             settings.partitions,
             settings.changes_retention_ms,

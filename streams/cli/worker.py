@@ -22,7 +22,7 @@ def worker_command() -> None:
     """Run the streaming worker (Faust) with the SEGMENTS_* configuration."""
     worker = worker_class()
     settings = settings_or_exit()
-    check_kafka_or_exit(settings, must_answer=False)
+    check_kafka_or_exit(settings, must_answer=True)  # the topics are checked next
     try:
         ready = ensure_topics(
             KafkaConnection.from_settings(settings),

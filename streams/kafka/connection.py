@@ -245,13 +245,17 @@ def _explain(kafka: KafkaConnection, server: str, error: BaseException) -> Kafka
             " SEGMENTS_KAFKA_SASL_MECHANISM",
             fatal=True,
         )
+    unreachable = f"cannot reach Kafka at {server} ({kafka.security()})"
     if isinstance(error, TimeoutError):
-        reason = "no answer within the timeout; if the listener uses TLS or SASL, is"
-        reason += " SEGMENTS_KAFKA_SECURITY_PROTOCOL set to match?"
-        return KafkaConnectionFailed(f"{where}: {reason}", fatal=False)
+        return KafkaConnectionFailed(
+            f"{unreachable}: no answer within the timeout; if the listener uses TLS or SASL,"
+            " does SEGMENTS_KAFKA_SECURITY_PROTOCOL match it?",
+            fatal=False,
+        )
     return KafkaConnectionFailed(
-        f"{where}: {_broker_says(error)}; is the broker running, is SEGMENTS_KAFKA_BOOTSTRAP its"
-        " address, and does SEGMENTS_KAFKA_SECURITY_PROTOCOL match its listener?",
+        f"{unreachable}: {_broker_says(error)}; is the broker running, is"
+        " SEGMENTS_KAFKA_BOOTSTRAP its address, and does SEGMENTS_KAFKA_SECURITY_PROTOCOL"
+        " match its listener?",
         fatal=False,
     )
 

@@ -278,11 +278,6 @@ def test_the_replication_factor_is_the_brokers_unless_set(tools: dict[str, str])
     assert "SEGMENTS_REPLICATION_FACTOR" in known_settings()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 item 1: the product does not read SEGMENTS_KAFKA_SECURITY_PROTOCOL and the"
-    " SASL/SSL settings yet; when it does, this passes: remove the mark",
-)
 def test_the_kafka_security_variables_are_settings(tools: dict[str, str]) -> None:
     names = environment_names(render(tools, KAFKA_SECURED))
     assert names <= known_settings(), f"not read by the product: {sorted(names - known_settings())}"

@@ -4,13 +4,15 @@ deploy/local/kafka-secure.sh runs a second local broker (ports 29092-29094) with
 SASL_SSL listener, SCRAM-SHA-256/512 and PLAIN users, an SSL listener that requires a
 client certificate, and certificates made on its first start. Here: `segments produce`
 -> `segments worker` -> changes -> `segments serve` -> Redis -> lookups, then
-`segments resync-cache`, all over SASL_SSL; and a wrong password or an untrusted CA
-ends `worker`, `produce` and `serve` at start with a clear message, a non-zero exit
+`segments resync-cache`, and the trigger dispatcher, all over SASL_SSL; a wrong
+password ends `worker`, `produce`, `serve`, `triggers` and `resync-cache` at start, and
+an untrusted CA `worker`, `produce` and `serve`, with a clear message, a non-zero exit
 and no secret in the output.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import fcntl
 import subprocess
@@ -18,8 +20,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 import redis
+from aiokafka import AIOKafkaProducer
 from dotenv import dotenv_values
 from kafka import KafkaAdminClient
 from pydantic import SecretStr
@@ -32,11 +36,14 @@ from streams.kafka.connection import (
     check_connection_now,
 )
 from streams.kafka.produce import publish
-from streams.kafka.topics import ensure_topics
+from streams.kafka.topics import ensure_topic, ensure_topics
+from streams.serving.cache import connect
+from streams.serving.triggers import DispatchConfig, TriggerDispatcher
 from streams.settings import Topics, load_settings
-from tests.helpers import wait_until
+from tests.helpers import wait_for, wait_until
 from tests.integration.conftest import delete_kafka_names, delete_redis_keys
 from tests.integration.test_cache_rebuild import Serve
+from tests.integration.test_triggers_dispatch import FAST_RETRIES, Receiver, change, winback
 from tests.integration.worker_harness import (
     assert_equals_replay,
     drain_with_one_worker,
@@ -178,7 +185,7 @@ def test_produce_worker_serve_and_resync_work_over_sasl_ssl_with_scram(
     assert logs and all(password not in text for text in [*logs, output])
 
 
-@pytest.mark.parametrize("command", ["worker", "produce", "serve"])
+@pytest.mark.parametrize("command", ["worker", "produce", "serve", "triggers", "resync-cache"])
 def test_a_wrong_password_ends_the_command_at_start_without_showing_it(
     sandbox: dict[str, str], command: str, tmp_path: Path
 ) -> None:
@@ -244,3 +251,53 @@ def test_every_mechanism_and_a_client_certificate_connect(
     result = publish(mutual, topics.purchases, [(1, b"c-1", b"{}")], None)
     assert result.produced == 1 and not result.failures
     assert [(r.key, r.value) for r in read_topic(mutual, topics.purchases)] == [(b"c-1", b"{}")]
+
+
+def test_the_trigger_dispatcher_works_over_sasl_ssl(
+    sandbox: dict[str, str], redis_url: str
+) -> None:
+    """The dispatcher (serve's and `segments triggers`') consumes segment-changes, creates
+    triggers.dlq and calls the webhook, over SASL_SSL."""
+    kafka = connection(sandbox)
+    topics = Topics(sandbox["SEGMENTS_TOPIC_PREFIX"])
+    prefix = sandbox["SEGMENTS_REDIS_PREFIX"]
+
+    async def main() -> None:
+        await ensure_topic(kafka, topics.segment_changes, partitions=2)
+        client = connect(redis_url)
+        async with Receiver() as receiver:
+            dispatcher = TriggerDispatcher(
+                client,
+                [winback(receiver.url)],
+                kafka=kafka,
+                topic=topics.segment_changes,
+                dlq_topic=topics.triggers_dlq,
+                group_id=f"{topics.prefix}triggers",
+                redis_prefix=prefix,
+                config=DispatchConfig(**FAST_RETRIES),
+            )
+            stop = asyncio.Event()
+            task = asyncio.create_task(dispatcher.run(stop))
+            try:
+                await wait_for(dispatcher.ready.is_set, 60, "the dispatcher's partitions")
+                producer = AIOKafkaProducer(**kafka.aiokafka_args())
+                await producer.start()
+                try:
+                    item = change("c-1", "win_back", 1)
+                    await producer.send_and_wait(
+                        topics.segment_changes, orjson.dumps(item), key=b"c-1"
+                    )
+                finally:
+                    await producer.stop()
+                await wait_for(lambda: receiver.keys() == ["c-1:win_back:1"], 30, "the call")
+            finally:
+                stop.set()
+                await task
+                await client.aclose()
+
+    asyncio.run(main())
+    admin = KafkaAdminClient(**kafka_args(kafka, client_id="pytest-admin"))
+    try:
+        assert topics.triggers_dlq in admin.list_topics(), "created over SASL_SSL"
+    finally:
+        admin.close()

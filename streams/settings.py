@@ -130,7 +130,8 @@ class Settings(BaseSettings):
         None, description="SASL password (SASL protocols); never logged"
     )
     kafka_ssl_cafile: Path | None = Field(
-        None, description="PEM CA certificates the brokers' must chain to; unset: the system's"
+        None,
+        description="PEM CA certificates the brokers' certificates chain to; unset: the system's",
     )
     kafka_ssl_certfile: Path | None = Field(
         None, description="PEM client certificate (SSL protocols, when the brokers ask for one)"

@@ -28,6 +28,8 @@ from segments.data import EXAMPLE_RULES
 ENV_PREFIX = "SEGMENTS_"
 DEFAULT_ENV_FILE = ".env"
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
 # Kafka's own rule for topic names (and so for everything that becomes part of one).
 _KAFKA_NAME = re.compile(r"^[A-Za-z0-9._-]*$")
 # Room left for the longest topic name we derive, e.g. "<app_id>-customers-changelog".
@@ -186,6 +188,14 @@ class Settings(BaseSettings):
     trigger_timeout: float = Field(10.0, description="Timeout of one webhook call (one attempt)")
     trigger_concurrency: int = Field(16, description="Webhook calls in flight per webhook URL")
 
+    # Logs of every process (streams/logs.py; docs/operations.md "Logs").
+    log_level: str = Field(
+        "INFO", description="Lowest level written: DEBUG, INFO, WARNING, ERROR or CRITICAL"
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text: [time] [pid] [LEVEL] message; json: one object per line"
+    )
+
     @field_validator("kafka_bootstrap")
     @classmethod
     def _check_bootstrap(cls, value: str) -> str:
@@ -332,6 +342,19 @@ class Settings(BaseSettings):
             raise ValueError("must be a positive integer")
         return int(text)
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _check_log_level(cls, value: Any) -> str:
+        level = str(value).strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return level
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_log_format(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
     @property
     def changes_retention_ms(self) -> int | None:
         """`retention.ms` for segment-changes: None = broker default, -1 = forever."""
@@ -472,6 +495,7 @@ _EXPECTED = {
     "partitions": "a positive integer",
     "replication_factor": "a positive integer",
     "web_port": "a TCP port number (1-65535)",
+    "log_format": "'text' or 'json'",
 }
 
 

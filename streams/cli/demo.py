@@ -186,6 +186,7 @@ def demo_command(
     view = LiveView(segments=segment_names, total=len(messages))
     stop = threading.Event()
     web_url = f"http://{settings.web_host}:{web_port}"
+    token = settings.api_token_value
     try:
         spawn(["worker"], "worker", worker_port)
         _wait(lambda: _http_ok(f"http://127.0.0.1:{worker_port}/readyz"), 180, "the worker")
@@ -229,7 +230,7 @@ def demo_command(
                     for record in records:
                         view.apply(orjson.loads(record.value))
                 if time.monotonic() >= next_lookup and view.latest:
-                    view.lookup = _lookup(web_url, view.latest[0]["customer_id"])
+                    view.lookup = _lookup(web_url, view.latest[0]["customer_id"], token)
                     next_lookup = time.monotonic() + 2
                 live.update(view.render(web_url))
                 if (
@@ -243,7 +244,7 @@ def demo_command(
         consumer.close()
         admin.close()
         if view.latest:
-            view.lookup = _lookup(web_url, view.latest[0]["customer_id"])
+            view.lookup = _lookup(web_url, view.latest[0]["customer_id"], token)
         if not interactive:
             console.print(view.render(web_url))
         if until_drained:
@@ -287,10 +288,13 @@ def _instant(text: str) -> int:
     return parse_instant(text.replace("Z", "+00:00"))
 
 
-def _lookup(web_url: str, customer_id: str) -> str:
+def _lookup(web_url: str, customer_id: str, token: str | None) -> str:
+    """A checkout lookup over HTTP, with the bearer token when SEGMENTS_API_TOKEN is set."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(f"{web_url}/customers/{customer_id}/segments", headers=headers)
     started = time.perf_counter()
     try:
-        with urllib.request.urlopen(f"{web_url}/customers/{customer_id}/segments", timeout=2) as r:
+        with urllib.request.urlopen(request, timeout=2) as r:
             body = orjson.loads(r.read())
     except OSError as error:
         return f"{customer_id}: {error}"

@@ -12,6 +12,7 @@ from streams.cli.common import as_of_option, check_kafka_or_exit, settings_or_ex
 from streams.kafka.connection import KafkaConnection
 from streams.kafka.produce import numbered_timeline, publish, reason
 from streams.kafka.topics import TopicsError, ensure_topics, topics_error_text
+from streams.logs import configure_from
 
 
 def _ticker(total: int) -> Generator[None, None, None]:
@@ -41,6 +42,7 @@ def produce_command(input_path: str, as_of: str | None) -> None:
     from kafka.errors import KafkaConnectionError, KafkaError, NoBrokersAvailable
 
     settings = settings_or_exit()
+    configure_from(settings, quiet_clients=True)
     as_of_instant = as_of_option(as_of)
     names = settings.topics
     kafka = KafkaConnection.from_settings(settings)

@@ -8,6 +8,7 @@ import click
 
 from streams.cli.common import check_kafka_or_exit, settings_or_exit
 from streams.kafka.connection import KafkaConnection
+from streams.logs import configure_from
 from streams.serving.cache import RedisCache, connect
 from streams.serving.resync import ResyncResult, TopicNotFound, resync_cache
 
@@ -21,6 +22,7 @@ from streams.serving.resync import ResyncResult, TopicNotFound, resync_cache
 def resync_command(no_flush: bool) -> None:
     """Rebuild the Redis cache from the segment-memberships topic."""
     settings = settings_or_exit()
+    configure_from(settings, quiet_clients=True)
     check_kafka_or_exit(settings, must_answer=True)
 
     async def main() -> ResyncResult:

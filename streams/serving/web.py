@@ -48,7 +48,10 @@ REDIS_TIMEOUT_S = 5.0
 
 Ready = Callable[[], bool | Awaitable[bool]]
 CACHE_KEY: web.AppKey[RedisCache] = web.AppKey("cache", RedisCache)
-_OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+# Open with a token too: the probes, and the dashboard page, which is static HTML with no
+# data (its script takes the token from the URL fragment, `/#token=...`, and sends it as a
+# bearer token on /segments and /segments/history; a browser cannot send one for the page).
+_OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})
 _REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 
 
@@ -84,7 +87,8 @@ def create_app(
     """The serving API over one RedisCache.
 
     segments: the rule set's segment names (for /segments, /metrics and 404s on unknown
-    names); api_token: when set, every path but /healthz and /readyz needs
+    names); api_token: when set, every path but /healthz, /readyz and / (the dashboard
+    page, no data) needs
     `Authorization: Bearer <token>`; ready: an extra /readyz condition (on top of: Redis
     answers and the cache's sentinel is there);
     churn: an optional ChurnHistory (streams.serving.churn) feeding /segments and the

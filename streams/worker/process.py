@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 from pathlib import Path
@@ -16,8 +15,6 @@ from streams.worker.agents import AdapterProcessor, build_processor, register_ag
 from streams.worker.app import SegmentsApp, create_app
 from streams.worker.broker_probe import SILENCE_LIMIT, BrokerProbe, Readiness
 from streams.worker.processor import SegmentProcessor
-
-log = logging.getLogger(__name__)
 
 
 def build_worker_app(
@@ -114,15 +111,16 @@ def prepare_data_dir(data_dir: Path) -> bool:
 def worker_class() -> type[Any]:
     import faust
 
-    from streams.log_rate import limit_repeated_messages
-
     class Worker(faust.Worker):
-        """faust.Worker whose log writes each repeated warning or error at a bounded rate."""
+        """faust.Worker that leaves logging to the process (streams.logs) and prints nothing.
 
-        def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
-            super().on_setup_root_logger(logger, level)
-            # The Kafka client logs a refused connection thousands of times a
-            # second while the broker is down (docs/operations.md).
-            limit_repeated_messages(logger)
+        Faust would replace the root logger's handlers with its own (coloured text on
+        stdout) and, at WARNING and above, write a start-up spinner and "OK ^" around
+        the log: not one JSON object per line.
+        """
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, override_logging=False, **kwargs)
+            self.spinner = None
 
     return Worker

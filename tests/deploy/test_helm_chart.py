@@ -278,6 +278,19 @@ def test_the_replication_factor_is_the_brokers_unless_set(tools: dict[str, str])
     assert "SEGMENTS_REPLICATION_FACTOR" in known_settings()
 
 
+def test_logs_are_json_at_the_level_of_the_values(tools: dict[str, str]) -> None:
+    from streams.settings import load_settings
+
+    default = find(render(tools, []), "ConfigMap", "-settings")["data"]
+    assert (default["SEGMENTS_LOG_LEVEL"], default["SEGMENTS_LOG_FORMAT"]) == ("INFO", "json")
+    objects = render(tools, ["--set", "settings.logLevel=WARNING"])
+    data = find(objects, "ConfigMap", "-settings")["data"]
+    settings = load_settings(
+        env_file=None, log_level=data["SEGMENTS_LOG_LEVEL"], log_format=data["SEGMENTS_LOG_FORMAT"]
+    )
+    assert (settings.log_level, settings.log_format) == ("WARNING", "json")
+
+
 def test_the_kafka_security_variables_are_settings(tools: dict[str, str]) -> None:
     names = environment_names(render(tools, KAFKA_SECURED))
     assert names <= known_settings(), f"not read by the product: {sorted(names - known_settings())}"

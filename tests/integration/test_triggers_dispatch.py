@@ -545,10 +545,10 @@ def test_a_killed_dispatcher_loses_no_call(names, tmp_path):
                 process = await asyncio.create_subprocess_exec(
                     *command, env=env, cwd=tmp_path, stderr=asyncio.subprocess.PIPE
                 )
-                while True:  # wait for "triggers: ready" (bounded by the outer timeout)
+                while True:  # wait for "triggers_ready" (bounded by the outer timeout)
                     line = await asyncio.wait_for(process.stderr.readline(), 60)
                     assert line, "dispatcher exited before it was ready"
-                    if b"triggers: ready" in line:
+                    if b"triggers_ready" in line:
                         break
                 drains.append(asyncio.create_task(process.stderr.read()))  # keep draining
                 return process

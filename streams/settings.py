@@ -20,7 +20,14 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from segments.adapters import IdentityMap
@@ -35,6 +42,16 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _KAFKA_NAME = re.compile(r"^[A-Za-z0-9._-]*$")
 # Room left for the longest topic name we derive, e.g. "<app_id>-customers-changelog".
 _MAX_PREFIX = 150
+
+# SEGMENTS_KAFKA_SECURITY_PROTOCOL and _SASL_MECHANISM (streams/kafka/connection.py).
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SECURITY_PROTOCOLS: tuple[SecurityProtocol, ...] = (
+    "PLAINTEXT",
+    "SSL",
+    "SASL_PLAINTEXT",
+    "SASL_SSL",
+)
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +181,25 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = Field(
         "127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port...]"
     )
+    # How every Kafka client connects (streams/kafka/connection.py; docs/operations.md).
+    kafka_security_protocol: SecurityProtocol = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
+    )
+    kafka_sasl_mechanism: str | None = Field(
+        None, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (SASL protocols; default PLAIN)"
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user (SASL protocols)")
+    kafka_sasl_password: SecretStr | None = Field(
+        None, description="SASL password (SASL protocols); never logged"
+    )
+    kafka_ssl_cafile: Path | None = Field(
+        None,
+        description="PEM CA certificates the brokers' certificates chain to; unset: the system's",
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        None, description="PEM client certificate (SSL protocols, when the brokers ask for one)"
+    )
+    kafka_ssl_keyfile: Path | None = Field(None, description="PEM key of the client certificate")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis of the membership cache")
     rules: Path = Field(EXAMPLE_RULES, description="Rule file (YAML, SPEC section 3)")
     clock: Literal["wall", "event"] = Field(
@@ -247,6 +283,43 @@ class Settings(BaseSettings):
             if not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError("must be host:port[,host:port...]")
         return ",".join(servers)
+
+    @field_validator("kafka_security_protocol", mode="before")
+    @classmethod
+    def _check_security_protocol(cls, value: Any) -> Any:
+        return _one_of(value, SECURITY_PROTOCOLS)
+
+    @field_validator("kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _check_sasl_mechanism(cls, value: Any) -> Any:
+        return None if value in (None, "") else _one_of(value, SASL_MECHANISMS)
+
+    @field_validator(
+        "kafka_sasl_username", "kafka_sasl_password", "kafka_ssl_cafile", "kafka_ssl_certfile",
+        "kafka_ssl_keyfile", mode="before",
+    )  # fmt: skip
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile")
+    @classmethod
+    def _check_readable_file(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        path = value.expanduser()
+        try:
+            path.read_bytes()
+        except OSError as error:
+            raise ValueError(f"must name a readable PEM file ({error.strerror})") from None
+        return path
+
+    @model_validator(mode="after")
+    def _check_kafka_security(self) -> Settings:
+        problems = kafka_security_problems(self)
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
 
     @field_validator("redis_url")
     @classmethod
@@ -438,6 +511,77 @@ class Settings(BaseSettings):
         return ";".join(f"kafka://{server}" for server in self.kafka_bootstrap.split(","))
 
 
+def _one_of(value: Any, allowed: tuple[str, ...]) -> str:
+    """`value` upper-cased when it is one of `allowed`; else a ValueError with a did-you-mean."""
+    text = str(value).strip().upper()
+    if allowed == SASL_MECHANISMS:
+        text = text.replace("_", "-")  # SCRAM_SHA_512 as some tools spell it
+    if text in allowed:
+        return text
+    close = difflib.get_close_matches(text, allowed, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise ValueError(f"must be {', '.join(allowed[:-1])} or {allowed[-1]}{hint}")
+
+
+def kafka_security_problems(settings: Settings) -> list[str]:
+    """What is inconsistent in the SEGMENTS_KAFKA_* security settings, one line each."""
+    problems = []
+    protocol = settings.kafka_security_protocol
+    is_sasl = protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+    is_ssl = protocol in ("SSL", "SASL_SSL")
+    named = f"{env_name('kafka_security_protocol')} is {protocol}"
+    for field in ("kafka_sasl_username", "kafka_sasl_password"):
+        if is_sasl and getattr(settings, field) is None:
+            problems.append(f"{env_name(field)}: must be set when {named}")
+    for field in ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password"):
+        if not is_sasl and getattr(settings, field) is not None:
+            problems.append(
+                f"{env_name(field)}: is set but {named}; SASL needs SASL_PLAINTEXT or SASL_SSL"
+            )
+    for field in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile"):
+        if not is_ssl and getattr(settings, field) is not None:
+            problems.append(f"{env_name(field)}: is set but {named}; TLS needs SSL or SASL_SSL")
+    if settings.kafka_ssl_keyfile is not None and settings.kafka_ssl_certfile is None:
+        problems.append(
+            f"{env_name('kafka_ssl_keyfile')}: is set without"
+            f" {env_name('kafka_ssl_certfile')} (the certificate it is the key of)"
+        )
+    if is_ssl and not problems:
+        problems += _tls_file_problems(
+            settings.kafka_ssl_cafile, settings.kafka_ssl_certfile, settings.kafka_ssl_keyfile
+        )
+    return problems
+
+
+def _tls_file_problems(
+    cafile: Path | None, certfile: Path | None, keyfile: Path | None
+) -> list[str]:
+    """Loads the CA, certificate and key as the clients will, so a wrong file fails here."""
+    import ssl
+
+    problems = []
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if cafile is not None:
+        try:
+            context.load_verify_locations(cafile=cafile)
+        except (ssl.SSLError, ValueError) as error:
+            problems.append(
+                f"{env_name('kafka_ssl_cafile')}: holds no PEM CA certificate ({error}),"
+                f" got {str(cafile)!r}"
+            )
+    if certfile is not None:
+        try:
+            context.load_cert_chain(certfile, keyfile)
+        except (ssl.SSLError, ValueError) as error:
+            names = env_name("kafka_ssl_certfile")
+            if keyfile is not None:
+                names += f" and {env_name('kafka_ssl_keyfile')}"
+            problems.append(
+                f"{names}: not a PEM certificate with its unencrypted private key ({error})"
+            )
+    return problems
+
+
 _DURATION = re.compile(r"^([0-9]+)(ms|s|m|h|d)$")
 _MILLISECONDS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
@@ -539,13 +683,17 @@ def _unknown_variables(names: list[str]) -> list[str]:
 def _describe(error: ValidationError) -> list[str]:
     problems = []
     for detail in error.errors():
+        if not detail["loc"] and detail["type"] == "value_error":
+            # A check across several variables (a model validator): its lines name them.
+            problems += str(detail["ctx"]["error"]).splitlines()
+            continue
         field = str(detail["loc"][0]) if detail["loc"] else "?"
         if detail["type"] == "value_error":
             reason = str(detail["ctx"]["error"])
         else:
             reason = f"must be {_EXPECTED.get(field, detail['msg'].lower())}"
         value = detail.get("input")
-        if field == "api_token":
+        if field in ("api_token", "kafka_sasl_password"):
             got = "<hidden>"
         elif field == "redis_url" and isinstance(value, str):
             got = repr(redacted_url(value))

@@ -3,6 +3,7 @@
 #
 #   deploy/local/services.sh up|down|status|reset [kafka|redis ...]
 #   deploy/local/services.sh redis-cluster up|down|status   (redis-cluster.sh: Cluster and TLS)
+#   deploy/local/services.sh kafka-secure up|down|status|reset   (a SASL_SSL broker, 29092)
 #
 #   up      start what is not running and wait until it answers (Kafka: a metadata
 #           request, Redis: PING); returns at once for what is already up
@@ -17,8 +18,9 @@
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
-# Extra local services, each its own script: services.sh redis-cluster up|down|status
+# Extra local services, each its own script: services.sh redis-cluster|kafka-secure <command>
 [[ ${1:-} == redis-cluster ]] && exec bash "$here/redis-cluster.sh" "${@:2}"
+[[ ${1:-} == kafka-secure ]] && exec bash "$here/kafka-secure.sh" "${@:2}"
 
 command=${1:-}
 shift || true

@@ -31,7 +31,8 @@ import orjson
 
 from segments.data import EXAMPLE_RULES
 from segments.generate import generate_events
-from streams.cli.common import settings_or_exit
+from streams.cli.common import check_kafka_or_exit, settings_or_exit
+from streams.kafka.connection import KafkaConnection
 from streams.kafka.produce import clock_mark, timeline
 from streams.settings import Topics
 
@@ -132,6 +133,8 @@ def demo_command(
     from rich.live import Live
 
     settings = settings_or_exit()
+    check_kafka_or_exit(settings, must_answer=True)
+    kafka = KafkaConnection.from_settings(settings)
     console = Console()
     interactive = console.is_terminal
     if until_drained is None:
@@ -191,7 +194,7 @@ def demo_command(
         _wait(lambda: _http_ok(f"{web_url}/healthz"), 120, "the lookup API")
 
         def produce() -> None:
-            producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5)
+            producer = KafkaProducer(**kafka.kafka_python_args(linger_ms=5))
             started = time.monotonic()
             for n, (key, value) in enumerate(messages, start=1):
                 if stop.is_set():
@@ -212,12 +215,11 @@ def demo_command(
         producer_thread.start()
         consumer = KafkaConsumer(
             topics.segment_changes,
-            bootstrap_servers=settings.kafka_bootstrap,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-            group_id=None,
+            **kafka.kafka_python_args(
+                auto_offset_reset="earliest", enable_auto_commit=False, group_id=None
+            ),
         )
-        admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        admin = KafkaAdminClient(**kafka.kafka_python_args())
         next_lookup = 0.0
         next_drain_check = 0.0
         with Live(view.render(web_url), console=console, refresh_per_second=4,
@@ -259,7 +261,7 @@ def demo_command(
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
-        _cleanup(settings.kafka_bootstrap, settings.redis_url, topics, f"{run_id}:", run_id)
+        _cleanup(kafka, settings.redis_url, topics, f"{run_id}:", run_id)
         shutil.rmtree(workdir / "state", ignore_errors=True)
 
 
@@ -321,12 +323,12 @@ def _check_against_replay(
 
 
 def _cleanup(
-    bootstrap: str, redis_url: str, topics: Topics, redis_prefix: str, app_id: str
+    kafka: KafkaConnection, redis_url: str, topics: Topics, redis_prefix: str, app_id: str
 ) -> None:
     from kafka import KafkaAdminClient
 
     with contextlib.suppress(Exception):
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        admin = KafkaAdminClient(**kafka.kafka_python_args())
         existing = set(admin.list_topics())
         mine = [
             name for name in existing if name.startswith(topics.prefix) or name.startswith(app_id)

@@ -8,7 +8,8 @@ import logging
 import click
 
 from segments.rules.ruleset import load_ruleset
-from streams.cli.common import run_until_signal, settings_or_exit
+from streams.cli.common import check_kafka_or_exit, run_until_signal, settings_or_exit
+from streams.kafka.connection import KafkaConnection
 from streams.logs import configure_from
 from streams.serving.cache import connect
 from streams.serving.triggers import DEFAULT_MAX_AGE_S, DispatchConfig, TriggerDispatcher
@@ -30,13 +31,14 @@ def triggers_command(from_beginning: bool, max_age: float, group: str | None) ->
     # Each repeated warning or error at most once per 10 s, as the worker (the Kafka
     # client logs a refused connection about 65 times a second while the broker is away).
     configure_from(settings)
+    check_kafka_or_exit(settings, must_answer=False)
 
     async def main(stop: asyncio.Event) -> None:
         client = connect(settings.redis_target)
         dispatcher = TriggerDispatcher(
             client,
             load_ruleset(settings.rules).triggers,
-            bootstrap=settings.kafka_bootstrap,
+            kafka=KafkaConnection.from_settings(settings),
             topic=settings.topics.segment_changes,
             dlq_topic=settings.topics.triggers_dlq,
             group_id=group or settings.triggers_group,

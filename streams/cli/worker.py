@@ -7,8 +7,9 @@ import logging
 import click
 
 from segments.rules.evaluator import compile_rules
-from streams.cli.common import settings_or_exit
+from streams.cli.common import check_kafka_or_exit, settings_or_exit
 from streams.cli.validate import load_ruleset_or_exit
+from streams.kafka.connection import KafkaConnection
 from streams.kafka.topics import TopicsError, ensure_topics, topics_error_text
 from streams.logs import configure_from
 from streams.worker.app import changelog_topic
@@ -23,9 +24,10 @@ def worker_command() -> None:
     worker = worker_class()
     settings = settings_or_exit()
     configure_from(settings)
+    check_kafka_or_exit(settings, must_answer=True)  # the topics are checked next
     try:
         ready = ensure_topics(
-            settings.kafka_bootstrap,
+            KafkaConnection.from_settings(settings),
             settings.topics,
             settings.partitions,
             settings.changes_retention_ms,

@@ -10,6 +10,7 @@ from typing import Any
 
 from aiokafka.errors import KafkaError
 
+from streams.kafka.connection import KafkaConnection
 from streams.kafka.retry import Backoff, wait_or_stop
 from streams.settings import Topics
 
@@ -107,7 +108,7 @@ def topic_problems(
 
 
 def ensure_topics(
-    bootstrap: str,
+    kafka: KafkaConnection,
     names: Topics,
     partitions: int,
     changes_retention_ms: int | None = None,
@@ -125,7 +126,7 @@ def ensure_topics(
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="segments-admin")
+    admin = KafkaAdminClient(**kafka.kafka_python_args(client_id="segments-admin"))
     try:
         existing = set(admin.list_topics())
         wanted = topic_configs(names, changes_retention_ms)
@@ -170,10 +171,10 @@ def ensure_topics(
         admin.close()
 
 
-def broker_default_replication_factor(bootstrap: str) -> int:
+def broker_default_replication_factor(kafka: KafkaConnection) -> int:
     from kafka.admin import KafkaAdminClient
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="segments-admin")
+    admin = KafkaAdminClient(**kafka.kafka_python_args(client_id="segments-admin"))
     try:
         return _default_replication_factor(admin)
     finally:
@@ -233,7 +234,7 @@ def _default_replication_factor(admin: Any) -> int:
     )
 
 
-async def wait_for_topic(bootstrap: str, topic: str, stop: asyncio.Event) -> bool:
+async def wait_for_topic(kafka: KafkaConnection, topic: str, stop: asyncio.Event) -> bool:
     """Waits until `topic` exists (the worker creates it); False when stopped first.
 
     A consumer subscribed to a missing topic waits in start() without end, deaf to stop.
@@ -242,7 +243,7 @@ async def wait_for_topic(bootstrap: str, topic: str, stop: asyncio.Event) -> boo
 
     backoff, logged = Backoff(0.2, 5.0), 0.0
     while not stop.is_set():
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        admin = AIOKafkaAdminClient(**kafka.aiokafka_args())
         try:
             await admin.start()
             if topic in set(await admin.list_topics()):
@@ -260,20 +261,23 @@ async def wait_for_topic(bootstrap: str, topic: str, stop: asyncio.Event) -> boo
 
 
 async def ensure_topic(
-    bootstrap: str, topic: str, partitions: int = 1, replication_factor: int | None = None
+    kafka: KafkaConnection,
+    topic: str,
+    partitions: int = 1,
+    replication_factor: int | None = None,
 ) -> None:
     """Creates one topic when missing (brokers may not auto-create topics), with
     `replication_factor` replicas or the broker's default.replication.factor."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**kafka.aiokafka_args())
     await admin.start()
     try:
         if topic in set(await admin.list_topics()):
             return
         factor = replication_factor or await asyncio.to_thread(
-            broker_default_replication_factor, bootstrap
+            broker_default_replication_factor, kafka
         )
         response = await admin.create_topics([NewTopic(topic, partitions, factor)])
         for _name, code, *_rest in getattr(response, "topic_errors", []):

@@ -11,6 +11,7 @@ from aiohttp import web as aioweb
 from aiohttp.http_exceptions import HttpProcessingError
 
 from segments.rules.ruleset import load_ruleset
+from streams.kafka.connection import KafkaConnection
 from streams.serving.cache import RedisCache, connect
 from streams.serving.cache_sink import CacheSink
 from streams.serving.churn import ChurnHistory
@@ -63,7 +64,7 @@ async def run_serving(
     if cache_sink:
         sink = CacheSink(
             cache,
-            bootstrap=settings.kafka_bootstrap,
+            kafka=KafkaConnection.from_settings(settings),
             topic=topics.segment_changes,
             group_id=settings.cache_sink_group,
             churn=churn,
@@ -75,7 +76,7 @@ async def run_serving(
         dispatcher = TriggerDispatcher(
             client,
             ruleset.triggers,
-            bootstrap=settings.kafka_bootstrap,
+            kafka=KafkaConnection.from_settings(settings),
             topic=topics.segment_changes,
             dlq_topic=topics.triggers_dlq,
             group_id=settings.triggers_group,

@@ -43,6 +43,7 @@ from redis.exceptions import RedisError
 
 from segments.changes import Change, CodecError
 from segments.rules.ruleset import Trigger
+from streams.kafka.connection import KafkaConnection
 from streams.kafka.retry import Backoff, wait_or_stop
 from streams.kafka.topics import ensure_topic, wait_for_topic
 from streams.serving.metrics import record_lag
@@ -318,7 +319,7 @@ class TriggerDispatcher:
         redis_client: Any,
         triggers: Sequence[Trigger],
         *,
-        bootstrap: str,
+        kafka: KafkaConnection,
         topic: str,
         dlq_topic: str,
         group_id: str,
@@ -327,7 +328,7 @@ class TriggerDispatcher:
     ) -> None:
         self.redis = redis_client
         self.triggers = list(triggers)
-        self.bootstrap, self.topic, self.dlq_topic = bootstrap, topic, dlq_topic
+        self.kafka, self.topic, self.dlq_topic = kafka, topic, dlq_topic
         self.group_id = group_id
         self.prefix = redis_prefix
         self.config = config or DispatchConfig()
@@ -357,21 +358,20 @@ class TriggerDispatcher:
         return f"{self.prefix}trigcool:{_hash_tag(customer_id)}:{trigger.name}"
 
     async def run(self, stop: asyncio.Event) -> None:
-        if not await wait_for_topic(self.bootstrap, self.topic, stop):
+        if not await wait_for_topic(self.kafka, self.topic, stop):
             return
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            group_id=self.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest" if self.config.from_beginning else "latest",
-            max_poll_records=500,
+            **self.kafka.aiokafka_args(
+                group_id=self.group_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest" if self.config.from_beginning else "latest",
+                max_poll_records=500,
+            )
         )
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True
-        )
+        producer = AIOKafkaProducer(**self.kafka.aiokafka_args(acks="all", enable_idempotence=True))
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
         await ensure_topic(
-            self.bootstrap, self.dlq_topic, replication_factor=self.config.replication_factor
+            self.kafka, self.dlq_topic, replication_factor=self.config.replication_factor
         )
         await producer.start()
         await consumer.start()

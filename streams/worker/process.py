@@ -9,6 +9,7 @@ from typing import Any
 
 from segments.adapters import IdentityMap
 from segments.rules.evaluator import CompiledRules
+from streams.kafka.connection import KafkaConnection
 from streams.settings import Settings
 from streams.worker.agents import AdapterProcessor, build_processor, register_agents
 from streams.worker.app import SegmentsApp, create_app
@@ -26,7 +27,7 @@ def build_worker_app(
     identities = IdentityMap.load(settings.identity_map) if settings.identity_map else IdentityMap()
     adapter = AdapterProcessor(segments_app, rules, identities)
     register_agents(segments_app, processor, adapter)
-    probe = BrokerProbe(settings.kafka_bootstrap)
+    probe = BrokerProbe(KafkaConnection.from_settings(settings))
     register_pages(segments_app, probe)
     register_metrics(segments_app, processor, adapter, probe)
     return segments_app, processor

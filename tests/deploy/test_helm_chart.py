@@ -291,11 +291,6 @@ def test_logs_are_json_at_the_level_of_the_values(tools: dict[str, str]) -> None
     assert (settings.log_level, settings.log_format) == ("WARNING", "json")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 item 1: the product does not read SEGMENTS_KAFKA_SECURITY_PROTOCOL and the"
-    " SASL/SSL settings yet; when it does, this passes: remove the mark",
-)
 def test_the_kafka_security_variables_are_settings(tools: dict[str, str]) -> None:
     names = environment_names(render(tools, KAFKA_SECURED))
     assert names <= known_settings(), f"not read by the product: {sorted(names - known_settings())}"

@@ -22,6 +22,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from segments.rules.ruleset import Trigger
+from streams.kafka.connection import KafkaConnection
 from streams.serving.cache import connect
 from streams.serving.triggers import DispatchConfig, TriggerDispatcher
 from tests.helpers import wait_for
@@ -231,7 +232,7 @@ class Running:
         self.dispatcher = TriggerDispatcher(
             self.client,
             triggers,
-            bootstrap=BOOTSTRAP,
+            kafka=KafkaConnection(BOOTSTRAP),
             topic=names["changes"],
             dlq_topic=names["dlq"],
             group_id=names["prefix"] + "triggers",

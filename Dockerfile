@@ -25,9 +25,11 @@ RUN uv pip install --system --no-deps . && segments --version
 USER segments
 # RocksDB tables live in /var/lib/segments (a volume in docker-compose.yml). Inside a
 # container the HTTP server must listen beyond loopback; publish it on 127.0.0.1.
+# Logs: one JSON object per line, for a log collector (docs/operations.md "Logs").
 ENV SEGMENTS_DATA_DIR=/var/lib/segments \
     SEGMENTS_WEB_HOST=0.0.0.0 \
-    SEGMENTS_WEB_PORT=6066
+    SEGMENTS_WEB_PORT=6066 \
+    SEGMENTS_LOG_FORMAT=json
 VOLUME ["/var/lib/segments"]
 EXPOSE 6066
 

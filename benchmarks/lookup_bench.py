@@ -11,6 +11,8 @@ with wrk (Debian's package; --install-wrk installs it with apt-get). Each of the
 connections/rate seconds, so the offered load is about --rate requests a second and the
 latency is not inflated by a saturated closed loop. Loopback only; bounded by --duration.
 Prints one JSON line with the figures; everything it created is deleted at the end.
+Redis Cluster and TLS: SEGMENTS_REDIS_CLUSTER and SEGMENTS_REDIS_SSL_* are passed on
+(docs/serving.md "Redis Cluster and TLS"); Redis CPU is then that of the node the URL names.
 """
 
 from __future__ import annotations
@@ -34,6 +36,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from streams.serving.cache import CacheWrite, RedisCache, connect  # noqa: E402
+from streams.settings import load_settings  # noqa: E402
+
+REDIS_CONNECTION = (
+    "SEGMENTS_REDIS_CLUSTER",
+    "SEGMENTS_REDIS_SSL_CAFILE",
+    "SEGMENTS_REDIS_SSL_CERTFILE",
+    "SEGMENTS_REDIS_SSL_KEYFILE",
+)
 
 SEGMENTS = ["vip", "win_back", "big_spender", "runner", "online_only", "new_customer"]
 
@@ -111,8 +121,10 @@ def process_tree(pid: int) -> list[int]:
 def redis_pid(url: str) -> int | None:
     import redis
 
+    settings = load_settings(env_file=None, redis_url=url)
     try:
-        return int(redis.Redis.from_url(url).info("server")["process_id"])
+        node = redis.Redis.from_url(url, **settings.redis_target.ssl_options())
+        return int(node.info("server")["process_id"])
     except Exception:
         return None
 
@@ -223,13 +235,14 @@ def main() -> None:
     wrk = ensure_wrk(args.install_wrk)
 
     redis_url = os.environ.get("SEGMENTS_REDIS_URL", "redis://127.0.0.1:6379/0")
+    target = load_settings(env_file=None, redis_url=redis_url).redis_target
     bootstrap = os.environ.get("SEGMENTS_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
     prefix = f"bench-{uuid.uuid4().hex[:8]}."
     port = free_port()
     lookup_port = free_port() if args.fast else None
 
     async def setup() -> int:
-        client = connect(redis_url)
+        client = connect(target)
         try:
             return await fill(RedisCache(client, prefix), args.customers)
         finally:
@@ -264,6 +277,7 @@ def main() -> None:
         "SEGMENTS_API_TOKEN": args.token,
         "SEGMENTS_CLOCK": "event",
         "SEGMENTS_DATA_DIR": str(workdir / "data"),
+        **{name: os.environ[name] for name in REDIS_CONNECTION if name in os.environ},
     }
     command = [sys.executable, "-m", "streams", "serve", "--no-triggers", "--port", str(port)]
     command += ["--workers", str(args.workers)]
@@ -348,6 +362,7 @@ def main() -> None:
             "load_average_1m_after": round(load, 2),
             "server_processes": args.workers,
             "server": "fast-path protocol" if args.fast else "aiohttp",
+            "redis": ("cluster " if target.cluster else "") + ("tls" if target.tls else "plain"),
             "event_loop": loop,
             "ingest_changes_per_s": args.ingest,
             "ingest_sink": "separate process" if args.ingest else None,
@@ -378,7 +393,7 @@ def main() -> None:
                 process.kill()
 
         async def cleanup() -> None:
-            client = connect(redis_url)
+            client = connect(target)
             try:
                 await RedisCache(client, prefix).delete_all()
             finally:

@@ -98,7 +98,7 @@ async def main(args: argparse.Namespace) -> dict:
             line = await asyncio.wait_for(dispatcher.stderr.readline(), 60)
             if not line:
                 raise SystemExit("dispatcher exited before it was ready")
-            if b"triggers: ready" in line:
+            if b"triggers_ready" in line:
                 break
         drain = asyncio.create_task(dispatcher.stderr.read())
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)

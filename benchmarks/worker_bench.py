@@ -50,6 +50,7 @@ sys.path.insert(0, str(REPO))
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 
 from segments.generate import generate_events  # noqa: E402
+from streams.kafka.connection import KafkaConnection  # noqa: E402
 from streams.kafka.topics import ensure_topics  # noqa: E402
 from streams.settings import Topics  # noqa: E402
 from tests.integration.worker_harness import (  # noqa: E402
@@ -315,7 +316,7 @@ def main() -> None:
         "SEGMENTS_RULES": str(REPO / "segments" / "data" / "example_rules.yaml"),
         "SEGMENTS_CLOCK": "event",
     }
-    ensure_topics(BOOTSTRAP, topics, PARTITIONS)
+    ensure_topics(KafkaConnection(BOOTSTRAP), topics, PARTITIONS)
     subprocess.run(
         [sys.executable, "-m", "streams", "produce", "--input", str(events),
          "--as-of", "2026-12-01T00:00:00Z"],
@@ -416,7 +417,7 @@ def measure_latency(
         [latency_topics.purchases, latency_topics.segment_changes],
         {"message.timestamp.type": "LogAppendTime"},
     )
-    ensure_topics(BOOTSTRAP, latency_topics, PARTITIONS)
+    ensure_topics(KafkaConnection(BOOTSTRAP), latency_topics, PARTITIONS)
     process = start(product.command, env, work / "latency.log", product.checkout)
     try:
         wait_ready(port, process)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,14 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from segments.adapters import IdentityMap
@@ -28,10 +36,22 @@ from segments.data import EXAMPLE_RULES
 ENV_PREFIX = "SEGMENTS_"
 DEFAULT_ENV_FILE = ".env"
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
 # Kafka's own rule for topic names (and so for everything that becomes part of one).
 _KAFKA_NAME = re.compile(r"^[A-Za-z0-9._-]*$")
 # Room left for the longest topic name we derive, e.g. "<app_id>-customers-changelog".
 _MAX_PREFIX = 150
+
+# SEGMENTS_KAFKA_SECURITY_PROTOCOL and _SASL_MECHANISM (streams/kafka/connection.py).
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SECURITY_PROTOCOLS: tuple[SecurityProtocol, ...] = (
+    "PLAINTEXT",
+    "SSL",
+    "SASL_PLAINTEXT",
+    "SASL_SSL",
+)
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +113,59 @@ class Topics:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class RedisTarget:
+    """Where the cache lives: SEGMENTS_REDIS_URL, _CLUSTER and the _SSL_* files.
+
+    cluster: the URL names one node of a Redis Cluster (any node; the client learns the
+    others from it). TLS is the `rediss://` scheme; cafile is the CA that signed the
+    server's certificate (unset: the system's), certfile and keyfile a client
+    certificate for servers that ask for one.
+    """
+
+    url: str
+    cluster: bool = False
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+    @classmethod
+    def of(cls, target: RedisTarget | str) -> RedisTarget:
+        """A target as given, or a URL alone as a single-node target."""
+        return target if isinstance(target, RedisTarget) else cls(target)
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme == "rediss"
+
+    def ssl_options(self) -> dict[str, Any]:
+        """redis-py's connection options for the _SSL_* files (empty without TLS)."""
+        if not self.tls:
+            return {}
+        options: dict[str, Any] = {}
+        if self.ssl_cafile is not None:
+            options["ssl_ca_certs"] = str(self.ssl_cafile)
+        if self.ssl_certfile is not None:
+            options["ssl_certfile"] = str(self.ssl_certfile)
+        if self.ssl_keyfile is not None:
+            options["ssl_keyfile"] = str(self.ssl_keyfile)
+        return options
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context of a raw connection (the lookup's pipelined reader); None: plain."""
+        if not self.tls:
+            return None
+        context = ssl.create_default_context(
+            cafile=str(self.ssl_cafile) if self.ssl_cafile is not None else None
+        )
+        if self.ssl_certfile is not None:
+            context.load_cert_chain(
+                str(self.ssl_certfile),
+                str(self.ssl_keyfile) if self.ssl_keyfile is not None else None,
+            )
+        return context
+
+
 class Settings(BaseSettings):
     """SPEC section 6's configuration table; each field is SEGMENTS_<FIELD NAME>."""
 
@@ -108,6 +181,25 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = Field(
         "127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port...]"
     )
+    # How every Kafka client connects (streams/kafka/connection.py; docs/operations.md).
+    kafka_security_protocol: SecurityProtocol = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
+    )
+    kafka_sasl_mechanism: str | None = Field(
+        None, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (SASL protocols; default PLAIN)"
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user (SASL protocols)")
+    kafka_sasl_password: SecretStr | None = Field(
+        None, description="SASL password (SASL protocols); never logged"
+    )
+    kafka_ssl_cafile: Path | None = Field(
+        None,
+        description="PEM CA certificates the brokers' certificates chain to; unset: the system's",
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        None, description="PEM client certificate (SSL protocols, when the brokers ask for one)"
+    )
+    kafka_ssl_keyfile: Path | None = Field(None, description="PEM key of the client certificate")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis of the membership cache")
     rules: Path = Field(EXAMPLE_RULES, description="Rule file (YAML, SPEC section 3)")
     clock: Literal["wall", "event"] = Field(
@@ -115,6 +207,23 @@ class Settings(BaseSettings):
     )
     topic_prefix: str = Field("", description="Prefix of every topic name")
     redis_prefix: str = Field("", description="Prefix of every Redis key")
+    # Redis Cluster and TLS (docs/serving.md "Redis Cluster and TLS").
+    redis_cluster: bool = Field(
+        False,
+        description="SEGMENTS_REDIS_URL names one node of a Redis Cluster; the others are"
+        " learnt from it",
+    )
+    redis_ssl_cafile: Path | None = Field(
+        None,
+        description="CA file that signed the Redis server's certificate (rediss:// only);"
+        " unset: the system's CAs",
+    )
+    redis_ssl_certfile: Path | None = Field(
+        None, description="Client certificate for a Redis that asks for one (rediss:// only)"
+    )
+    redis_ssl_keyfile: Path | None = Field(
+        None, description="Private key of SEGMENTS_REDIS_SSL_CERTFILE (rediss:// only)"
+    )
     app_id: str = Field(
         "purchase-segments", description="Faust app id: consumer group and changelog names"
     )
@@ -157,6 +266,14 @@ class Settings(BaseSettings):
     trigger_timeout: float = Field(10.0, description="Timeout of one webhook call (one attempt)")
     trigger_concurrency: int = Field(16, description="Webhook calls in flight per webhook URL")
 
+    # Logs of every process (streams/logs.py; docs/operations.md "Logs").
+    log_level: str = Field(
+        "INFO", description="Lowest level written: DEBUG, INFO, WARNING, ERROR or CRITICAL"
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text: [time] [pid] [LEVEL] message; json: one object per line"
+    )
+
     @field_validator("kafka_bootstrap")
     @classmethod
     def _check_bootstrap(cls, value: str) -> str:
@@ -167,6 +284,43 @@ class Settings(BaseSettings):
                 raise ValueError("must be host:port[,host:port...]")
         return ",".join(servers)
 
+    @field_validator("kafka_security_protocol", mode="before")
+    @classmethod
+    def _check_security_protocol(cls, value: Any) -> Any:
+        return _one_of(value, SECURITY_PROTOCOLS)
+
+    @field_validator("kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _check_sasl_mechanism(cls, value: Any) -> Any:
+        return None if value in (None, "") else _one_of(value, SASL_MECHANISMS)
+
+    @field_validator(
+        "kafka_sasl_username", "kafka_sasl_password", "kafka_ssl_cafile", "kafka_ssl_certfile",
+        "kafka_ssl_keyfile", mode="before",
+    )  # fmt: skip
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile")
+    @classmethod
+    def _check_readable_file(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        path = value.expanduser()
+        try:
+            path.read_bytes()
+        except OSError as error:
+            raise ValueError(f"must name a readable PEM file ({error.strerror})") from None
+        return path
+
+    @model_validator(mode="after")
+    def _check_kafka_security(self) -> Settings:
+        problems = kafka_security_problems(self)
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str) -> str:
@@ -174,6 +328,33 @@ class Settings(BaseSettings):
         if parts.scheme not in ("redis", "rediss", "unix") or not (parts.netloc or parts.path):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return value
+
+    @field_validator("redis_cluster")
+    @classmethod
+    def _check_redis_cluster(cls, value: bool, info: ValidationInfo) -> bool:
+        url = info.data.get("redis_url")
+        if value and url is not None:
+            parts = urlsplit(url)
+            if parts.scheme == "unix":
+                raise ValueError("needs a redis:// or rediss:// SEGMENTS_REDIS_URL, not unix://")
+            if parts.path.strip("/") not in ("", "0"):
+                raise ValueError("needs database 0 in SEGMENTS_REDIS_URL (a Cluster has no other)")
+        return value
+
+    @field_validator("redis_ssl_cafile", "redis_ssl_certfile", "redis_ssl_keyfile", mode="before")
+    @classmethod
+    def _check_redis_ssl_file(cls, value: Any, info: ValidationInfo) -> Any:
+        if value in (None, ""):
+            return None
+        url = info.data.get("redis_url")
+        if url is not None and urlsplit(url).scheme != "rediss":
+            raise ValueError("applies to a rediss:// SEGMENTS_REDIS_URL only")
+        if info.field_name == "redis_ssl_keyfile" and info.data.get("redis_ssl_certfile") is None:
+            raise ValueError("needs SEGMENTS_REDIS_SSL_CERTFILE")
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise ValueError("must name an existing file")
+        return path
 
     @field_validator("rules")
     @classmethod
@@ -266,6 +447,19 @@ class Settings(BaseSettings):
             raise ValueError("must be a positive integer")
         return int(text)
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _check_log_level(cls, value: Any) -> str:
+        level = str(value).strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return level
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_log_format(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
     @property
     def changes_retention_ms(self) -> int | None:
         """`retention.ms` for segment-changes: None = broker default, -1 = forever."""
@@ -279,6 +473,17 @@ class Settings(BaseSettings):
     @classmethod
     def _expand_data_dir(cls, value: Path) -> Path:
         return value.expanduser()
+
+    @property
+    def redis_target(self) -> RedisTarget:
+        """Where the cache lives, for every Redis client of the product."""
+        return RedisTarget(
+            self.redis_url,
+            cluster=self.redis_cluster,
+            ssl_cafile=self.redis_ssl_cafile,
+            ssl_certfile=self.redis_ssl_certfile,
+            ssl_keyfile=self.redis_ssl_keyfile,
+        )
 
     @property
     def topics(self) -> Topics:
@@ -304,6 +509,77 @@ class Settings(BaseSettings):
     def faust_broker(self) -> str:
         """`kafka_bootstrap` as Faust's broker setting: `kafka://host:port;kafka://...`."""
         return ";".join(f"kafka://{server}" for server in self.kafka_bootstrap.split(","))
+
+
+def _one_of(value: Any, allowed: tuple[str, ...]) -> str:
+    """`value` upper-cased when it is one of `allowed`; else a ValueError with a did-you-mean."""
+    text = str(value).strip().upper()
+    if allowed == SASL_MECHANISMS:
+        text = text.replace("_", "-")  # SCRAM_SHA_512 as some tools spell it
+    if text in allowed:
+        return text
+    close = difflib.get_close_matches(text, allowed, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise ValueError(f"must be {', '.join(allowed[:-1])} or {allowed[-1]}{hint}")
+
+
+def kafka_security_problems(settings: Settings) -> list[str]:
+    """What is inconsistent in the SEGMENTS_KAFKA_* security settings, one line each."""
+    problems = []
+    protocol = settings.kafka_security_protocol
+    is_sasl = protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+    is_ssl = protocol in ("SSL", "SASL_SSL")
+    named = f"{env_name('kafka_security_protocol')} is {protocol}"
+    for field in ("kafka_sasl_username", "kafka_sasl_password"):
+        if is_sasl and getattr(settings, field) is None:
+            problems.append(f"{env_name(field)}: must be set when {named}")
+    for field in ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password"):
+        if not is_sasl and getattr(settings, field) is not None:
+            problems.append(
+                f"{env_name(field)}: is set but {named}; SASL needs SASL_PLAINTEXT or SASL_SSL"
+            )
+    for field in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile"):
+        if not is_ssl and getattr(settings, field) is not None:
+            problems.append(f"{env_name(field)}: is set but {named}; TLS needs SSL or SASL_SSL")
+    if settings.kafka_ssl_keyfile is not None and settings.kafka_ssl_certfile is None:
+        problems.append(
+            f"{env_name('kafka_ssl_keyfile')}: is set without"
+            f" {env_name('kafka_ssl_certfile')} (the certificate it is the key of)"
+        )
+    if is_ssl and not problems:
+        problems += _tls_file_problems(
+            settings.kafka_ssl_cafile, settings.kafka_ssl_certfile, settings.kafka_ssl_keyfile
+        )
+    return problems
+
+
+def _tls_file_problems(
+    cafile: Path | None, certfile: Path | None, keyfile: Path | None
+) -> list[str]:
+    """Loads the CA, certificate and key as the clients will, so a wrong file fails here."""
+    import ssl
+
+    problems = []
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if cafile is not None:
+        try:
+            context.load_verify_locations(cafile=cafile)
+        except (ssl.SSLError, ValueError) as error:
+            problems.append(
+                f"{env_name('kafka_ssl_cafile')}: holds no PEM CA certificate ({error}),"
+                f" got {str(cafile)!r}"
+            )
+    if certfile is not None:
+        try:
+            context.load_cert_chain(certfile, keyfile)
+        except (ssl.SSLError, ValueError) as error:
+            names = env_name("kafka_ssl_certfile")
+            if keyfile is not None:
+                names += f" and {env_name('kafka_ssl_keyfile')}"
+            problems.append(
+                f"{names}: not a PEM certificate with its unencrypted private key ({error})"
+            )
+    return problems
 
 
 _DURATION = re.compile(r"^([0-9]+)(ms|s|m|h|d)$")
@@ -335,6 +611,7 @@ _EXPECTED = {
     "partitions": "a positive integer",
     "replication_factor": "a positive integer",
     "web_port": "a TCP port number (1-65535)",
+    "log_format": "'text' or 'json'",
 }
 
 
@@ -406,13 +683,17 @@ def _unknown_variables(names: list[str]) -> list[str]:
 def _describe(error: ValidationError) -> list[str]:
     problems = []
     for detail in error.errors():
+        if not detail["loc"] and detail["type"] == "value_error":
+            # A check across several variables (a model validator): its lines name them.
+            problems += str(detail["ctx"]["error"]).splitlines()
+            continue
         field = str(detail["loc"][0]) if detail["loc"] else "?"
         if detail["type"] == "value_error":
             reason = str(detail["ctx"]["error"])
         else:
             reason = f"must be {_EXPECTED.get(field, detail['msg'].lower())}"
         value = detail.get("input")
-        if field == "api_token":
+        if field in ("api_token", "kafka_sasl_password"):
             got = "<hidden>"
         elif field == "redis_url" and isinstance(value, str):
             got = repr(redacted_url(value))

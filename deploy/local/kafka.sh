@@ -48,6 +48,7 @@ PIDFILE="$KAFKA_HOME/kafka.pid"
 FORMATTED="$KAFKA_HOME/formatted.env" # cluster id and controller port the storage was formatted with
 PROBE_DIR="$KAFKA_HOME/probe"
 BOOTSTRAP="127.0.0.1:$KAFKA_PORT"
+FORMAT_EXTRA_ARGS=() # kafka-secure.sh adds its SCRAM users
 
 require_java() {
     command -v java >/dev/null 2>&1 || die "java not found: Kafka needs a Java 17+ runtime (apt-get install openjdk-17-jre-headless)"
@@ -91,7 +92,7 @@ ensure_probe() {
 # Asks the broker for metadata until it answers or $1 seconds pass; prints its one-line answer.
 probe() {
     java -Xmx64m -XX:TieredStopAtLevel=1 -Xshare:auto -Dorg.apache.logging.log4j.level=OFF \
-        -cp "$PROBE_DIR:$LIBS/*" KafkaReady "$BOOTSTRAP" "$1"
+        -cp "$PROBE_DIR:$LIBS/*" KafkaReady "$BOOTSTRAP" "$1" ${PROBE_CLIENT_CONFIG:+"$PROBE_CLIENT_CONFIG"}
 }
 
 write_config() {
@@ -153,7 +154,7 @@ ensure_formatted() {
     cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
     mkdir -p "$DATA"
     java -Xmx256m -Dorg.apache.logging.log4j.level=WARN -cp "$LIBS/*" kafka.tools.StorageTool \
-        format --standalone "--cluster-id=$cluster_id" --config "$CONFIG" >"$LOGS/format.log" 2>&1 ||
+        format --standalone "--cluster-id=$cluster_id" --config "$CONFIG" "${FORMAT_EXTRA_ARGS[@]}" >"$LOGS/format.log" 2>&1 ||
         die "kafka: formatting $DATA failed: $(tail -5 "$LOGS/format.log")"
     printf 'cluster_id=%s\ncontroller_port=%s\n' "$cluster_id" "$CONTROLLER_PORT" >"$FORMATTED"
 }
@@ -163,6 +164,11 @@ ours_running() {
     local pid
     pid=$(read_pid "$PIDFILE")
     pid_alive "$pid" && [[ $(cmdline_of "$pid") == *"kafka.Kafka $CONFIG"* ]]
+}
+
+running_config_notes() {
+    grep -q '^listeners=.*PROXIED://' "$CONFIG" ||
+        log "kafka: note: started by an older kafka.sh without the PROXIED listener; the fault-injection tests need it: 'deploy/local/services.sh down kafka' then 'up' to restart with it (the data is kept)"
 }
 
 running_port() { sed -n 's#^listeners=PLAINTEXT://127.0.0.1:\([0-9]*\),.*#\1#p' "$CONFIG" 2>/dev/null; }
@@ -180,8 +186,7 @@ up() {
         local answer
         answer=$(probe "$READY_TIMEOUT") || die "kafka: running (pid $(read_pid "$PIDFILE")) but not answering on $BOOTSTRAP; see $LOGS/server.log"
         log "kafka: already up on $BOOTSTRAP (pid $(read_pid "$PIDFILE"), $answer)"
-        grep -q '^listeners=.*PROXIED://' "$CONFIG" ||
-            log "kafka: note: started by an older kafka.sh without the PROXIED listener; the fault-injection tests need it: 'deploy/local/services.sh down kafka' then 'up' to restart with it (the data is kept)"
+        running_config_notes
         return 0
     fi
     rm -f "$PIDFILE"
@@ -261,11 +266,11 @@ reset() {
     log "kafka: data and logs deleted"
 }
 
-# kafka-cluster.sh sources this file for its functions (jars, probe): no dispatch then.
-[[ ${BASH_SOURCE[0]} == "$0" ]] || return 0
-
-case ${1:-} in
-up | down | reset) lock_service "$KAFKA_HOME" && "$1" ;;
-status) "$1" ;;
-*) die "usage: $0 up|down|status|reset" ;;
-esac
+# Sourced by kafka-secure.sh and kafka-cluster.sh for their functions: only a run dispatches.
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+    case ${1:-} in
+    up | down | reset) lock_service "$KAFKA_HOME" && "$1" ;;
+    status) "$1" ;;
+    *) die "usage: $0 up|down|status|reset" ;;
+    esac
+fi

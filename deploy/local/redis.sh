@@ -127,6 +127,8 @@ reset() {
     log "redis: data and log deleted"
 }
 
+# Sourced (redis-cluster.sh uses ensure_installed): define the functions only.
+[[ ${BASH_SOURCE[0]} == "$0" ]] || return 0
 case ${1:-} in
 up | down | reset) lock_service "$REDIS_HOME" && "$1" ;;
 status) "$1" ;;

@@ -2,6 +2,8 @@
 # Local Kafka (KRaft, Apache's jars) and Redis for development and tests.
 #
 #   deploy/local/services.sh up|down|status|reset [kafka|redis ...]
+#   deploy/local/services.sh redis-cluster up|down|status   (redis-cluster.sh: Cluster and TLS)
+#   deploy/local/services.sh kafka-secure up|down|status|reset   (a SASL_SSL broker, 29092)
 #
 #   up      start what is not running and wait until it answers (Kafka: a metadata
 #           request, Redis: PING); returns at once for what is already up
@@ -16,8 +18,11 @@
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
-# A three-broker KRaft cluster of its own (ports 39092-39097): deploy/local/kafka-cluster.sh.
-[[ ${1:-} == kafka-cluster ]] && { shift; exec bash "$here/kafka-cluster.sh" "$@"; }
+# Extra local services, each its own script:
+#   services.sh redis-cluster|kafka-secure|kafka-cluster <command>
+[[ ${1:-} == redis-cluster ]] && exec bash "$here/redis-cluster.sh" "${@:2}"
+[[ ${1:-} == kafka-secure ]] && exec bash "$here/kafka-secure.sh" "${@:2}"
+[[ ${1:-} == kafka-cluster ]] && exec bash "$here/kafka-cluster.sh" "${@:2}"
 
 command=${1:-}
 shift || true

@@ -21,6 +21,27 @@ def settings_or_exit(**overrides: Any) -> Settings:
         raise click.ClickException(str(error)) from None
 
 
+def check_kafka_or_exit(settings: Settings, *, must_answer: bool) -> None:
+    """Connects and logs in to Kafka as the command's clients will (streams/kafka/connection.py).
+
+    A refused login or an untrusted certificate ends the command with the reason (exit 1):
+    the client libraries would only retry, logging it, or say something unrelated. A broker
+    that does not answer ends it only when `must_answer`; otherwise the clients wait for it.
+    """
+    from streams.kafka.connection import (
+        KafkaConnection,
+        KafkaConnectionFailed,
+        check_connection_now,
+    )
+
+    try:
+        check_connection_now(KafkaConnection.from_settings(settings))
+    except KafkaConnectionFailed as error:
+        if error.fatal or must_answer:
+            raise click.ClickException(str(error)) from None
+        click.echo(f"warning: {error}; waiting for it", err=True)
+
+
 def as_of_option(as_of: str | None) -> int | None:
     """The --as-of option (ISO-8601 with an offset or Z) in epoch microseconds, or None."""
     if as_of is None:

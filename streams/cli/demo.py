@@ -31,7 +31,8 @@ import orjson
 
 from segments.data import EXAMPLE_RULES
 from segments.generate import generate_events
-from streams.cli.common import settings_or_exit
+from streams.cli.common import check_kafka_or_exit, settings_or_exit
+from streams.kafka.connection import KafkaConnection
 from streams.kafka.produce import clock_mark, timeline
 from streams.settings import Topics
 
@@ -132,6 +133,8 @@ def demo_command(
     from rich.live import Live
 
     settings = settings_or_exit()
+    check_kafka_or_exit(settings, must_answer=True)
+    kafka = KafkaConnection.from_settings(settings)
     console = Console()
     interactive = console.is_terminal
     if until_drained is None:
@@ -183,6 +186,7 @@ def demo_command(
     view = LiveView(segments=segment_names, total=len(messages))
     stop = threading.Event()
     web_url = f"http://{settings.web_host}:{web_port}"
+    token = settings.api_token_value
     try:
         spawn(["worker"], "worker", worker_port)
         _wait(lambda: _http_ok(f"http://127.0.0.1:{worker_port}/readyz"), 180, "the worker")
@@ -190,7 +194,7 @@ def demo_command(
         _wait(lambda: _http_ok(f"{web_url}/healthz"), 120, "the lookup API")
 
         def produce() -> None:
-            producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5)
+            producer = KafkaProducer(**kafka.kafka_python_args(linger_ms=5))
             started = time.monotonic()
             for n, (key, value) in enumerate(messages, start=1):
                 if stop.is_set():
@@ -211,12 +215,11 @@ def demo_command(
         producer_thread.start()
         consumer = KafkaConsumer(
             topics.segment_changes,
-            bootstrap_servers=settings.kafka_bootstrap,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-            group_id=None,
+            **kafka.kafka_python_args(
+                auto_offset_reset="earliest", enable_auto_commit=False, group_id=None
+            ),
         )
-        admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        admin = KafkaAdminClient(**kafka.kafka_python_args())
         next_lookup = 0.0
         next_drain_check = 0.0
         with Live(view.render(web_url), console=console, refresh_per_second=4,
@@ -227,7 +230,7 @@ def demo_command(
                     for record in records:
                         view.apply(orjson.loads(record.value))
                 if time.monotonic() >= next_lookup and view.latest:
-                    view.lookup = _lookup(web_url, view.latest[0]["customer_id"])
+                    view.lookup = _lookup(web_url, view.latest[0]["customer_id"], token)
                     next_lookup = time.monotonic() + 2
                 live.update(view.render(web_url))
                 if (
@@ -241,7 +244,7 @@ def demo_command(
         consumer.close()
         admin.close()
         if view.latest:
-            view.lookup = _lookup(web_url, view.latest[0]["customer_id"])
+            view.lookup = _lookup(web_url, view.latest[0]["customer_id"], token)
         if not interactive:
             console.print(view.render(web_url))
         if until_drained:
@@ -258,7 +261,7 @@ def demo_command(
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
-        _cleanup(settings.kafka_bootstrap, settings.redis_url, topics, f"{run_id}:", run_id)
+        _cleanup(kafka, settings.redis_url, topics, f"{run_id}:", run_id)
         shutil.rmtree(workdir / "state", ignore_errors=True)
 
 
@@ -285,10 +288,13 @@ def _instant(text: str) -> int:
     return parse_instant(text.replace("Z", "+00:00"))
 
 
-def _lookup(web_url: str, customer_id: str) -> str:
+def _lookup(web_url: str, customer_id: str, token: str | None) -> str:
+    """A checkout lookup over HTTP, with the bearer token when SEGMENTS_API_TOKEN is set."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(f"{web_url}/customers/{customer_id}/segments", headers=headers)
     started = time.perf_counter()
     try:
-        with urllib.request.urlopen(f"{web_url}/customers/{customer_id}/segments", timeout=2) as r:
+        with urllib.request.urlopen(request, timeout=2) as r:
             body = orjson.loads(r.read())
     except OSError as error:
         return f"{customer_id}: {error}"
@@ -317,12 +323,12 @@ def _check_against_replay(
 
 
 def _cleanup(
-    bootstrap: str, redis_url: str, topics: Topics, redis_prefix: str, app_id: str
+    kafka: KafkaConnection, redis_url: str, topics: Topics, redis_prefix: str, app_id: str
 ) -> None:
     from kafka import KafkaAdminClient
 
     with contextlib.suppress(Exception):
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        admin = KafkaAdminClient(**kafka.kafka_python_args())
         existing = set(admin.list_topics())
         mine = [
             name for name in existing if name.startswith(topics.prefix) or name.startswith(app_id)

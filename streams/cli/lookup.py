@@ -21,7 +21,7 @@ def lookup_command(customer_id: str) -> None:
     settings = settings_or_exit()
 
     async def main() -> tuple[dict[str, str], bool]:
-        client = connect(settings.redis_url)
+        client = connect(settings.redis_target)
         try:
             return await RedisCache(client, settings.redis_prefix).customer_fields(customer_id)
         finally:

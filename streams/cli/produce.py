@@ -8,9 +8,11 @@ from collections.abc import Generator
 import click
 
 from segments.replay import read_lines
-from streams.cli.common import as_of_option, settings_or_exit
+from streams.cli.common import as_of_option, check_kafka_or_exit, settings_or_exit
+from streams.kafka.connection import KafkaConnection
 from streams.kafka.produce import numbered_timeline, publish, reason
 from streams.kafka.topics import TopicsError, ensure_topics, topics_error_text
+from streams.logs import configure_from
 
 
 def _ticker(total: int) -> Generator[None, None, None]:
@@ -40,26 +42,28 @@ def produce_command(input_path: str, as_of: str | None) -> None:
     from kafka.errors import KafkaConnectionError, KafkaError, NoBrokersAvailable
 
     settings = settings_or_exit()
+    configure_from(settings, quiet_clients=True)
     as_of_instant = as_of_option(as_of)
     names = settings.topics
-    bootstrap = settings.kafka_bootstrap
+    kafka = KafkaConnection.from_settings(settings)
     try:
         messages = numbered_timeline(read_lines(input_path))
     except OSError as error:
         raise click.ClickException(f"cannot read {input_path}: {error.strerror or error}") from None
     progress = _ticker(len(messages)) if sys.stderr.isatty() and messages else None
+    check_kafka_or_exit(settings, must_answer=True)
     try:
-        ensure_topics(bootstrap, names, settings.partitions, None, settings.replication_factor)
-        result = publish(bootstrap, names.purchases, messages, as_of_instant, progress)
+        ensure_topics(kafka, names, settings.partitions, None, settings.replication_factor)
+        result = publish(kafka, names.purchases, messages, as_of_instant, progress)
     except (NoBrokersAvailable, KafkaConnectionError) as error:
         # Expected when the broker is down or the address is wrong: no traceback.
         raise click.ClickException(
-            f"cannot reach Kafka at {bootstrap} ({type(error).__name__}): is the broker "
+            f"cannot reach Kafka at {kafka.describe()} ({type(error).__name__}): is the broker "
             "running, and is SEGMENTS_KAFKA_BOOTSTRAP its address?"
         ) from None
     except KafkaError as error:
         raise click.ClickException(
-            f"cannot produce to Kafka at {bootstrap}: {reason(error)}"
+            f"cannot produce to Kafka at {kafka.describe()}: {reason(error)}"
         ) from None
     except TopicsError as error:
         raise click.ClickException(topics_error_text(error)) from None

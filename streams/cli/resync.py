@@ -6,7 +6,9 @@ import asyncio
 
 import click
 
-from streams.cli.common import settings_or_exit
+from streams.cli.common import check_kafka_or_exit, settings_or_exit
+from streams.kafka.connection import KafkaConnection
+from streams.logs import configure_from
 from streams.serving.cache import RedisCache, connect
 from streams.serving.resync import ResyncResult, TopicNotFound, resync_cache
 
@@ -20,14 +22,16 @@ from streams.serving.resync import ResyncResult, TopicNotFound, resync_cache
 def resync_command(no_flush: bool) -> None:
     """Rebuild the Redis cache from the segment-memberships topic."""
     settings = settings_or_exit()
+    configure_from(settings, quiet_clients=True)
+    check_kafka_or_exit(settings, must_answer=True)
 
     async def main() -> ResyncResult:
-        client = connect(settings.redis_url)
+        client = connect(settings.redis_target)
         try:
             cache = RedisCache(client, settings.redis_prefix)
             return await resync_cache(
                 cache,
-                bootstrap=settings.kafka_bootstrap,
+                kafka=KafkaConnection.from_settings(settings),
                 topic=settings.topics.segment_memberships,
                 flush=not no_flush,
             )

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import subprocess
 import sys
 
 import click
 
-from streams.cli.common import run_until_signal, settings_or_exit
-from streams.log_rate import limit_repeated_messages
+from streams.cli.common import check_kafka_or_exit, run_until_signal, settings_or_exit
+from streams.logs import configure_from
 from streams.serving.process import run_serving
 from streams.serving.triggers import DEFAULT_MAX_AGE_S
 
@@ -39,10 +38,11 @@ def serve_command(
 ) -> None:
     """Serve the lookup API, and run the cache sink and triggers, without the Faust worker."""
     settings = settings_or_exit()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    # The Kafka client logs a refused connection about 65 times a second while the broker
-    # is unreachable: each repeated warning or error at most once per 10 s, as the worker.
-    limit_repeated_messages(logging.getLogger())
+    # Each repeated warning or error at most once per 10 s, as the worker (the Kafka
+    # client logs a refused connection about 65 times a second while the broker is away).
+    configure_from(settings)
+    if not (no_sink and no_triggers):
+        check_kafka_or_exit(settings, must_answer=False)
     extra = [_spawn_web_only(port, lookup_port) for _ in range(max(0, workers - 1))]
     try:
         run_until_signal(

@@ -8,10 +8,13 @@ import logging
 import click
 
 from segments.rules.ruleset import load_ruleset
-from streams.cli.common import run_until_signal, settings_or_exit
-from streams.log_rate import limit_repeated_messages
+from streams.cli.common import check_kafka_or_exit, run_until_signal, settings_or_exit
+from streams.kafka.connection import KafkaConnection
+from streams.logs import configure_from
 from streams.serving.cache import connect
 from streams.serving.triggers import DEFAULT_MAX_AGE_S, DispatchConfig, TriggerDispatcher
+
+log = logging.getLogger(__name__)
 
 
 @click.command("triggers")
@@ -25,17 +28,17 @@ def triggers_command(from_beginning: bool, max_age: float, group: str | None) ->
     Retries and timeouts come from SEGMENTS_TRIGGER_* (docs/serving.md).
     """
     settings = settings_or_exit()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    # The Kafka client logs a refused connection about 65 times a second while the broker
-    # is unreachable: each repeated warning or error at most once per 10 s, as the worker.
-    limit_repeated_messages(logging.getLogger())
+    # Each repeated warning or error at most once per 10 s, as the worker (the Kafka
+    # client logs a refused connection about 65 times a second while the broker is away).
+    configure_from(settings)
+    check_kafka_or_exit(settings, must_answer=False)
 
     async def main(stop: asyncio.Event) -> None:
-        client = connect(settings.redis_url)
+        client = connect(settings.redis_target)
         dispatcher = TriggerDispatcher(
             client,
             load_ruleset(settings.rules).triggers,
-            bootstrap=settings.kafka_bootstrap,
+            kafka=KafkaConnection.from_settings(settings),
             topic=settings.topics.segment_changes,
             dlq_topic=settings.topics.triggers_dlq,
             group_id=group or settings.triggers_group,
@@ -45,7 +48,8 @@ def triggers_command(from_beginning: bool, max_age: float, group: str | None) ->
             ),
         )
         ready = asyncio.create_task(dispatcher.ready.wait())
-        ready.add_done_callback(lambda _: click.echo("triggers: ready", err=True))
+        # A log line, so that a JSON log stays one object per line.
+        ready.add_done_callback(lambda _: log.info("triggers_ready group=%s", dispatcher.group_id))
         try:
             await dispatcher.run(stop)
         finally:

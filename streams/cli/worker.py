@@ -7,9 +7,11 @@ import logging
 import click
 
 from segments.rules.evaluator import compile_rules
-from streams.cli.common import settings_or_exit
+from streams.cli.common import check_kafka_or_exit, settings_or_exit
 from streams.cli.validate import load_ruleset_or_exit
+from streams.kafka.connection import KafkaConnection
 from streams.kafka.topics import TopicsError, ensure_topics, topics_error_text
+from streams.logs import configure_from
 from streams.worker.app import changelog_topic
 from streams.worker.process import RUNNING_MARKER, build_worker_app, prepare_data_dir, worker_class
 
@@ -21,9 +23,11 @@ def worker_command() -> None:
     """Run the streaming worker (Faust) with the SEGMENTS_* configuration."""
     worker = worker_class()
     settings = settings_or_exit()
+    configure_from(settings)
+    check_kafka_or_exit(settings, must_answer=True)  # the topics are checked next
     try:
         ready = ensure_topics(
-            settings.kafka_bootstrap,
+            KafkaConnection.from_settings(settings),
             settings.topics,
             settings.partitions,
             settings.changes_retention_ms,
@@ -35,8 +39,7 @@ def worker_command() -> None:
     # Faust creates the changelog with the same replicas and min.insync.replicas as the topics.
     settings = settings.model_copy(update={"replication_factor": ready.replication_factor})
     if prepare_data_dir(settings.data_dir):
-        # Faust has not set up logging yet.
-        click.echo("unclean_stop_detected local_state=discarded restore=changelog", err=True)
+        log.warning("unclean_stop_detected local_state=discarded restore=changelog")
     rules = compile_rules(load_ruleset_or_exit(settings.rules))
     segments_app, _ = build_worker_app(settings, rules, ready.min_insync_replicas)
     log.info(
@@ -48,7 +51,7 @@ def worker_command() -> None:
     )
     # faust.Worker installs SIGTERM/SIGINT handlers that stop the app cleanly
     # (commit offsets, flush the producer, close RocksDB).
-    running = worker(segments_app.app, loglevel="info")
+    running = worker(segments_app.app)
     try:
         running.execute_from_commandline()
     except SystemExit as stop:

@@ -10,6 +10,7 @@ import orjson
 
 from segments.changes import format_instant
 from segments.events import ClockMark, Rejection, decode_event
+from streams.kafka.connection import KafkaConnection
 
 
 class _AnyCurrency:
@@ -93,7 +94,7 @@ class PublishResult:
 
 
 def publish(
-    bootstrap: str,
+    kafka: KafkaConnection,
     topic: str,
     messages: list[tuple[int, bytes | None, bytes]],
     as_of: int | None,
@@ -123,12 +124,13 @@ def publish(
         return record
 
     producer = KafkaProducer(
-        bootstrap_servers=bootstrap,
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=5,
-        batch_size=256 * 1024,
-        client_id="segments-produce",
+        **kafka.kafka_python_args(
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            batch_size=256 * 1024,
+            client_id="segments-produce",
+        )
     )
     try:
         partitions = sorted(producer.partitions_for(topic))

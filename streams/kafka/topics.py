@@ -11,6 +11,7 @@ from typing import Any
 
 from aiokafka.errors import KafkaError
 
+from streams.kafka.connection import KafkaConnection
 from streams.kafka.retry import Backoff, wait_or_stop
 from streams.settings import Topics
 
@@ -131,7 +132,7 @@ def topic_problems(
 
 
 def ensure_topics(
-    bootstrap: str,
+    kafka: KafkaConnection,
     names: Topics,
     partitions: int,
     changes_retention_ms: int | None = None,
@@ -149,7 +150,7 @@ def ensure_topics(
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="segments-admin")
+    admin = KafkaAdminClient(**kafka.kafka_python_args(client_id="segments-admin"))
     try:
         existing = set(admin.list_topics())
         wanted = topic_configs(names, changes_retention_ms)
@@ -219,10 +220,12 @@ class BrokerDefaults:
     min_insync_replicas: int
 
 
-def broker_defaults(bootstrap: str, replication_factor: int | None = None) -> BrokerDefaults:
+def broker_defaults(
+    kafka: KafkaConnection, replication_factor: int | None = None
+) -> BrokerDefaults:
     from kafka.admin import KafkaAdminClient
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="segments-admin")
+    admin = KafkaAdminClient(**kafka.kafka_python_args(client_id="segments-admin"))
     try:
         return _broker_defaults(admin, replication_factor)
     finally:
@@ -301,7 +304,7 @@ def _broker_defaults(admin: Any, replication_factor: int | None = None) -> Broke
     )
 
 
-async def wait_for_topic(bootstrap: str, topic: str, stop: asyncio.Event) -> bool:
+async def wait_for_topic(kafka: KafkaConnection, topic: str, stop: asyncio.Event) -> bool:
     """Waits until `topic` exists (the worker creates it); False when stopped first.
 
     A consumer subscribed to a missing topic waits in start() without end, deaf to stop.
@@ -310,7 +313,7 @@ async def wait_for_topic(bootstrap: str, topic: str, stop: asyncio.Event) -> boo
 
     backoff, logged = Backoff(0.2, 5.0), 0.0
     while not stop.is_set():
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        admin = AIOKafkaAdminClient(**kafka.aiokafka_args())
         try:
             await admin.start()
             if topic in set(await admin.list_topics()):
@@ -328,7 +331,10 @@ async def wait_for_topic(bootstrap: str, topic: str, stop: asyncio.Event) -> boo
 
 
 async def ensure_topic(
-    bootstrap: str, topic: str, partitions: int = 1, replication_factor: int | None = None
+    kafka: KafkaConnection,
+    topic: str,
+    partitions: int = 1,
+    replication_factor: int | None = None,
 ) -> None:
     """Creates one topic when missing (brokers may not auto-create topics), with
     `replication_factor` replicas or the broker's default.replication.factor, and
@@ -336,12 +342,12 @@ async def ensure_topic(
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**kafka.aiokafka_args())
     await admin.start()
     try:
         if topic in set(await admin.list_topics()):
             return
-        defaults = await asyncio.to_thread(broker_defaults, bootstrap, replication_factor)
+        defaults = await asyncio.to_thread(broker_defaults, kafka, replication_factor)
         factor = defaults.replication_factor
         config = {
             "min.insync.replicas": str(min_insync_replicas(factor, defaults.min_insync_replicas))

@@ -14,13 +14,14 @@ from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 import hiredis
-import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from segments.changes import Change, MembershipRecord
-from streams.serving.redis_fixes import closed_transports_raise_connection_errors
+from streams.serving.redis_connection import RedisClient, RedisTarget, connect, is_cluster
+
+__all__ = ["connect"]  # re-exported: the cache's users connect through here
 
 SHARDS = 16
 _LUA = Path(__file__).with_name("lua")
@@ -101,42 +102,73 @@ class RedisCache:
     """Seq-checked membership writes and the reads the lookup API needs.
 
     Works with a redis.asyncio client (decode_responses=True) or a cluster client: every
-    script call touches keys of one hash slot only.
+    script call touches keys of one hash slot only (SPEC section 5).
     """
 
-    def __init__(self, client: aioredis.Redis, prefix: str = "") -> None:
+    def __init__(self, client: RedisClient, prefix: str = "") -> None:
         self.client = client
         self.keys = Keys(prefix)
-        self._customer_script = client.register_script(CUSTOMER_SCRIPT)
-        self._members_script = client.register_script(MEMBERS_SCRIPT)
+        self.cluster = is_cluster(client)
+        # redis-py types scripts for the single-node client only; the cluster one has them too.
+        scripts: Any = client
+        self._customer_script = scripts.register_script(CUSTOMER_SCRIPT)
+        self._members_script = scripts.register_script(MEMBERS_SCRIPT)
 
     async def apply(self, writes: Sequence[CacheWrite]) -> list[Applied]:
         """Applies writes in one pipeline (two script calls each, no MULTI): at-least-once safe."""
         if not writes:
             return []
-        pipe = self.client.pipeline(transaction=False)
-        for write in writes:
-            member = "1" if write.member else "0"
-            shard = shard_of(write.customer_id)
-            await self._customer_script(
-                keys=[self.keys.customer(write.customer_id)],
-                args=[write.segment, write.seq, member, write.since],
-                client=pipe,
-            )
-            await self._members_script(
-                keys=[
-                    self.keys.members(write.segment, shard),
-                    self.keys.seqs(write.segment, shard),
-                ],
-                args=[write.customer_id, write.seq, member],
-                client=pipe,
-            )
-        replies = await pipe.execute()
+        try:
+            replies = await self._apply_pipeline(writes)
+        except NoScriptError:
+            # A cluster pipeline sends EVALSHA without loading the scripts first (a
+            # single-node pipeline loads them): a node that has not seen them, or lost
+            # them in a restart or failover, refuses. Load them on every primary and run
+            # the writes again; they are seq-checked, so the ones already applied are no-ops.
+            await self._load_scripts()
+            replies = await self._apply_pipeline(writes)
         results = []
         for index, write in enumerate(writes):
             applied, previous = replies[2 * index]
             results.append(Applied(write, bool(applied), previous if applied else None))
         return results
+
+    async def _load_scripts(self) -> None:
+        for script in (CUSTOMER_SCRIPT, MEMBERS_SCRIPT):
+            await self.client.script_load(script)
+
+    async def _apply_pipeline(self, writes: Sequence[CacheWrite]) -> list[Any]:
+        pipe: Any = self.client.pipeline(transaction=False)
+        if not self.cluster:
+            pipe.scripts.update((self._customer_script, self._members_script))  # loaded first
+        customer_sha, members_sha = self._customer_script.sha, self._members_script.sha
+        for write in writes:
+            member = "1" if write.member else "0"
+            shard = shard_of(write.customer_id)
+            # EVALSHA as a plain command: redis-py refuses its script helpers in a cluster
+            # pipeline; the cluster one routes by the script's keys (one slot each).
+            pipe.execute_command(
+                "EVALSHA",
+                customer_sha,
+                1,
+                self.keys.customer(write.customer_id),
+                write.segment,
+                write.seq,
+                member,
+                write.since,
+            )
+            pipe.execute_command(
+                "EVALSHA",
+                members_sha,
+                2,
+                self.keys.members(write.segment, shard),
+                self.keys.seqs(write.segment, shard),
+                write.customer_id,
+                write.seq,
+                member,
+            )
+        replies: list[Any] = await pipe.execute()
+        return replies
 
     async def customer_segments(self, customer_id: str) -> list[tuple[str, str]]:
         """[(segment, since)] the customer is in now, sorted by name: one HGETALL."""
@@ -151,8 +183,16 @@ class RedisCache:
 
         HGETALL first, then EXISTS of the sentinel on the same connection: a cache that was
         emptied before or during the read has no sentinel afterwards, so an empty hash is
-        only ever taken for "in no segment" when the cache was complete.
+        only ever taken for "in no segment" when the cache was complete. On a Cluster the
+        two keys are in different slots, so on different connections: the EXISTS is sent
+        after the HGETALL has answered (two round trips) to keep that order.
         """
+        if self.cluster:
+            hgetall = cast(
+                "Awaitable[dict[str, str]]", self.client.hgetall(self.keys.customer(customer_id))
+            )
+            fields = await hgetall
+            return fields, bool(await self.client.exists(self.keys.sentinel()))
         pipe = self.client.pipeline(transaction=False)
         pipe.hgetall(self.keys.customer(customer_id))
         pipe.exists(self.keys.sentinel())
@@ -241,15 +281,6 @@ def parse_cursor(cursor: str | None) -> tuple[int, int]:
     return shard, scan
 
 
-def connect(url: str) -> aioredis.Redis:
-    """An asyncio Redis client for the cache (str replies, hiredis when installed)."""
-    closed_transports_raise_connection_errors()  # redis-py on uvloop: see there
-    client: aioredis.Redis = aioredis.Redis.from_url(
-        url, decode_responses=True, health_check_interval=0
-    )
-    return client
-
-
 class _FirstOfPair:
     """Waits for the first reply of a pair_future; the second's waiter resolves both."""
 
@@ -309,13 +340,17 @@ class PipelinedReader(asyncio.Protocol):
     and parsing cost more CPU than Redis itself. Here every request writes its command to a
     shared connection (flushed once per loop iteration) and waits for its reply in order;
     hiredis parses. Connection loss fails the waiting requests; the next one reconnects.
+    One node only, plain or TLS (`rediss://`); a Cluster is read through redis-py
+    (streams.serving.lookup_reader).
     """
 
-    def __init__(self, url: str, timeout: float = 1.0) -> None:
+    def __init__(self, target: RedisTarget | str, timeout: float = 1.0) -> None:
         self.timeout = timeout  # per command and per connect: a till must not hang
-        parts = urlsplit(url)
-        if parts.scheme not in ("redis", ""):
-            raise ValueError("PipelinedReader supports redis:// URLs only")
+        target = RedisTarget.of(target)
+        parts = urlsplit(target.url)
+        if parts.scheme not in ("redis", "rediss", "") or target.cluster:
+            raise ValueError("PipelinedReader reads one node over redis:// or rediss://")
+        self.ssl = target.ssl_context()
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 6379
         self.db = int(parts.path.lstrip("/") or 0)
@@ -454,7 +489,14 @@ class PipelinedReader(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         self.reader = hiredis.Reader(encoding="utf-8")
         await asyncio.wait_for(
-            loop.create_connection(lambda: self, self.host, self.port), self.timeout
+            loop.create_connection(
+                lambda: self,
+                self.host,
+                self.port,
+                ssl=self.ssl,
+                server_hostname=self.host if self.ssl is not None else None,
+            ),
+            self.timeout,
         )
         setup = []
         if self.password:

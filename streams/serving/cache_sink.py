@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 
 from segments.changes import Change, CodecError
 from segments.clock import parse_instant
+from streams.kafka.connection import KafkaConnection
 from streams.kafka.retry import Backoff, wait_or_stop
 from streams.kafka.topics import wait_for_topic
 from streams.serving.cache import Applied, CacheWrite, RedisCache, parse_field
@@ -80,7 +81,7 @@ class CacheSink:
         self,
         cache: RedisCache,
         *,
-        bootstrap: str,
+        kafka: KafkaConnection,
         topic: str,
         group_id: str,
         batch_size: int = 2000,
@@ -90,7 +91,7 @@ class CacheSink:
         check_every_s: float = 1.0,
     ) -> None:
         self.cache = cache
-        self.bootstrap = bootstrap
+        self.kafka = kafka
         self.topic = topic
         self.group_id = group_id
         self.batch_size = batch_size
@@ -108,17 +109,18 @@ class CacheSink:
         self.consumer: AIOKafkaConsumer | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
-        if not await wait_for_topic(self.bootstrap, self.topic, stop):
+        if not await wait_for_topic(self.kafka, self.topic, stop):
             return
         consumer = AIOKafkaConsumer(
             self.topic,
-            bootstrap_servers=self.bootstrap,
-            group_id=self.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=self.batch_size,
-            # A long Redis outage holds one batch; stay in the group meanwhile.
-            max_poll_interval_ms=30 * 60 * 1000,
+            **self.kafka.aiokafka_args(
+                group_id=self.group_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_poll_records=self.batch_size,
+                # A long Redis outage holds one batch; stay in the group meanwhile.
+                max_poll_interval_ms=30 * 60 * 1000,
+            ),
         )
         self.consumer = consumer
         await consumer.start()
@@ -230,9 +232,7 @@ class CacheSink:
         assert self.memberships_topic is not None
         started = time.monotonic()
         rebuild = asyncio.ensure_future(
-            resync_cache(
-                self.cache, bootstrap=self.bootstrap, topic=self.memberships_topic, flush=False
-            )
+            resync_cache(self.cache, kafka=self.kafka, topic=self.memberships_topic, flush=False)
         )
         stopped = asyncio.ensure_future(stop.wait())
         try:

@@ -7,7 +7,7 @@ import hmac
 from collections.abc import Callable
 from typing import Any
 
-from streams.serving.cache import Keys, PipelinedReader
+from streams.serving.cache import Keys
 from streams.serving.lookup import (
     MAX_HEADER_FIELD_BYTES,
     MAX_HEADERS,
@@ -20,6 +20,7 @@ from streams.serving.lookup import (
     lookup_answer,
     readiness,
 )
+from streams.serving.lookup_reader import LookupReader
 
 # GET /customers/{id}/segments is the one request a till makes, thousands of times a
 # second. aiohttp spends about 120 µs of CPU on each (request and response objects,
@@ -84,7 +85,7 @@ def _head_too_large(lines: list[bytes]) -> bool:
 class LookupProtocol(asyncio.Protocol):
     """HTTP/1.1 keep-alive server for GET /customers/{id}/segments, /readyz and /healthz."""
 
-    def __init__(self, reader: PipelinedReader, prefix: str, expected_auth: bytes | None) -> None:
+    def __init__(self, reader: LookupReader, prefix: str, expected_auth: bytes | None) -> None:
         self.reader = reader
         self.key_prefix = f"{prefix}cust:"
         self.sentinel = Keys(prefix).sentinel().encode()
@@ -249,7 +250,7 @@ def _unavailable(error: BaseException) -> Answer:
 
 
 async def start_lookup_server(
-    reader: PipelinedReader,
+    reader: LookupReader,
     *,
     host: str,
     port: int,

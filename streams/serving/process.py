@@ -11,11 +11,13 @@ from aiohttp import web as aioweb
 from aiohttp.http_exceptions import HttpProcessingError
 
 from segments.rules.ruleset import load_ruleset
-from streams.serving.cache import PipelinedReader, RedisCache, connect
+from streams.kafka.connection import KafkaConnection
+from streams.serving.cache import RedisCache, connect
 from streams.serving.cache_sink import CacheSink
 from streams.serving.churn import ChurnHistory
 from streams.serving.fast_path import start_lookup_server
 from streams.serving.lookup import AIOHTTP_LIMITS
+from streams.serving.lookup_reader import LookupReader, lookup_reader
 from streams.serving.triggers import DEFAULT_MAX_AGE_S, DispatchConfig, TriggerDispatcher
 from streams.serving.web import create_app
 from streams.settings import Settings
@@ -54,7 +56,7 @@ async def run_serving(
     api_token = settings.api_token_value
     stop = stop or asyncio.Event()
     ruleset = load_ruleset(settings.rules)
-    client = connect(settings.redis_url)
+    client = connect(settings.redis_target)
     cache = RedisCache(client, settings.redis_prefix)
     churn = ChurnHistory()
     tasks: list[asyncio.Task[None]] = []
@@ -62,7 +64,7 @@ async def run_serving(
     if cache_sink:
         sink = CacheSink(
             cache,
-            bootstrap=settings.kafka_bootstrap,
+            kafka=KafkaConnection.from_settings(settings),
             topic=topics.segment_changes,
             group_id=settings.cache_sink_group,
             churn=churn,
@@ -74,7 +76,7 @@ async def run_serving(
         dispatcher = TriggerDispatcher(
             client,
             ruleset.triggers,
-            bootstrap=settings.kafka_bootstrap,
+            kafka=KafkaConnection.from_settings(settings),
             topic=topics.segment_changes,
             dlq_topic=topics.triggers_dlq,
             group_id=settings.triggers_group,
@@ -83,7 +85,7 @@ async def run_serving(
         )
         tasks.append(asyncio.create_task(dispatcher.run(stop), name="triggers"))
     runner = None
-    reader = None
+    reader: LookupReader | None = None
     if web:
 
         def default_ready() -> bool:
@@ -91,8 +93,7 @@ async def run_serving(
             # sink's last write went through.
             return sink is None or sink.stats.redis_ok
 
-        if settings.redis_url.startswith("redis://"):
-            reader = PipelinedReader(settings.redis_url)
+        reader = lookup_reader(settings.redis_target, client)
         app = create_app(
             cache,
             segments=[segment.name for segment in ruleset.segments],
@@ -111,11 +112,11 @@ async def run_serving(
         await aioweb.TCPSite(runner, settings.web_host, port, reuse_port=True).start()
         log.info("serving_web host=%s port=%d", settings.web_host, port)
     lookup_server = None
-    lookup_reader = None
+    fast_reader: LookupReader | None = None
     if lookup_port is not None:
-        lookup_reader = reader if reader is not None else PipelinedReader(settings.redis_url)
+        fast_reader = reader if reader is not None else lookup_reader(settings.redis_target, client)
         lookup_server = await start_lookup_server(
-            lookup_reader,
+            fast_reader,
             host=settings.web_host,
             port=lookup_port,
             prefix=settings.redis_prefix,
@@ -135,9 +136,9 @@ async def run_serving(
                 raise result
     finally:
         waiter.cancel()
-        if lookup_server is not None and lookup_reader is not None:
+        if lookup_server is not None and fast_reader is not None:
             lookup_server.close()
-            lookup_reader.close()
+            fast_reader.close()
         if runner is not None:
             await runner.cleanup()
         await client.aclose()
@@ -162,7 +163,7 @@ class _RequestErrorLog(logging.LoggerAdapter[logging.Logger]):
         super().exception(msg, *args, exc_info=exc_info, **kwargs)
 
 
-def _closer(reader: PipelinedReader) -> Callable[[aioweb.Application], Awaitable[None]]:
+def _closer(reader: LookupReader) -> Callable[[aioweb.Application], Awaitable[None]]:
     async def close(_app: aioweb.Application) -> None:
         reader.close()
 

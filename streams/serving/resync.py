@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from segments.changes import CodecError, MembershipRecord
+from streams.kafka.connection import KafkaConnection
 from streams.serving.cache import CacheWrite, RedisCache
 
 log = logging.getLogger(__name__)
@@ -29,11 +30,11 @@ class ResyncResult:
     applied: int = 0
 
 
-async def read_memberships(bootstrap: str, topic: str) -> tuple[dict[bytes, bytes | None], int]:
+async def read_memberships(
+    kafka: KafkaConnection, topic: str
+) -> tuple[dict[bytes, bytes | None], int]:
     """Reads the topic from the start to the end offsets seen at start: latest value per key."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None
-    )
+    consumer = AIOKafkaConsumer(**kafka.aiokafka_args(enable_auto_commit=False, group_id=None))
     await consumer.start()
     try:
         partitions = await _partitions(consumer, topic)
@@ -86,7 +87,7 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
 
 
 async def resync_cache(
-    cache: RedisCache, *, bootstrap: str, topic: str, flush: bool = True, batch: int = 2000
+    cache: RedisCache, *, kafka: KafkaConnection, topic: str, flush: bool = True, batch: int = 2000
 ) -> ResyncResult:
     """Rebuilds the cache: optionally deletes this prefix's keys, then writes every member.
 
@@ -94,7 +95,7 @@ async def resync_cache(
     by an older membership; keys deleted by the flush are re-created from the topic.
     """
     result = ResyncResult()
-    latest, result.records_read = await read_memberships(bootstrap, topic)
+    latest, result.records_read = await read_memberships(kafka, topic)
     writes = []
     for key, value in latest.items():
         if value is None:

@@ -43,6 +43,7 @@ from redis.exceptions import RedisError
 
 from segments.changes import Change, CodecError
 from segments.rules.ruleset import Trigger
+from streams.kafka.connection import KafkaConnection
 from streams.kafka.retry import Backoff, wait_or_stop
 from streams.kafka.topics import ensure_topic, wait_for_topic
 from streams.serving.metrics import record_lag
@@ -88,6 +89,17 @@ redis.call('SET', KEYS[1], 'pending:' .. ARGV[1], 'PX', ARGV[2])
 if cooldown > 0 then redis.call('SET', KEYS[2], ARGV[4], 'PX', cooldown) end
 return 'claimed'
 """
+
+
+def _hash_tag(customer_id: str) -> str:
+    """`{<customer_id>}`: the claim script's two keys in one Redis Cluster slot.
+
+    Redis hashes the text between the first `{` and the next `}`; an id that starts with
+    `}` would leave that empty, and then each whole key is hashed (two slots): such an
+    id gets a `_` in front, which keeps the tag non-empty and the same in both keys.
+    """
+    return f"{{_{customer_id}}}" if customer_id.startswith("}") else f"{{{customer_id}}}"
+
 
 _RETRYABLE_STATUS = frozenset({408, 425, 429})
 _WARN_EVERY_S = 10.0  # failed attempts are logged at most this often per trigger
@@ -307,7 +319,7 @@ class TriggerDispatcher:
         redis_client: Any,
         triggers: Sequence[Trigger],
         *,
-        bootstrap: str,
+        kafka: KafkaConnection,
         topic: str,
         dlq_topic: str,
         group_id: str,
@@ -316,7 +328,7 @@ class TriggerDispatcher:
     ) -> None:
         self.redis = redis_client
         self.triggers = list(triggers)
-        self.bootstrap, self.topic, self.dlq_topic = bootstrap, topic, dlq_topic
+        self.kafka, self.topic, self.dlq_topic = kafka, topic, dlq_topic
         self.group_id = group_id
         self.prefix = redis_prefix
         self.config = config or DispatchConfig()
@@ -339,27 +351,27 @@ class TriggerDispatcher:
         self._last_commit = 0.0
 
     def marker_key(self, trigger: Trigger, change: Change) -> str:
-        return f"{self.prefix}trig:{{{change.customer_id}}}:{trigger.name}:{change.change_id}"
+        tag = _hash_tag(change.customer_id)
+        return f"{self.prefix}trig:{tag}:{trigger.name}:{change.change_id}"
 
     def cooldown_key(self, trigger: Trigger, customer_id: str) -> str:
-        return f"{self.prefix}trigcool:{{{customer_id}}}:{trigger.name}"
+        return f"{self.prefix}trigcool:{_hash_tag(customer_id)}:{trigger.name}"
 
     async def run(self, stop: asyncio.Event) -> None:
-        if not await wait_for_topic(self.bootstrap, self.topic, stop):
+        if not await wait_for_topic(self.kafka, self.topic, stop):
             return
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            group_id=self.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest" if self.config.from_beginning else "latest",
-            max_poll_records=500,
+            **self.kafka.aiokafka_args(
+                group_id=self.group_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest" if self.config.from_beginning else "latest",
+                max_poll_records=500,
+            )
         )
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True
-        )
+        producer = AIOKafkaProducer(**self.kafka.aiokafka_args(acks="all", enable_idempotence=True))
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
         await ensure_topic(
-            self.bootstrap, self.dlq_topic, replication_factor=self.config.replication_factor
+            self.kafka, self.dlq_topic, replication_factor=self.config.replication_factor
         )
         await producer.start()
         await consumer.start()

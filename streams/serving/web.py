@@ -20,7 +20,7 @@ from prometheus_client import (
 )
 from redis.exceptions import RedisError
 
-from streams.serving.cache import PipelinedReader, RedisCache, parse_cursor
+from streams.serving.cache import RedisCache, parse_cursor
 from streams.serving.lookup import (
     CACHE_INCOMPLETE,
     RETRY_AFTER_S,
@@ -32,6 +32,7 @@ from streams.serving.lookup import (
     now_iso,
     readiness,
 )
+from streams.serving.lookup_reader import LookupReader
 from streams.serving.metrics import CACHE_COMPLETE, REDIS_UP
 
 SEGMENT_SIZE = Gauge(
@@ -48,7 +49,10 @@ REDIS_TIMEOUT_S = 5.0
 
 Ready = Callable[[], bool | Awaitable[bool]]
 CACHE_KEY: web.AppKey[RedisCache] = web.AppKey("cache", RedisCache)
-_OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+# Open with a token too: the probes, and the dashboard page, which is static HTML with no
+# data (its script takes the token from the URL fragment, `/#token=...`, and sends it as a
+# bearer token on /segments and /segments/history; a browser cannot send one for the page).
+_OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})
 _REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 
 
@@ -79,17 +83,18 @@ def create_app(
     ready: Ready | None = None,
     registry: CollectorRegistry = REGISTRY,
     churn: Any = None,
-    reader: PipelinedReader | None = None,
+    reader: LookupReader | None = None,
 ) -> web.Application:
     """The serving API over one RedisCache.
 
     segments: the rule set's segment names (for /segments, /metrics and 404s on unknown
-    names); api_token: when set, every path but /healthz and /readyz needs
+    names); api_token: when set, every path but /healthz, /readyz and / (the dashboard
+    page, no data) needs
     `Authorization: Bearer <token>`; ready: an extra /readyz condition (on top of: Redis
     answers and the cache's sentinel is there);
     churn: an optional ChurnHistory (streams.serving.churn) feeding /segments and the
     dashboard;
-    reader: a PipelinedReader for the lookup's HGETALL (the hot path), else the client.
+    reader: a LookupReader for the lookup (the pipelined one on a single node), else the client.
     """
     names = list(segments)
     expected_auth = f"Bearer {api_token}".encode() if api_token else None

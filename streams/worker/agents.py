@@ -159,7 +159,10 @@ def register_agents(
     async def log_counts() -> None:
         counts = processor.counts + adapter.counts
         if counts:
-            log.info("worker_counts %s", " ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+            keys = sorted(counts)
+            # One key=%d per count: in the JSON log each count is a field of its own.
+            template = "worker_counts " + " ".join(f"{key}=%d" for key in keys)
+            log.info(template, *(counts[key] for key in keys))
 
     # mode's SignalHandlerT (a Callable with mypy_extensions' VarArg/NamedArg) matches no
     # function mypy can see, typed or not: the ignore is for that declaration.

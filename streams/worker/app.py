@@ -8,6 +8,7 @@ from typing import Any
 import faust
 from faust.types import TableT
 
+from streams.kafka.connection import KafkaConnection
 from streams.settings import Settings, Topics
 from streams.worker.faust_fixes import App
 from streams.worker.web import faust_web_settings
@@ -57,6 +58,7 @@ def create_app(settings: Settings, min_insync_replicas: int | None = None) -> Se
     app = App(
         settings.app_id,
         broker=settings.faust_broker,
+        broker_credentials=KafkaConnection.from_settings(settings).faust_credentials(),
         store="rocksdb://",
         datadir=str(settings.data_dir),
         topic_partitions=settings.partitions,

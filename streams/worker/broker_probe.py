@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from streams.kafka.connection import KafkaConnection
+
 log = logging.getLogger(__name__)
 
 PROBE_INTERVAL = 1.0  # seconds between metadata requests
@@ -57,12 +59,12 @@ class BrokerProbe:
 
     def __init__(
         self,
-        bootstrap: str,
+        kafka: KafkaConnection,
         interval: float = PROBE_INTERVAL,
         timeout: float = PROBE_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.bootstrap = bootstrap
+        self.kafka = kafka
         self.interval = interval
         self.timeout = timeout
         self.clock = clock
@@ -80,9 +82,10 @@ class BrokerProbe:
         from aiokafka import AIOKafkaClient
 
         client = AIOKafkaClient(
-            bootstrap_servers=self.bootstrap,
-            client_id="segments-readiness-probe",
-            request_timeout_ms=int(self.timeout * 1000),
+            **self.kafka.aiokafka_args(
+                client_id="segments-readiness-probe",
+                request_timeout_ms=int(self.timeout * 1000),
+            )
         )
         self.last_answer = self.clock()
         try:

@@ -6,13 +6,25 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 # Each worker process has its own registry: the serving process exports the cache,
 # trigger and segment-size metrics from the default one.
 REGISTRY = CollectorRegistry()
+# What the default registry of `segments serve` has too: process_cpu_seconds_total,
+# process_resident_memory_bytes, process_open_fds, process_start_time_seconds, ...,
+# python_info and the garbage collector's python_gc_*.
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+GCCollector(registry=REGISTRY)
 
 DEADLINE_LATENESS = Histogram(
     "segments_deadline_lateness_seconds",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 from pathlib import Path
@@ -10,13 +9,12 @@ from typing import Any
 
 from segments.adapters import IdentityMap
 from segments.rules.evaluator import CompiledRules
+from streams.kafka.connection import KafkaConnection
 from streams.settings import Settings
 from streams.worker.agents import AdapterProcessor, build_processor, register_agents
 from streams.worker.app import SegmentsApp, create_app
 from streams.worker.broker_probe import SILENCE_LIMIT, BrokerProbe, Readiness
 from streams.worker.processor import SegmentProcessor
-
-log = logging.getLogger(__name__)
 
 
 def build_worker_app(
@@ -29,7 +27,7 @@ def build_worker_app(
     identities = IdentityMap.load(settings.identity_map) if settings.identity_map else IdentityMap()
     adapter = AdapterProcessor(segments_app, rules, identities)
     register_agents(segments_app, processor, adapter)
-    probe = BrokerProbe(settings.kafka_bootstrap)
+    probe = BrokerProbe(KafkaConnection.from_settings(settings))
     register_pages(segments_app, probe)
     register_metrics(segments_app, processor, adapter, probe)
     return segments_app, processor
@@ -113,15 +111,16 @@ def prepare_data_dir(data_dir: Path) -> bool:
 def worker_class() -> type[Any]:
     import faust
 
-    from streams.log_rate import limit_repeated_messages
-
     class Worker(faust.Worker):
-        """faust.Worker whose log writes each repeated warning or error at a bounded rate."""
+        """faust.Worker that leaves logging to the process (streams.logs) and prints nothing.
 
-        def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
-            super().on_setup_root_logger(logger, level)
-            # The Kafka client logs a refused connection thousands of times a
-            # second while the broker is down (docs/operations.md).
-            limit_repeated_messages(logger)
+        Faust would replace the root logger's handlers with its own (coloured text on
+        stdout) and, at WARNING and above, write a start-up spinner and "OK ^" around
+        the log: not one JSON object per line.
+        """
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, override_logging=False, **kwargs)
+            self.spinner = None
 
     return Worker

@@ -24,8 +24,8 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy" / "helm" / "purchase-segments"
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
 
-# Value sets the chart is rendered with: the defaults, and one that turns on every
-# optional part but the Kafka security settings (which the product does not read yet).
+# Value sets the chart is rendered with: the defaults, one that turns on every optional
+# part but the Kafka security settings (KAFKA_SECURED, below), and Redis Cluster over TLS.
 FULL = [
     "--set", "apiToken.value=s3cret",
     "--set", "serve.lookupPort=6067",
@@ -55,7 +55,19 @@ EXISTING_SECRETS = [
     "--set", "apiToken.existingSecret=my-token",
     "--set", "kafka.security.existingSecret=my-kafka",
 ]  # fmt: skip
-VARIANTS = {"defaults": [], "full": FULL, "existing-secrets": EXISTING_SECRETS}
+REDIS_CLUSTER_TLS = [
+    "--set", "redis.url=rediss://:pw@redis-0.redis:6379/0",
+    "--set", "redis.cluster=true",
+    "--set", "redis.tls.caCert=-----BEGIN CERTIFICATE-----",
+    "--set", "redis.tls.clientCert=-----BEGIN CERTIFICATE-----",
+    "--set", "redis.tls.clientKey=-----BEGIN PRIVATE KEY-----",
+]  # fmt: skip
+VARIANTS = {
+    "defaults": [],
+    "full": FULL,
+    "existing-secrets": EXISTING_SECRETS,
+    "redis-cluster-tls": REDIS_CLUSTER_TLS,
+}
 
 EXPECTED_KINDS = {
     ("v1", "ConfigMap"),
@@ -278,11 +290,19 @@ def test_the_replication_factor_is_the_brokers_unless_set(tools: dict[str, str])
     assert "SEGMENTS_REPLICATION_FACTOR" in known_settings()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 item 1: the product does not read SEGMENTS_KAFKA_SECURITY_PROTOCOL and the"
-    " SASL/SSL settings yet; when it does, this passes: remove the mark",
-)
+def test_logs_are_json_at_the_level_of_the_values(tools: dict[str, str]) -> None:
+    from streams.settings import load_settings
+
+    default = find(render(tools, []), "ConfigMap", "-settings")["data"]
+    assert (default["SEGMENTS_LOG_LEVEL"], default["SEGMENTS_LOG_FORMAT"]) == ("INFO", "json")
+    objects = render(tools, ["--set", "settings.logLevel=WARNING"])
+    data = find(objects, "ConfigMap", "-settings")["data"]
+    settings = load_settings(
+        env_file=None, log_level=data["SEGMENTS_LOG_LEVEL"], log_format=data["SEGMENTS_LOG_FORMAT"]
+    )
+    assert (settings.log_level, settings.log_format) == ("WARNING", "json")
+
+
 def test_the_kafka_security_variables_are_settings(tools: dict[str, str]) -> None:
     names = environment_names(render(tools, KAFKA_SECURED))
     assert names <= known_settings(), f"not read by the product: {sorted(names - known_settings())}"
@@ -341,6 +361,32 @@ def test_the_kafka_credentials_are_a_secret(tools: dict[str, str]) -> None:
             "key": "sasl-password",
         }
     assert "pw" not in str(find(objects, "ConfigMap", "-settings")["data"].values())
+
+
+def test_redis_cluster_and_tls_files_reach_both_processes(tools: dict[str, str]) -> None:
+    objects = render(tools, REDIS_CLUSTER_TLS)
+    data = find(objects, "ConfigMap", "-settings")["data"]
+    assert data["SEGMENTS_REDIS_CLUSTER"] == "true"
+    files = {name: data[name] for name in data if name.startswith("SEGMENTS_REDIS_SSL_")}
+    assert files == {
+        "SEGMENTS_REDIS_SSL_CAFILE": "/etc/segments/redis/ca.crt",
+        "SEGMENTS_REDIS_SSL_CERTFILE": "/etc/segments/redis/tls.crt",
+        "SEGMENTS_REDIS_SSL_KEYFILE": "/etc/segments/redis/tls.key",
+    }
+    secret = find(objects, "Secret", "-redis-tls")
+    assert set(secret["stringData"]) == {"ca.crt", "tls.crt", "tls.key"}
+    for spec in pod_specs(objects):
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert volumes["redis-tls"]["secret"]["secretName"] == secret["metadata"]["name"]
+        (container,) = spec["containers"]
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        assert mounts["redis-tls"] == "/etc/segments/redis"
+    # The defaults: one plain node, no TLS files.
+    default = render(tools, [])
+    assert not {n for n in find(default, "ConfigMap", "-settings")["data"] if "REDIS_" in n} - {
+        "SEGMENTS_REDIS_PREFIX"
+    }
+    assert not [o for o in default if o["metadata"]["name"].endswith("-redis-tls")]
 
 
 @pytest.mark.parametrize(

@@ -34,6 +34,7 @@ import orjson
 import redis
 
 from segments.data import EXAMPLE_RULES
+from streams.kafka.connection import KafkaConnection
 from streams.kafka.topics import ensure_topics
 from streams.serving.cache import SHARDS, Keys, parse_field
 from streams.settings import Topics
@@ -255,7 +256,7 @@ class Product:
         has built the cache from segment-memberships (decision 0004), and it waits for the
         worker to create that topic. Scenarios that start serve without a worker need them.
         """
-        ensure_topics(self.direct_bootstrap, self.topics, PARTITIONS)
+        ensure_topics(KafkaConnection(self.direct_bootstrap), self.topics, PARTITIONS)
         arguments = ["-m", "streams", "serve", "--lookup-port", str(self.lookup_port)]
         if not triggers:
             arguments.append("--no-triggers")

@@ -75,6 +75,7 @@ app = LosingApp(
     consumer_auto_offset_reset="earliest",
     broker_commit_interval=0.2,
     web_enabled=False,
+    datadir=str(settings.data_dir),
 )
 purchases = app.topic(
     settings.topics.purchases, key_type=str, value_type=str,

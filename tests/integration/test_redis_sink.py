@@ -12,6 +12,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from streams.kafka.connection import KafkaConnection
 from streams.kafka.retry import Backoff
 from streams.serving.cache import RedisCache, connect
 from streams.serving.cache_sink import CacheSink
@@ -134,7 +135,7 @@ def test_redis_outage_under_load_loses_nothing(private_redis, topics):
         cache = RedisCache(client, prefix="p:")
         sink = CacheSink(
             cache,
-            bootstrap=BOOTSTRAP,
+            kafka=KafkaConnection(BOOTSTRAP),
             topic=topics["changes"],
             group_id=f"sink-{uuid.uuid4().hex[:6]}",
             batch_size=500,
@@ -236,7 +237,7 @@ def test_resync_rebuilds_a_flushed_cache_from_memberships(private_redis, topics)
             await client.flushall()
             assert await cache_state(cache, history.customers) == {}
             result = await resync_cache(
-                cache, bootstrap=BOOTSTRAP, topic=topics["memberships"], flush=True
+                cache, kafka=KafkaConnection(BOOTSTRAP), topic=topics["memberships"], flush=True
             )
             assert result.members == sum(len(s) for s in before.values())
             assert await cache_state(cache, history.customers) == before
@@ -266,7 +267,7 @@ def test_a_redis_that_restarts_empty_is_restored_from_memberships(private_redis,
         cache = RedisCache(client, prefix="p:")
         sink = CacheSink(
             cache,
-            bootstrap=BOOTSTRAP,
+            kafka=KafkaConnection(BOOTSTRAP),
             topic=topics["changes"],
             group_id=f"sink-{uuid.uuid4().hex[:6]}",
             backoff=Backoff(first=0.05, maximum=0.5),
@@ -342,7 +343,7 @@ def test_a_rebuild_that_cannot_read_the_topic_is_retried_and_the_cache_stays_inc
         cache = RedisCache(client, prefix="p:")
         sink = CacheSink(
             cache,
-            bootstrap=BOOTSTRAP,
+            kafka=KafkaConnection(BOOTSTRAP),
             topic=topics["changes"],
             group_id=f"sink-{uuid.uuid4().hex[:6]}",
             backoff=Backoff(first=0.05, maximum=0.5),

@@ -35,6 +35,7 @@ import pytest
 from kafka import KafkaAdminClient
 
 from segments.clock import parse_instant
+from streams.kafka.connection import KafkaConnection
 from streams.kafka.produce import PublishResult, numbered_timeline, publish
 from streams.settings import Topics
 from tests.faults.harness import (
@@ -151,7 +152,9 @@ class PacedStream:
     def _run(self) -> None:
         try:
             as_of = parse_instant(AS_OF.replace("Z", "+00:00"))
-            self.result = publish(BOOTSTRAP, self.topic, self.messages, as_of, self._pace())
+            self.result = publish(
+                KafkaConnection(BOOTSTRAP), self.topic, self.messages, as_of, self._pace()
+            )
         except BaseException as error:  # reported by the test thread
             self.error = error
 

@@ -22,6 +22,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from segments.rules.ruleset import Trigger
+from streams.kafka.connection import KafkaConnection
 from streams.serving.cache import connect
 from streams.serving.triggers import DispatchConfig, TriggerDispatcher
 from tests.helpers import wait_for
@@ -231,7 +232,7 @@ class Running:
         self.dispatcher = TriggerDispatcher(
             self.client,
             triggers,
-            bootstrap=BOOTSTRAP,
+            kafka=KafkaConnection(BOOTSTRAP),
             topic=names["changes"],
             dlq_topic=names["dlq"],
             group_id=names["prefix"] + "triggers",
@@ -544,10 +545,10 @@ def test_a_killed_dispatcher_loses_no_call(names, tmp_path):
                 process = await asyncio.create_subprocess_exec(
                     *command, env=env, cwd=tmp_path, stderr=asyncio.subprocess.PIPE
                 )
-                while True:  # wait for "triggers: ready" (bounded by the outer timeout)
+                while True:  # wait for "triggers_ready" (bounded by the outer timeout)
                     line = await asyncio.wait_for(process.stderr.readline(), 60)
                     assert line, "dispatcher exited before it was ready"
-                    if b"triggers: ready" in line:
+                    if b"triggers_ready" in line:
                         break
                 drains.append(asyncio.create_task(process.stderr.read()))  # keep draining
                 return process

@@ -27,6 +27,7 @@ from segments.clock import parse_instant
 from segments.replay import read_lines, replay
 from segments.rules.evaluator import compile_rules
 from segments.rules.ruleset import load_ruleset
+from streams.kafka.connection import KafkaConnection
 from tests.helpers import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -183,8 +184,18 @@ def produce(env: Mapping[str, str], events: Path, as_of: str | None = None) -> s
     return run_cli(env, *args)
 
 
-def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+# Where a helper reads from: `host:port` of a plaintext broker, or a secured connection.
+Kafka = str | KafkaConnection
+
+
+def kafka_args(kafka: Kafka, **extra: Any) -> dict[str, Any]:
+    """kafka-python's arguments for `kafka`, through the product's own mapping."""
+    connection = kafka if isinstance(kafka, KafkaConnection) else KafkaConnection(kafka)
+    return connection.kafka_python_args(**extra)
+
+
+def end_offsets(bootstrap: Kafka, topic: str) -> dict[int, int]:
+    consumer = KafkaConsumer(**kafka_args(bootstrap))
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
         ends = consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
@@ -193,8 +204,8 @@ def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
         consumer.close()
 
 
-def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+def committed_offsets(bootstrap: Kafka, group: str, topic: str) -> dict[int, int]:
+    admin = KafkaAdminClient(**kafka_args(bootstrap))
     try:
         offsets = admin.list_consumer_group_offsets(group)
     finally:
@@ -203,7 +214,7 @@ def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
 
 
 def wait_drained(
-    bootstrap: str,
+    bootstrap: Kafka,
     group: str,
     topic: str,
     timeout: float = 240,
@@ -232,13 +243,18 @@ def wait_drained(
 
 
 def drain_with_one_worker(
-    env: Mapping[str, str], log_dir: Path, topics: Any, segments: list[str]
+    env: Mapping[str, str],
+    log_dir: Path,
+    topics: Any,
+    segments: list[str],
+    kafka: KafkaConnection | None = None,
 ) -> tuple[Published, list[Record]]:
     """One worker reads everything already produced to `purchases`, then stops cleanly.
 
-    Returns what it published (for `segments`) and the records of the dead-letter topic.
+    Returns what it published (for `segments`) and the records of the dead-letter topic;
+    `kafka` reads them from a secured broker (default: plaintext SEGMENTS_KAFKA_BOOTSTRAP).
     """
-    bootstrap = env["SEGMENTS_KAFKA_BOOTSTRAP"]
+    bootstrap: Kafka = kafka or env["SEGMENTS_KAFKA_BOOTSTRAP"]
     with running_workers(env, log_dir) as (worker,):
         worker.wait_ready()
         wait_drained(bootstrap, env["SEGMENTS_APP_ID"], topics.purchases, workers=(worker,))
@@ -258,7 +274,7 @@ class Record:
     timestamp: int = 0  # Kafka's CreateTime, epoch milliseconds
 
 
-def read_topic(bootstrap: str, topic: str, timeout: float = 120) -> list[Record]:
+def read_topic(bootstrap: Kafka, topic: str, timeout: float = 120) -> list[Record]:
     """Every record now in `topic`, in partition then offset order.
 
     Fails after `timeout` seconds if a partition's end was not reached.
@@ -266,11 +282,13 @@ def read_topic(bootstrap: str, topic: str, timeout: float = 120) -> list[Record]
     deadline = time.monotonic() + timeout
     ends = end_offsets(bootstrap, topic)
     consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        # kafka-python refuses responses above a few MB; keep fetches small.
-        fetch_max_bytes=1 << 20,
-        max_partition_fetch_bytes=256 << 10,
+        **kafka_args(
+            bootstrap,
+            enable_auto_commit=False,
+            # kafka-python refuses responses above a few MB; keep fetches small.
+            fetch_max_bytes=1 << 20,
+            max_partition_fetch_bytes=256 << 10,
+        )
     )
     try:
         tps = [TopicPartition(topic, p) for p, end in ends.items() if end > 0]
@@ -317,7 +335,7 @@ class Published:
     memberships: dict[str, list[str]]
 
 
-def read_published(bootstrap: str, topics: Any, segments: list[str]) -> Published:
+def read_published(bootstrap: Kafka, topics: Any, segments: list[str]) -> Published:
     seen: dict[str, dict[str, Any]] = {}
     by_partition: dict[int, list[dict[str, Any]]] = defaultdict(list)
     records = read_topic(bootstrap, topics.segment_changes)

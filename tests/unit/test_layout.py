@@ -20,10 +20,11 @@ ROOT = Path(__file__).resolve().parents[2]
 ALLOWED = {
     "settings": set(),
     "log_rate": set(),
+    "logs": {"settings", "log_rate"},
     "kafka": {"settings"},
     "worker": {"kafka", "settings", "log_rate"},
     "serving": {"kafka", "settings", "log_rate"},
-    "cli": {"worker", "serving", "kafka", "settings", "log_rate"},
+    "cli": {"worker", "serving", "kafka", "settings", "log_rate", "logs"},
     "__main__": {"cli"},
 }
 # Command-line libraries belong to the command line only.

@@ -9,6 +9,9 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+# `segments serve` always runs the cache sink, whose metrics register at import; without this
+# import the /metrics tests passed only when another test module had imported it first.
+import streams.serving.cache_sink  # noqa: F401
 from streams.serving.cache import SHARDS, RedisCache, shard_of
 from streams.serving.churn import ChurnHistory
 from streams.serving.web import create_app
@@ -135,6 +138,19 @@ def test_bearer_token_is_required_when_configured():
     assert get_json(app, "/customers/c-1/segments", good)[0] == 200
     # probes stay open so an orchestrator needs no secret
     assert get_json(create_app(cache, api_token="s3cret"), "/healthz")[0] == 200
+
+
+def test_the_dashboard_page_opens_with_a_token_set_but_its_data_needs_it():
+    # A browser cannot send a bearer token for the page it opens: the page (static HTML)
+    # is open, its script sends the token from /#token=... on the data routes.
+    cache, _ = make_cache()
+    status, html, response = call(create_app(cache, api_token="s3cret"), "GET", "/")
+    assert status == 200 and response.content_type == "text/html"
+    assert 'get("token")' in html and '"Bearer "+t' in html
+    for path in ("/segments", "/segments/history"):
+        assert get_json(create_app(cache, api_token="s3cret"), path)[0] == 401
+        good = {"Authorization": "Bearer s3cret"}
+        assert get_json(create_app(cache, api_token="s3cret"), path, good)[0] == 200
 
 
 def test_members_pages_through_every_shard():

@@ -3,9 +3,13 @@
  * Admin client (a DescribeCluster and a Metadata request) until both answer or the
  * deadline passes. Compiled once by deploy/local/kafka.sh against .local/kafka/libs.
  *
- * Usage: java KafkaReady <bootstrap> <timeout-seconds>
+ * Usage: java KafkaReady <bootstrap> <timeout-seconds> [client.properties]
+ * (the optional file adds client settings: security.protocol, SASL, truststore)
  * Exit 0 and one line "cluster_id=... brokers=N topics=N" when ready; exit 1 otherwise.
  */
+import java.io.FileInputStream;
+import java.io.IOException;
+import java.io.InputStream;
 import java.util.Collection;
 import java.util.Properties;
 import java.util.concurrent.TimeUnit;
@@ -16,10 +20,15 @@ import org.apache.kafka.clients.admin.ListTopicsOptions;
 import org.apache.kafka.common.Node;
 
 public final class KafkaReady {
-    public static void main(String[] args) throws InterruptedException {
+    public static void main(String[] args) throws InterruptedException, IOException {
         String bootstrap = args[0];
         long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(Long.parseLong(args[1]));
         Properties props = new Properties();
+        if (args.length > 2) {
+            try (InputStream in = new FileInputStream(args[2])) {
+                props.load(in);
+            }
+        }
         props.put(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
         props.put(AdminClientConfig.REQUEST_TIMEOUT_MS_CONFIG, "2000");
         props.put(AdminClientConfig.DEFAULT_API_TIMEOUT_MS_CONFIG, "2000");

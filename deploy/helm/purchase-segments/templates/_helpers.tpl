@@ -54,6 +54,18 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- define "ps.kafkaClientCert" -}}
 {{- if and (include "ps.kafkaTls" .) (or .Values.kafka.security.clientCert .Values.kafka.security.mutualTls) }}true{{ end -}}
 {{- end -}}
+{{- define "ps.redisTlsSecret" -}}
+{{- default (printf "%s-redis-tls" (include "ps.fullname" .)) .Values.redis.tls.existingSecret -}}
+{{- end -}}
+{{- define "ps.redisTlsFiles" -}}
+{{- with .Values.redis.tls }}{{ if or .caCert .clientCert .existingSecret }}true{{ end }}{{ end -}}
+{{- end -}}
+{{- define "ps.redisCa" -}}
+{{- with .Values.redis.tls }}{{ if or .caCert .existingSecret }}true{{ end }}{{ end -}}
+{{- end -}}
+{{- define "ps.redisClientCert" -}}
+{{- with .Values.redis.tls }}{{ if or .clientCert (and .existingSecret .mutualTls) }}true{{ end }}{{ end -}}
+{{- end -}}
 {{- define "ps.kafkaSasl" -}}
 {{- if has .Values.kafka.security.protocol (list "SASL_PLAINTEXT" "SASL_SSL") }}true{{ end -}}
 {{- end -}}
@@ -104,7 +116,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end }}
 {{- end -}}
 
-{{/* Volumes and mounts of both processes: the rule file and Kafka's TLS files. */}}
+{{/* Volumes and mounts of both processes: the rule file, Kafka's and Redis's TLS files. */}}
 {{- define "ps.volumes" -}}
 - name: rules
   configMap:
@@ -113,6 +125,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 - name: kafka-tls
   secret:
     secretName: {{ include "ps.kafkaSecret" . }}
+{{- end }}
+{{- if include "ps.redisTlsFiles" . }}
+- name: redis-tls
+  secret:
+    secretName: {{ include "ps.redisTlsSecret" . }}
 {{- end }}
 {{- end -}}
 
@@ -123,6 +140,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- if include "ps.kafkaTls" . }}
 - name: kafka-tls
   mountPath: /etc/segments/kafka
+  readOnly: true
+{{- end }}
+{{- if include "ps.redisTlsFiles" . }}
+- name: redis-tls
+  mountPath: /etc/segments/redis
   readOnly: true
 {{- end }}
 {{- end -}}

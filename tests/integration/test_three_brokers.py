@@ -47,7 +47,7 @@ from tests.faults.harness import (
     make_backlog,
 )
 from tests.faults.proxy import TcpProxy
-from tests.helpers import PrivateRedis, WaitTimeout, wait_until
+from tests.helpers import PrivateRedis, wait_until
 from tests.integration.conftest import delete_kafka_names
 from tests.integration.worker_harness import REPO_ROOT, read_topic
 
@@ -61,7 +61,8 @@ CUSTOMERS = 700  # about 2,500 events: a stream of about 40 s
 # Events per second: what one worker keeps up with on three brokers (acks=all, 3 replicas)
 # on the 2-core test machine with another test run beside it. At 150 it fell behind.
 RATE = 60.0
-KILL_AT = 0.35  # share of the stream sent before the kill
+KILL_AT = 0.35  # share of the stream sent before the kill, at the earliest
+KILL_BY = 0.6  # ... and at the latest: a worker still behind is killed under anyway
 CAUGHT_UP = 2 * RATE  # committed within about 2 s of the stream (commits come every 1 s)
 OFFSETS_PARTITIONS = 10  # offsets.topic.num.partitions of the cluster
 
@@ -171,7 +172,7 @@ class Pause:
     delay_before: float  # median delay of events sent 8 s to 3 s before the kill
     delay_before_max: float
     delay_around_kill_max: float  # the largest delay of an event sent 3 s before to 15 s after
-    largest_gap: float  # with no change published, in the 30 s after the kill
+    largest_gap: float  # with no change published, after the kill
     largest_gap_began: float
     delays_normal_again: float  # from here on every event's delay is at most 3x the median
 
@@ -201,7 +202,7 @@ def measure_pause(topics: Topics, killed_at_ms: int, series: Path) -> Pause:
     before = [delay for sent, delay in delays if -8 <= sent < -3]
     around = [delay for sent, delay in delays if -3 <= sent < 15]
     stamps = sorted(stamp for stamp, _ in first_copy.values())
-    after = [0.0, *((s - killed_at_ms) / 1000 for s in stamps if 0 <= s - killed_at_ms < 30_000)]
+    after = [0.0, *((s - killed_at_ms) / 1000 for s in stamps if s >= killed_at_ms)]
     assert before and around and len(after) > 1, "no changes before or after the kill to measure"
     gap, began = max((b - a, a) for a, b in itertools.pairwise(after))
     normal = max(1.0, 3 * statistics.median(before))
@@ -270,14 +271,17 @@ def test_losing_one_of_three_brokers_loses_nothing_and_needs_no_restart(
             what="the stream to be under way and the worker committing",
         )
         # The delays measured before the kill are its baseline: a worker still catching up
-        # would blur them. A machine too busy to catch up is noted, not a failure.
-        with contextlib.suppress(WaitTimeout):
-            wait_until(
-                lambda: stream.sent - product.committed_total() <= CAUGHT_UP,
-                30,
-                interval=0.2,
-                what="the worker to keep up with the stream",
-            )
+        # would blur them. A machine too busy to catch up is noted, not a failure, and the
+        # kill still comes while the stream runs.
+        wait_until(
+            lambda: (
+                stream.sent - product.committed_total() <= CAUGHT_UP
+                or stream.sent >= KILL_BY * len(messages)
+            ),
+            60,
+            interval=0.2,
+            what="the worker to keep up with the stream, or the stream to be past KILL_BY",
+        )
         behind_at_kill = stream.sent - product.committed_total()
         victim = coordinator_of(admin, product.app_id)
         led = leaders(admin, [*created, changelog])

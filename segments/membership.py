@@ -175,7 +175,7 @@ def _evaluate(
     the next instant at which any metric can change (docs/decisions/0009).
     """
     today = rules.calendar.day_of(at)
-    flags, values, flip = rules.assess(state, today)
+    flags, values, flip = rules.assess(state, today, at)
     # One shared tuple per distinct flags of these rules: a settled state keeps a
     # reference (8 bytes) instead of its own tuple, and identity means same rules too.
     flag_sets = rules.flag_sets

@@ -14,14 +14,37 @@ import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import (
+    MAX_EMAX,
+    MIN_EMIN,
+    ROUND_HALF_EVEN,
+    Context,
+    Decimal,
+    DivisionByZero,
+    InvalidOperation,
+    Overflow,
+)
 from operator import attrgetter
 from typing import Any
 
 from segments.aggregates import CustomerState, FilterKey, Order
 from segments.clock import MICROS_PER_DAY, Calendar, month_day
-from segments.rules.ast import And, Between, Compare, Expr, Metric, Not, Number, Or, String
-from segments.rules.ruleset import RuleSet
+from segments.rules.ast import (
+    And,
+    Arithmetic,
+    Between,
+    Compare,
+    Expr,
+    InSegment,
+    Metric,
+    Negate,
+    Not,
+    Number,
+    Or,
+    String,
+    children,
+)
+from segments.rules.ruleset import RuleSet, Segment
 
 Value = int | Decimal | None
 Evaluation = tuple[tuple[bool, ...], tuple[Value, ...]]
@@ -29,6 +52,103 @@ Evaluation = tuple[tuple[bool, ...], tuple[Value, ...]]
 ALWAYS_DEFINED = frozenset({"orders", "spend", "units", "discounted_orders", "distinct_categories"})
 DAYS_SINCE = frozenset({"days_since_last_purchase", "days_since_first_purchase"})
 _CENT = Decimal("0.01")
+
+# Arithmetic of the rule language (SPEC section 3, language 2): Decimal with 100 significant
+# digits, like money.py's conversions. + - and * of the values the core produces (amounts
+# below 1e15 with at most 12 places, counts, days) are exact; a quotient is rounded once,
+# half-even, at the 100th digit, far below any difference a comparison with a literal or
+# an amount can see. Division by zero and any undefined operand give undefined (None).
+ARITHMETIC = Context(
+    prec=100,
+    rounding=ROUND_HALF_EVEN,
+    Emax=MAX_EMAX,
+    Emin=MIN_EMIN,
+    traps=[InvalidOperation, DivisionByZero, Overflow],
+)
+
+
+def add(a: Value, b: Value) -> Value:
+    return None if a is None or b is None else ARITHMETIC.add(a, b)
+
+
+def subtract(a: Value, b: Value) -> Value:
+    return None if a is None or b is None else ARITHMETIC.subtract(a, b)
+
+
+def multiply(a: Value, b: Value) -> Value:
+    return None if a is None or b is None else ARITHMETIC.multiply(a, b)
+
+
+def divide(a: Value, b: Value) -> Value:
+    return None if a is None or b is None or not b else ARITHMETIC.divide(a, b)
+
+
+def negate(a: Value) -> Value:
+    return None if a is None else ARITHMETIC.minus(a)
+
+
+_ARITHMETIC_HELPERS = {"+": "ADD", "-": "SUB", "*": "MUL", "/": "DIV"}
+
+
+def _simple(expr: Expr) -> bool:
+    """A metric or a number: the operands version 1 compiles as they always were."""
+    return isinstance(expr, Metric | Number)
+
+
+class _Values:
+    """Python source for value expressions (metrics, numbers, arithmetic) and for
+    comparisons of them with undefined handled: any undefined operand makes it false."""
+
+    def __init__(self, specs: list[MetricSpec], spec_index: Callable[[Metric], int]) -> None:
+        self.specs = specs
+        self.spec_index = spec_index
+        self.temps = 0
+
+    def code(self, expr: Expr, used: list[int]) -> tuple[str, bool]:
+        """The source of a value and whether it can be undefined; metric indexes to used."""
+        if isinstance(expr, Number):
+            return _literal(expr.value), False
+        if isinstance(expr, Metric):
+            index = self.spec_index(expr)
+            used.append(index)
+            return f"v{index}", self.specs[index].name not in ALWAYS_DEFINED
+        if isinstance(expr, Negate):
+            operand, _ = self.code(expr.operand, used)
+            return f"NEG({operand})", True
+        if isinstance(expr, Arithmetic):
+            left, _ = self.code(expr.left, used)
+            right, _ = self.code(expr.right, used)
+            return f"{_ARITHMETIC_HELPERS[expr.op]}({left}, {right})", True
+        raise ValueError(f"line {expr.line}: expected a metric, a number or arithmetic")
+
+    def test(self, operands: list[Expr], test: Callable[[list[str]], str], used: list[int]) -> str:
+        """`test` of the operands' values, false when any of them is undefined."""
+        checks: list[str] = []
+        texts: list[str] = []
+        for operand in operands:
+            text, maybe_undefined = self.code(operand, used)
+            if maybe_undefined and isinstance(operand, Metric):
+                checks.append(f"{text} is not None")
+            elif maybe_undefined:
+                self.temps += 1
+                temp = f"t{self.temps}"
+                checks.append(f"({temp} := {text}) is not None")
+                text = temp
+            texts.append(text)
+        return f"({' and '.join([*checks, test(texts)])})"
+
+
+def segment_references(segments: tuple[Segment, ...]) -> frozenset[str]:
+    """The names of the segments some rule reads with in_segment(...)."""
+
+    def refs(expr: Expr | None) -> set[str]:
+        if expr is None:
+            return set()
+        if isinstance(expr, InSegment):
+            return {expr.name}
+        return {name for child in children(expr) for name in refs(child)}
+
+    return frozenset(name for s in segments for name in refs(s.when) | refs(s.exit_when))
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +204,10 @@ class CompiledRules:
     evaluate: Callable[[CustomerState, int], Evaluation]
     # the first day after `today` on which time alone changes a metric (see next_deadline)
     next_day: Callable[[CustomerState, int], int | None]
-    # evaluate at one day, and the first day after it on which a flag can change
-    assess: Callable[[CustomerState, int], tuple[tuple[bool, ...], tuple[Value, ...], int | None]]
+    # evaluate at one day and instant, and the first day after it on which a flag can change
+    assess: Callable[
+        [CustomerState, int, int], tuple[tuple[bool, ...], tuple[Value, ...], int | None]
+    ]
     # an index updated in place for one added order / records pruned before a day (None: stale)
     index_add: Callable[[tuple[Any, ...], Order], tuple[Any, ...] | None]
     index_prune: Callable[[tuple[Any, ...], int], tuple[Any, ...] | None]
@@ -143,7 +265,28 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
         ]
         return " and ".join(checks)
 
+    values = _Values(specs, spec_index)
+
     def emit(expr: Expr, used: set[int]) -> str:
+        if isinstance(expr, InSegment):
+            # evaluate() reads the memberships as stored; assess() (what step() uses)
+            # sees the earlier segment's membership after this very evaluation
+            return f"(MEMBER(state.memberships.get({expr.name!r})))"
+        if isinstance(expr, Compare) and not (_simple(expr.left) and _simple(expr.right)):
+            read: list[int] = []
+            op = expr.op
+            text = values.test([expr.left, expr.right], lambda v: f"{v[0]} {op} {v[1]}", read)
+            used.update(read)
+            return text
+        if isinstance(expr, Between) and not all(
+            _simple(e) for e in (expr.operand, expr.low, expr.high)
+        ):
+            read = []
+            text = values.test(
+                [expr.operand, expr.low, expr.high], lambda v: f"{v[1]} <= {v[0]} <= {v[2]}", read
+            )
+            used.update(read)
+            return text
         if isinstance(expr, And):
             return f"({emit(expr.left, used)} and {emit(expr.right, used)})"
         if isinstance(expr, Or):
@@ -170,7 +313,7 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
             test = f"{low} <= {value} <= {high}"
             checks = guard(vi)
             return f"({checks} and {test})" if checks else f"({test})"
-        if isinstance(expr, Metric | Number | String):
+        if isinstance(expr, Metric | Number | String | Arithmetic | Negate):
             raise ValueError(f"line {expr.line}: expected a comparison")
         raise TypeError(f"unknown expression {expr!r}")
 
@@ -202,6 +345,7 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
         day_thresholds,
         conditions,
         lambda m: index_of[MetricSpec.of(m)],
+        ruleset.segments,
     )
     exec(compile(source, f"<rules {ruleset.source} v{ruleset.version}>", "exec"), namespace)
     evaluate = namespace["evaluate"]
@@ -292,6 +436,7 @@ def _generate(
     day_thresholds: tuple[tuple[int, int], ...],
     flag_conditions: list[Expr | None],
     spec_index: Callable[[Metric], int],
+    segments: tuple[Segment, ...] = (),
 ) -> tuple[str, dict[str, Any]]:
     """Source of `build_index`, `index_add`, `index_prune`, `evaluate`, `next_day`, `assess`.
 
@@ -317,6 +462,12 @@ def _generate(
         "DISCOUNTED": attrgetter("discounted"),
         "NO_DAY": _NO_DAY,
         "EXACT_SUM": 10**16,
+        "ADD": add,
+        "SUB": subtract,
+        "MUL": multiply,
+        "DIV": divide,
+        "NEG": negate,
+        "MEMBER": _is_member,
     }
     windowed = [s for s in specs if s.within_days is not None]
     keys = list(dict.fromkeys(s.key for s in windowed))
@@ -522,16 +673,21 @@ def _generate(
     # assess: evaluate and next_day at one `today` (step() always needs both)
     # assess: evaluate at `today` and the first day on which a flag can change (step()
     # needs both; next_day only when a segment is not settled, see membership.py)
-    flip = _FlipDays(specs, keys, fields, lows, day_thresholds, namespace, spec_index)
+    referenced = segment_references(segments)
+    position = {segment.name: k for k, segment in enumerate(segments)}
+    flip = _FlipDays(
+        specs, keys, fields, lows, day_thresholds, namespace, spec_index, position, segments
+    )
     flip_lines = ["    flip = NO_DAY"]
     for n, condition in enumerate(flag_conditions):
-        if condition is None:
-            continue  # a constant False flag never changes
-        flip_lines.extend(flip.statements(condition, f"f{n}"))
-        flip_lines.append(f"    if f{n}_day < flip:")
-        flip_lines.append(f"        flip = f{n}_day")
+        if condition is not None:  # a constant False flag never changes
+            flip_lines.extend(flip.statements(condition, f"f{n}"))
+            flip_lines.append(f"    if f{n}_day < flip:")
+            flip_lines.append(f"        flip = f{n}_day")
+        if n % 2 and segments and segments[n // 2].name in referenced:
+            flip_lines.extend(_membership_after(n // 2, segments[n // 2]))
     flag_names = [f"f{n}" if c is not None else "False" for n, c in enumerate(flag_conditions)]
-    assess = ["def assess(state, today):", *lines[1:], *flip_lines]
+    assess = ["def assess(state, today, at):", *lines[1:], *flip_lines]
     assess.append(
         f"    return ({', '.join(flag_names)},), ({values}{',' if specs else ''}), "
         "None if flip == NO_DAY else flip"
@@ -548,6 +704,27 @@ def _generate(
 
 # later than any day: next_day's starting point, so that the hot path compares ints only
 _NO_DAY = 1 << 62
+
+
+def _is_member(membership: Any) -> bool:
+    return membership is not None and bool(membership.member)
+
+
+def _membership_after(k: int, segment: Segment) -> list[str]:
+    """Lines that set `m{k}`: whether the customer is a member of segment k once this
+    evaluation has applied its flags (f{2k}, f{2k+1}), exactly as membership.py's
+    _evaluate does, min_dwell and exit_when included; later segments read it."""
+    leaving = f"f{2 * k + 1}" if segment.exit_when is not None else f"not f{2 * k}"
+    stays = f"not {leaving}"
+    if segment.min_dwell is not None:
+        stays = f"{stays} or at < c.since + {segment.min_dwell}"
+    return [
+        f"    c = state.memberships.get({segment.name!r})",
+        "    if c is not None and c.member:",
+        f"        m{k} = {stays}",
+        "    else:",
+        f"        m{k} = f{2 * k}",
+    ]
 
 
 def _window_value(i: int, name: str, j: int, low: str, category: str | None) -> str:
@@ -611,7 +788,12 @@ class _FlipDays:
         day_thresholds: tuple[tuple[int, int], ...],
         namespace: dict[str, Any],
         spec_index: Callable[[Metric], int],
+        segment_position: dict[str, int] | None = None,
+        segments: tuple[Segment, ...] = (),
     ) -> None:
+        self.segment_position = segment_position or {}
+        self.segments = segments
+        self.values = _Values(specs, spec_index)
         self.specs = specs
         self.keys = keys
         self.fields = fields
@@ -682,6 +864,23 @@ class _FlipDays:
                 [*days, f"    {name}_day = {name}n_day"],
             )
         out: list[str] = []
+        if isinstance(expr, InSegment):
+            # a membership changes only when its segment's flags can, or when a min_dwell
+            # runs out (an instant of its own, see membership._deadline)
+            k = self.segment_position[expr.name]
+            day = f"f{2 * k}_day"
+            if self.segments[k].exit_when is not None:
+                day = f"min({day}, f{2 * k + 1}_day)"
+            return [f"    {name} = m{k}"], [f"    {name}_day = {day}"]
+        if isinstance(expr, Compare) and not (_simple(expr.left) and _simple(expr.right)):
+            op = expr.op
+            return self._arithmetic([expr.left, expr.right], lambda v: f"{v[0]} {op} {v[1]}", name)
+        if isinstance(expr, Between) and not all(
+            _simple(e) for e in (expr.operand, expr.low, expr.high)
+        ):
+            return self._arithmetic(
+                [expr.operand, expr.low, expr.high], lambda v: f"{v[1]} <= {v[0]} <= {v[2]}", name
+            )
         if isinstance(expr, Compare):
             left, right = expr.left, expr.right
             if isinstance(right, Metric) and not isinstance(left, Metric):
@@ -719,6 +918,19 @@ class _FlipDays:
                 )
             return out[:1], out[1:]
         raise TypeError(f"unknown expression {expr!r}")
+
+    def _arithmetic(
+        self, operands: list[Expr], test: Callable[[list[str]], str], name: str
+    ) -> tuple[list[str], list[str]]:
+        """A comparison with arithmetic: its truth holds until one of its metrics changes
+        value (the parser lets no days-since metric into one, so each value is a step
+        function of time whose steps _metric_change_day knows)."""
+        used: list[int] = []
+        truth = [f"    {name} = {self.values.test(operands, test, used)}"]
+        days = [f"    {name}_day = NO_DAY"]
+        for index in dict.fromkeys(used):
+            days.extend(self._metric_change_day(index, f"{name}_day"))
+        return truth, days
 
     def _operand(self, expr: Expr) -> tuple[str, int | None]:
         if isinstance(expr, Metric):

@@ -58,6 +58,43 @@ segments:
     when: units(within="30d") > 4 or spend(channel="online") > 300
 """
 
+# Language 2: arithmetic (with division by zero and negative spend), in_segment over
+# segments with exit_when and min_dwell, chained references. No segment's when and
+# exit_when hold at once: such a rule flaps, and when it re-enters after its min_dwell is
+# a question of its own (the engine waits for a metric to change, the reference for the
+# next midnight), not of language 2.
+LANGUAGE_2_RULES = """
+version: 4
+base_currency: USD
+rates: {EUR: "1.10"}
+segments:
+  - name: vip
+    when: orders(within="182d") >= 3
+    exit_when: orders(within="182d") < 2
+  - name: lapsed
+    when: days_since_last_purchase() > 60
+    min_dwell: 10d
+  - name: online_share
+    when: spend(channel="online", within="365d") / spend(within="365d") >= 0.6
+  - name: mostly_discounted
+    when: discounted_orders(within="200d") * 2 > orders(within="200d")
+  - name: lapsed_vip
+    when: in_segment("vip") and in_segment("lapsed")
+  - name: steady_spender
+    when: >
+      not in_segment("vip") and not in_segment("lapsed")
+      and spend() - 2 * spend(within="90d") > 50 and spend() >= 20
+    exit_when: in_segment("lapsed") or spend() < 20
+    min_dwell: 3d
+  - name: odd_mix
+    when: -avg_order_value(within="120d") + units(category="Music") / 3 < -20
+  - name: units_per_order
+    when: units(within="60d") between orders(within="60d") and orders(within="60d") * 2 + 1
+  - name: chain
+    when: in_segment("steady_spender") or in_segment("online_share") and orders() > 1
+    exit_when: not in_segment("online_share") and not in_segment("steady_spender")
+"""
+
 START = to_micros(datetime(1997, 1, 1, tzinfo=UTC))
 SPAN_DAYS = 540
 CATEGORIES = ("Music", "Running Shoes", "Books")
@@ -180,6 +217,7 @@ def _check(events: list[Event], ruleset: RuleSet, as_of: int) -> None:
 
 CONFORMANCE = replace(parse_ruleset(RULES.read_text(), str(RULES)), rates={"EUR": Decimal("1.10")})
 RICH = parse_ruleset(RICH_RULES, "rich.yaml")
+LANGUAGE_2 = parse_ruleset(LANGUAGE_2_RULES, "language2.yaml")
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -193,6 +231,12 @@ def test_conformance_rules_agree_with_reference(history: tuple[list[Event], int]
 @given(histories())
 def test_rich_rules_agree_with_reference(history: tuple[list[Event], int]) -> None:
     _check(history[0], RICH, history[1])
+
+
+@SETTINGS
+@given(histories())
+def test_language_2_rules_agree_with_reference(history: tuple[list[Event], int]) -> None:
+    _check(history[0], LANGUAGE_2, history[1])
 
 
 @SETTINGS

@@ -461,9 +461,9 @@ def test_days_since_may_use_between() -> None:
         ("orders() between 4 and 2", 18, "empty range: low bound 4 is greater than high bound 2"),
         ("orders() between 1.5 and 1.25", 18, "low bound 1.5 is greater than high bound 1.25"),
         (
-            "orders() between units() and 2",
-            18,
-            "the bounds of 'between' must be numbers, found metric",
+            "orders() between (units() > 1) and 2",
+            27,
+            "the bounds of 'between' must be numbers, found a condition",
         ),
         (
             'orders() between 1 and "x"',

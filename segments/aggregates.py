@@ -78,6 +78,10 @@ class Lifetime:
     last_day: int | None = None
     categories: dict[str, int] | None = None  # category -> number of counted orders
     pruned_last_day: int | None = None  # newest counted order already pruned from records
+    # the least and greatest value of the counted orders already pruned from records; kept
+    # only when the rules read min_order_value() or max_order_value() over all history
+    pruned_least: Decimal | None = None
+    pruned_most: Decimal | None = None
 
 
 @dataclass(slots=True)
@@ -135,6 +139,29 @@ def matches(order: Order, key: FilterKey) -> bool:
     if category is not None and (order.categories is None or category not in order.categories):
         return False
     return season is None or in_season(order.day, season)
+
+
+def order_value(order: Order, key: FilterKey) -> Decimal:
+    """The value of a counted order under a filter key: its net total, or with a category
+    the amount of that category's lines (as avg_order_value and spend count it)."""
+    category = key[1]
+    if category is None:
+        return order.net
+    assert order.categories is not None
+    return order.categories[category].amount
+
+
+def extreme_order_value(
+    state: CustomerState, key: FilterKey, pruned: Decimal | None, most: bool
+) -> Decimal | None:
+    """min_order_value() (most False) or max_order_value() over all history: the retained
+    counted orders (a refund may still lower them) and the pruned ones' extreme."""
+    values = [order_value(o, key) for o in state.orders if o.net > ZERO and matches(o, key)]
+    if pruned is not None:
+        values.append(pruned)
+    if not values:
+        return None
+    return max(values) if most else min(values)
 
 
 def in_season(day: int, season: tuple[int, int, int, int]) -> bool:
@@ -272,18 +299,30 @@ def adjustment_matches(adjustment: Adjustment, key: FilterKey) -> bool:
     )
 
 
-def prune(state: CustomerState, oldest_order_day: int, oldest_seen_day: int) -> None:
-    """Drop records no window can see any more; lifetime totals already hold them."""
+def prune(
+    state: CustomerState, oldest_order_day: int, oldest_seen_day: int, extremes: bool = False
+) -> None:
+    """Drop records no window can see any more; lifetime totals already hold them.
+
+    extremes: keep the least and greatest pruned order value per lifetime key (the
+    rules read min_order_value() or max_order_value() over all history).
+    """
     if state.orders and state.orders[0].day < oldest_order_day:
         for order in state.orders:
             if order.day >= oldest_order_day:
                 break
             if order.net > 0:
                 for key, lifetime in state.lifetime.items():
-                    if matches(order, key) and (
-                        lifetime.pruned_last_day is None or order.day > lifetime.pruned_last_day
-                    ):
+                    if not matches(order, key):
+                        continue
+                    if lifetime.pruned_last_day is None or order.day > lifetime.pruned_last_day:
                         lifetime.pruned_last_day = order.day
+                    if extremes:
+                        value = order_value(order, key)
+                        if lifetime.pruned_least is None or value < lifetime.pruned_least:
+                            lifetime.pruned_least = value
+                        if lifetime.pruned_most is None or value > lifetime.pruned_most:
+                            lifetime.pruned_most = value
         if state.seen_ids is not None:
             state.seen_ids.difference_update(
                 o.event_id for o in state.orders if o.day < oldest_order_day
@@ -381,6 +420,8 @@ def state_to_bytes(state: CustomerState) -> bytes:
                 lt.last_day,
                 lt.pruned_last_day,
                 lt.categories,
+                None if lt.pruned_least is None else str(lt.pruned_least),
+                None if lt.pruned_most is None else str(lt.pruned_most),
             ]
         )
         for key, lt in state.lifetime.items()
@@ -415,7 +456,7 @@ def state_from_bytes(customer_id: str, data: bytes) -> CustomerState:
         raise ValueError(f"customer state format {fmt} is not {FORMAT}")
     state = CustomerState(customer_id=customer_id, rules_version=rules_version, due=due)
     orders = [_padded(row, 7) for row in orders]
-    lifetime = [_padded(row, 9) for row in lifetime]
+    lifetime = [_padded(row, 11) for row in lifetime]
     state.orders = [
         Order(
             event_id,
@@ -434,8 +475,19 @@ def state_from_bytes(customer_id: str, data: bytes) -> CustomerState:
     ]
     state.returns_seen = [(event_id, day) for event_id, day in returns_seen]
     state.lifetime = {
-        _key_of(key): Lifetime(n, Decimal(spend), units, discounted, first, last, cats, pruned)
-        for key, n, spend, units, discounted, first, last, pruned, cats in lifetime
+        _key_of(key): Lifetime(
+            n,
+            Decimal(spend),
+            units,
+            discounted,
+            first,
+            last,
+            cats,
+            pruned,
+            None if least is None else Decimal(least),
+            None if most is None else Decimal(most),
+        )
+        for key, n, spend, units, discounted, first, last, pruned, cats, least, most in lifetime
     }
     state.memberships = {
         name: Membership(bool(member), seq, since)

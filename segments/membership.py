@@ -115,7 +115,7 @@ def step(
     state.due = _evaluate(state, rules, now, cause, item.event_id, changes)
     today = rules.calendar.day_of(now)
     index = state.index
-    prune(state, today - rules.horizon_days + 1, today - rules.seen_days)
+    prune(state, today - rules.horizon_days + 1, today - rules.seen_days, rules.lifetime_extremes)
     if index is not None and state.index is None:
         state.index = rules.index_prune(index, today - rules.horizon_days + 1)
     return state, changes

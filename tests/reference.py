@@ -176,6 +176,22 @@ def _metric(metric: Metric, history: _History, today: Any) -> Any:
         return (today - max(o.date for o in orders)).days if orders else None
     if name == "days_since_first_purchase":
         return (today - min(o.date for o in orders)).days if orders else None
+    if name in ("min_order_value", "max_order_value"):
+        if metric.category is None:
+            amounts = [o.net for o in orders]
+        else:
+            amounts = [
+                sum((line[1] for line in o.lines if line[0] == metric.category), Decimal(0))
+                for o in orders
+            ]
+        if not amounts:
+            return None
+        return min(amounts) if name == "min_order_value" else max(amounts)
+    if name == "avg_days_between_orders":
+        if len(orders) < 2:
+            return None
+        dates = [o.date for o in orders]
+        return Fraction((max(dates) - min(dates)).days, len(orders) - 1)
     raise ValueError(name)
 
 

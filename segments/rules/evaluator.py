@@ -27,7 +27,7 @@ from decimal import (
 from operator import attrgetter
 from typing import Any
 
-from segments.aggregates import CustomerState, FilterKey, Order
+from segments.aggregates import CustomerState, FilterKey, Order, extreme_order_value
 from segments.clock import MICROS_PER_DAY, Calendar, month_day
 from segments.rules.ast import (
     And,
@@ -193,6 +193,7 @@ class CompiledRules:
     lifetime_keys: tuple[FilterKey, ...]
     keep_categories: frozenset[str] | None  # None: keep every category
     lifetime_categories: bool  # lifetime accumulators track category sets
+    lifetime_extremes: bool  # prune keeps the least and greatest pruned order value
     windows: tuple[int, ...]
     # (days, filter, whether unknown-order returns count): each distinct windowed filter
     window_filters: tuple[tuple[int, FilterKey, bool], ...]
@@ -367,6 +368,10 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
         lifetime_categories=any(
             s.name == "distinct_categories" and s.within_days is None for s in specs
         ),
+        lifetime_extremes=any(
+            s.name in ("min_order_value", "max_order_value") and s.within_days is None
+            for s in specs
+        ),
         windows=windows,
         window_filters=window_filters,
         horizon_days=max((*windows, seen_days)),
@@ -468,6 +473,7 @@ def _generate(
         "DIV": divide,
         "NEG": negate,
         "MEMBER": _is_member,
+        "EXTREME": extreme_order_value,
     }
     windowed = [s for s in specs if s.within_days is not None]
     keys = list(dict.fromkeys(s.key for s in windowed))
@@ -479,6 +485,8 @@ def _generate(
             "units": "units",
             "discounted_orders": "discounted",
             "distinct_categories": "categories" if spec.category is None else None,
+            "min_order_value": "amount",
+            "max_order_value": "amount",
         }.get(spec.name)
         if wanted is not None and wanted not in fields[spec.key]:
             fields[spec.key].append(wanted)
@@ -742,6 +750,11 @@ def _window_value(i: int, name: str, j: int, low: str, category: str | None) -> 
         ),
         "days_since_last_purchase": f"(today - x{j}_days[h{j} - 1] if h{j} > {low} else None)",
         "days_since_first_purchase": f"(today - x{j}_days[{low}] if h{j} > {low} else None)",
+        "min_order_value": f"(min(x{j}_amount[{low}:h{j}]) if h{j} > {low} else None)",
+        "max_order_value": f"(max(x{j}_amount[{low}:h{j}]) if h{j} > {low} else None)",
+        "avg_days_between_orders": (
+            f"(DIV(x{j}_days[h{j} - 1] - x{j}_days[{low}], {count} - 1) if {count} > 1 else None)"
+        ),
     }[name]
 
 
@@ -758,6 +771,13 @@ def _lifetime_value(i: int, name: str) -> str:
         ),
         "days_since_first_purchase": (
             f"(today - L{i}.first_day if L{i}.first_day is not None else None)"
+        ),
+        # over all history: the retained orders (refunds may still lower them) and the
+        # extreme of the pruned ones
+        "min_order_value": f"EXTREME(state, K{i}, L{i}.pruned_least, False)",
+        "max_order_value": f"EXTREME(state, K{i}, L{i}.pruned_most, True)",
+        "avg_days_between_orders": (
+            f"(DIV(L{i}.last_day - L{i}.first_day, L{i}.orders - 1) if L{i}.orders > 1 else None)"
         ),
     }[name]
 

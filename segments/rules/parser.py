@@ -53,6 +53,9 @@ METRICS: tuple[str, ...] = (
     "distinct_categories",
     "days_since_last_purchase",
     "days_since_first_purchase",
+    "min_order_value",
+    "max_order_value",
+    "avg_days_between_orders",
 )
 IN_SEGMENT = "in_segment"
 DAYS_SINCE_METRICS = frozenset({"days_since_last_purchase", "days_since_first_purchase"})

@@ -93,6 +93,15 @@ segments:
   - name: chain
     when: in_segment("steady_spender") or in_segment("online_share") and orders() > 1
     exit_when: not in_segment("online_share") and not in_segment("steady_spender")
+  - name: order_values
+    when: >
+      max_order_value(within="120d") >= 2 * min_order_value(within="120d")
+      or min_order_value() > 40 or max_order_value(category="Music") between 10 and 30
+      or min_order_value(channel="online", category="Books", within="30d") < 20
+  - name: rhythm
+    when: >
+      avg_days_between_orders() <= 45.5 and avg_days_between_orders(within="200d") > 10
+      or avg_days_between_orders(channel="pos") * 3 == 100
 """
 
 START = to_micros(datetime(1997, 1, 1, tzinfo=UTC))

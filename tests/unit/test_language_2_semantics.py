@@ -115,3 +115,59 @@ def test_in_segment_sees_an_earlier_segment_at_the_same_instant() -> None:
         ("lapsed_big", "exited", "2024-04-01T12:00:00Z", "time"),
         ("active_big", "entered", "2024-04-01T12:00:00Z", "time"),
     ]
+
+
+VALUES = rules_of(
+    "  - name: one_big_order\n"
+    "    when: max_order_value() >= 100 and min_order_value() < 20\n"
+    "  - name: recent_small\n"
+    '    when: min_order_value(within="7d") < 20\n'
+    "  - name: regular\n"
+    "    when: avg_days_between_orders() <= 7.5\n"
+    "  - name: no_rhythm\n"
+    "    when: not avg_days_between_orders() >= 0\n"
+)
+
+
+def test_order_value_extremes_and_rhythm() -> None:
+    changes = run(
+        VALUES,
+        [
+            buy("e1", "2024-03-01T10:00:00Z", "150.00"),
+            buy("e2", "2024-03-09T10:00:00Z", "10.00"),  # 8 days later
+            buy("e3", "2024-03-16T10:00:00Z", "50.00"),  # (15 days) / 2 = 7.5
+            refund("r1", "2024-03-20T10:00:00Z", "150.00", "e1"),  # 7 days / 1
+        ],
+        "2024-05-01T00:00:00Z",
+    )
+    assert brief(changes) == [
+        ("no_rhythm", "entered", "2024-03-01T10:00:00Z", "purchase"),  # one order: undefined
+        ("one_big_order", "entered", "2024-03-09T10:00:00Z", "purchase"),
+        ("recent_small", "entered", "2024-03-09T10:00:00Z", "purchase"),
+        ("no_rhythm", "exited", "2024-03-09T10:00:00Z", "purchase"),
+        # the 10.00 order of 03-09 counts in the 7 days 03-09 .. 03-15
+        ("recent_small", "exited", "2024-03-16T00:00:00Z", "time"),
+        ("regular", "entered", "2024-03-16T10:00:00Z", "purchase"),
+        ("one_big_order", "exited", "2024-03-20T10:00:00Z", "return"),
+    ]
+
+
+def test_order_value_extremes_survive_pruning_and_the_state_codec() -> None:
+    from segments.aggregates import state_from_bytes, state_to_bytes
+    from segments.engine import Engine, MemoryStates
+
+    rules = rules_of(
+        "  - name: big\n    when: max_order_value() >= 100 and min_order_value() <= 5\n"
+    )
+    states = MemoryStates()
+    engine = Engine(rules, states)
+    engine.apply(buy("e1", "2023-01-01T10:00:00Z", "150.00"))
+    engine.apply(buy("e2", "2023-01-02T10:00:00Z", "5.00"))
+    engine.apply(buy("e3", "2024-06-01T10:00:00Z", "50.00"))  # both pruned by now
+    state = states.states["c1"]
+    assert [o.event_id for o in state.orders] == ["e3"]
+    lifetime = next(iter(state.lifetime.values()))
+    assert (lifetime.pruned_least, lifetime.pruned_most) == (Decimal("5.00"), Decimal("150.00"))
+    assert state.memberships["big"].member
+    again = state_from_bytes("c1", state_to_bytes(state))
+    assert again.lifetime == state.lifetime

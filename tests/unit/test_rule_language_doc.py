@@ -39,7 +39,14 @@ def test_every_rule_file_of_the_page_validates(text: str) -> None:
 
 
 def test_the_page_has_the_language_2_examples() -> None:
-    for name in ("mostly_online", "discount_hunter", "at_risk", "win_back_target"):
+    for name in (
+        "mostly_online",
+        "discount_hunter",
+        "at_risk",
+        "win_back_target",
+        "one_big_order",
+        "monthly_buyer",
+    ):
         example(name)
 
 
@@ -119,4 +126,19 @@ def test_win_back_target_follows_the_membership_during_min_dwell() -> None:
         ("win_back_target", "entered", "2024-06-30T00:00:00Z", "time"),
         ("lapsed", "exited", "2024-07-30T00:00:00Z", "time"),
         ("win_back_target", "exited", "2024-07-30T00:00:00Z", "time"),
+    ]
+
+
+def test_order_values_and_rhythm_as_the_page_says() -> None:
+    rules = compile_rules(example("monthly_buyer"))
+    days = ["01-05", "02-03", "03-04", "04-10", "06-20"]
+    orders = [buy(f"e{n}", f"2024-{d}T10:00:00Z", "20.00") for n, d in enumerate(days)]
+    orders[2] = buy("e2", "2024-03-04T10:00:00Z", "100.00")
+    changes = brief(run(rules, orders, "2024-07-01T00:00:00Z"))
+    assert changes == [
+        ("one_big_order", "entered", "2024-03-04T10:00:00Z", "purchase"),
+        # 4 orders 01-05 .. 04-10: 96 days / 3 = 32
+        ("monthly_buyer", "entered", "2024-04-10T10:00:00Z", "purchase"),
+        # 5 orders 01-05 .. 06-20: 167 days / 4 = 41.75
+        ("monthly_buyer", "exited", "2024-06-20T10:00:00Z", "purchase"),
     ]

@@ -835,10 +835,10 @@ class _FlipDays:
             lhs, rhs = f"{name}l", f"{name}r"
             left_truths, left_days = self._node(expr.left, lhs)
             right_truths, right_days = self._node(expr.right, rhs)
-            both, either = ("min", "max") if isinstance(expr, And) else ("max", "min")
             # an `and` (`or`) whose sides are all true (false) changes with the first
-            # side that does; with one false (true) side, when that side does; with two,
-            # not before both did
+            # side that does (`both`: the earliest day); with one false (true) side, when
+            # that side does; with two, not before both did (`either`: the latest day)
+            both, either = "min", "max"
             agree = f"{name}" if isinstance(expr, And) else f"not {name}"
             truths = [
                 *left_truths,

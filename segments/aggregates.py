@@ -10,6 +10,7 @@ survive the pruning of old records. See docs/decisions/0002-customer-state.md.
 from __future__ import annotations
 
 from bisect import insort
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from operator import attrgetter, itemgetter
@@ -26,6 +27,9 @@ _SCAN_IDS = 8
 
 # (channel, category, season) of an unwindowed metric; None means "any".
 FilterKey = tuple[str | None, str | None, tuple[int, int, int, int] | None]
+# (category, product, sku) of an order's lines: kept only when the rules read SKUs or
+# products (distinct_skus, distinct_products, max_skus_per_product)
+Item = tuple[str, str | None, str]
 
 
 @dataclass(slots=True)
@@ -48,6 +52,7 @@ class Order:
     units: int
     # only the categories the rule set needs (None: none kept)
     categories: dict[str, CategoryTotal] | None = None
+    items: tuple[Item, ...] | None = None  # distinct line items, when the rules need them
 
     def __lt__(self, other: Order) -> bool:  # insort keeps records ordered by day
         return self.day < other.day
@@ -82,6 +87,7 @@ class Lifetime:
     # only when the rules read min_order_value() or max_order_value() over all history
     pruned_least: Decimal | None = None
     pruned_most: Decimal | None = None
+    items: dict[Item, int] | None = None  # line item -> number of counted orders with it
 
 
 @dataclass(slots=True)
@@ -164,6 +170,29 @@ def extreme_order_value(
     return max(values) if most else min(values)
 
 
+def _skus_by_product(groups: Iterable[Iterable[Item]], category: str | None) -> set[Item]:
+    return {item for items in groups for item in items if category is None or item[0] == category}
+
+
+def distinct_skus(groups: Iterable[Iterable[Item]], category: str | None) -> int:
+    """How many distinct SKUs the line items of some orders hold (of one category)."""
+    return len({item[2] for item in _skus_by_product(groups, category)})
+
+
+def distinct_products(groups: Iterable[Iterable[Item]], category: str | None) -> int:
+    """How many distinct products; lines without a product count for none."""
+    return len({item[1] for item in _skus_by_product(groups, category) if item[1] is not None})
+
+
+def max_skus_per_product(groups: Iterable[Iterable[Item]], category: str | None) -> int:
+    """The most distinct SKUs bought of any one product (0 with no product)."""
+    skus: dict[str, set[str]] = {}
+    for _, product, sku in _skus_by_product(groups, category):
+        if product is not None:
+            skus.setdefault(product, set()).add(sku)
+    return max(map(len, skus.values()), default=0)
+
+
 def in_season(day: int, season: tuple[int, int, int, int]) -> bool:
     start = season[0] * 100 + season[1]
     end = season[2] * 100 + season[3]
@@ -194,6 +223,13 @@ def _contribute(lifetime: Lifetime, key: FilterKey, order: Order, sign: int) -> 
                 lifetime.categories[name] = count
             else:
                 lifetime.categories.pop(name, None)
+    if lifetime.items is not None and order.items:
+        for item in order.items:
+            count = lifetime.items.get(item, 0) + sign
+            if count:
+                lifetime.items[item] = count
+            else:
+                lifetime.items.pop(item, None)
     if sign > 0:
         if lifetime.first_day is None or order.day < lifetime.first_day:
             lifetime.first_day = order.day
@@ -258,13 +294,26 @@ def _recompute_first_last(state: CustomerState, key: FilterKey, refunded_day: in
 
 
 def ensure_lifetime_keys(
-    state: CustomerState, keys: tuple[FilterKey, ...], with_categories: bool
+    state: CustomerState,
+    keys: tuple[FilterKey, ...],
+    with_categories: bool,
+    with_items: bool = False,
 ) -> None:
     """Give the state an accumulator per key the rule set needs, built from retained orders."""
     for key in keys:
-        if key in state.lifetime:
+        existing = state.lifetime.get(key)
+        if existing is not None:
+            if with_items and existing.items is None:
+                # a new rule version reads line items: count those of the retained orders
+                existing.items = {}
+                for order in state.orders:
+                    if order.net > 0 and order.items and matches(order, key):
+                        for item in order.items:
+                            existing.items[item] = existing.items.get(item, 0) + 1
             continue
-        lifetime = Lifetime(categories={} if with_categories else None)
+        lifetime = Lifetime(
+            categories={} if with_categories else None, items={} if with_items else None
+        )
         for order in state.orders:
             if order.net > 0 and matches(order, key):
                 _contribute(lifetime, key, order, 1)
@@ -401,6 +450,7 @@ def state_to_bytes(state: CustomerState) -> bytes:
                 int(o.discounted),
                 o.units,
                 _categories_out(o.categories),
+                None if o.items is None else [list(item) for item in o.items],
             ]
         )
         for o in state.orders
@@ -422,6 +472,7 @@ def state_to_bytes(state: CustomerState) -> bytes:
                 lt.categories,
                 None if lt.pruned_least is None else str(lt.pruned_least),
                 None if lt.pruned_most is None else str(lt.pruned_most),
+                None if lt.items is None else [[*item, n] for item, n in lt.items.items()],
             ]
         )
         for key, lt in state.lifetime.items()
@@ -455,8 +506,8 @@ def state_from_bytes(customer_id: str, data: bytes) -> CustomerState:
     if fmt != FORMAT:
         raise ValueError(f"customer state format {fmt} is not {FORMAT}")
     state = CustomerState(customer_id=customer_id, rules_version=rules_version, due=due)
-    orders = [_padded(row, 7) for row in orders]
-    lifetime = [_padded(row, 11) for row in lifetime]
+    orders = [_padded(row, 8) for row in orders]
+    lifetime = [_padded(row, 12) for row in lifetime]
     state.orders = [
         Order(
             event_id,
@@ -466,8 +517,9 @@ def state_from_bytes(customer_id: str, data: bytes) -> CustomerState:
             bool(discounted),
             units,
             _categories_in(cats),
+            None if items is None else tuple((c, p, s) for c, p, s in items),
         )
-        for event_id, day, channel, net, discounted, units, cats in orders
+        for event_id, day, channel, net, discounted, units, cats, items in orders
     ]
     state.adjustments = [
         Adjustment(event_id, day, _CHANNELS[channel], Decimal(amount))
@@ -486,8 +538,22 @@ def state_from_bytes(customer_id: str, data: bytes) -> CustomerState:
             pruned,
             None if least is None else Decimal(least),
             None if most is None else Decimal(most),
+            None if items is None else {(c, p, s): count for c, p, s, count in items},
         )
-        for key, n, spend, units, discounted, first, last, pruned, cats, least, most in lifetime
+        for (
+            key,
+            n,
+            spend,
+            units,
+            discounted,
+            first,
+            last,
+            pruned,
+            cats,
+            least,
+            most,
+            items,
+        ) in lifetime
     }
     state.memberships = {
         name: Membership(bool(member), seq, since)

@@ -66,6 +66,7 @@ class _Order:
     discounted: bool
     units: int
     lines: list[list[Any]]  # [category, amount, units]
+    items: set[tuple[str, str | None, str]] = field(default_factory=set)  # category, product, sku
 
 
 @dataclass
@@ -89,6 +90,7 @@ def _apply(history: _History, event: Event, ruleset: RuleSet, zone: ZoneInfo) ->
                 (line.category, _base(line.amount, event.currency, ruleset), line.quantity)
                 for line in event.lines
             ),
+            {(line.category, line.product, line.sku) for line in event.lines},
         )
         return
     assert isinstance(event, Return)
@@ -187,6 +189,22 @@ def _metric(metric: Metric, history: _History, today: Any) -> Any:
         if not amounts:
             return None
         return min(amounts) if name == "min_order_value" else max(amounts)
+    if name in ("distinct_skus", "distinct_products", "max_skus_per_product"):
+        items = {
+            item
+            for o in orders
+            for item in o.items
+            if metric.category is None or item[0] == metric.category
+        }
+        if name == "distinct_skus":
+            return len({sku for _, _, sku in items})
+        if name == "distinct_products":
+            return len({product for _, product, _ in items if product is not None})
+        per_product: dict[str, set[str]] = {}
+        for _, product, sku in items:
+            if product is not None:
+                per_product.setdefault(product, set()).add(sku)
+        return max((len(skus) for skus in per_product.values()), default=0)
     if name == "avg_days_between_orders":
         if len(orders) < 2:
             return None

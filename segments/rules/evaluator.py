@@ -27,7 +27,15 @@ from decimal import (
 from operator import attrgetter
 from typing import Any
 
-from segments.aggregates import CustomerState, FilterKey, Order, extreme_order_value
+from segments.aggregates import (
+    CustomerState,
+    FilterKey,
+    Order,
+    distinct_products,
+    distinct_skus,
+    extreme_order_value,
+    max_skus_per_product,
+)
 from segments.clock import MICROS_PER_DAY, Calendar, month_day
 from segments.rules.ast import (
     And,
@@ -49,7 +57,19 @@ from segments.rules.ruleset import RuleSet, Segment
 Value = int | Decimal | None
 Evaluation = tuple[tuple[bool, ...], tuple[Value, ...]]
 
-ALWAYS_DEFINED = frozenset({"orders", "spend", "units", "discounted_orders", "distinct_categories"})
+ALWAYS_DEFINED = frozenset(
+    {
+        "orders",
+        "spend",
+        "units",
+        "discounted_orders",
+        "distinct_categories",
+        "distinct_skus",
+        "distinct_products",
+        "max_skus_per_product",
+    }
+)
+ITEM_METRICS = frozenset({"distinct_skus", "distinct_products", "max_skus_per_product"})
 DAYS_SINCE = frozenset({"days_since_last_purchase", "days_since_first_purchase"})
 _CENT = Decimal("0.01")
 
@@ -194,6 +214,8 @@ class CompiledRules:
     keep_categories: frozenset[str] | None  # None: keep every category
     lifetime_categories: bool  # lifetime accumulators track category sets
     lifetime_extremes: bool  # prune keeps the least and greatest pruned order value
+    keep_items: bool  # orders keep their line items (category, product, sku)
+    lifetime_items: bool  # lifetime accumulators count line items
     windows: tuple[int, ...]
     # (days, filter, whether unknown-order returns count): each distinct windowed filter
     window_filters: tuple[tuple[int, FilterKey, bool], ...]
@@ -267,8 +289,24 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
         return " and ".join(checks)
 
     values = _Values(specs, spec_index)
+    # (days-since spec index, op, value expression): a days-since comparison whose other
+    # side time does not change (the parser lets no other kind through); its change days
+    # are worked out from that side's value at run time
+    dynamic: list[tuple[int, str, Expr]] = []
+
+    def note_dynamic(expr: Expr) -> None:
+        pairs: list[tuple[Expr, str, Expr]] = []
+        if isinstance(expr, Compare):
+            pairs = [(expr.left, expr.op, expr.right), (expr.right, _MIRRORED[expr.op], expr.left)]
+        elif isinstance(expr, Between):
+            pairs = [(expr.operand, ">=", expr.low), (expr.operand, "<=", expr.high)]
+        for side, op, other in pairs:
+            if _days_since_metric(side) and not isinstance(other, Number):
+                assert isinstance(side, Metric)
+                dynamic.append((spec_index(side), op, other))
 
     def emit(expr: Expr, used: set[int]) -> str:
+        note_dynamic(expr)
         if isinstance(expr, InSegment):
             # evaluate() reads the memberships as stored; assess() (what step() uses)
             # sees the earlier segment's membership after this very evaluation
@@ -347,6 +385,7 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
         conditions,
         lambda m: index_of[MetricSpec.of(m)],
         ruleset.segments,
+        dynamic,
     )
     exec(compile(source, f"<rules {ruleset.source} v{ruleset.version}>", "exec"), namespace)
     evaluate = namespace["evaluate"]
@@ -372,6 +411,8 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
             s.name in ("min_order_value", "max_order_value") and s.within_days is None
             for s in specs
         ),
+        keep_items=any(s.name in ITEM_METRICS for s in specs),
+        lifetime_items=any(s.name in ITEM_METRICS and s.within_days is None for s in specs),
         windows=windows,
         window_filters=window_filters,
         horizon_days=max((*windows, seen_days)),
@@ -392,6 +433,35 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
 
 
 _MIRRORED = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
+
+
+def flip_values(op: str, value: int | Decimal) -> tuple[int, ...]:
+    """_flip_values of a value known only at run time (an int or a Decimal)."""
+    return _flip_values(op, Decimal(value) if isinstance(value, int) else value)
+
+
+def _days_since_metric(expr: Expr) -> bool:
+    return isinstance(expr, Metric) and expr.name in DAYS_SINCE
+
+
+def _dynamic_flip_lines(
+    spec: MetricSpec, i: int, op: str, value: str, target: str, *, after: bool
+) -> list[str]:
+    """Lines lowering `target` to the first day after today on which days-since metric `i`
+    crosses the run-time `value` (not None) under `op`, as the constant case does."""
+    out = [f"for k in FLIPS({op!r}, {value}):"]
+    if spec.within_days is None:
+        field = "last_day" if spec.name == "days_since_last_purchase" else "first_day"
+        lifetime = f"L{i}" if after else f"state.lifetime[K{i}]"
+        out.append(f"    base = {lifetime}.{field}")
+        out.append(f"    if base is not None and today < base + k < {target}:")
+        out.append(f"        {target} = base + k")
+    else:
+        # the first counted order (of any filter) whose day + k is still ahead
+        out.append("    p = bisect_right(counted, today - k)")
+        out.append(f"    if p < len(counted) and counted[p] + k < {target}:")
+        out.append(f"        {target} = counted[p] + k")
+    return out
 
 
 def _flip_values(op: str, number: Decimal) -> tuple[int, ...]:
@@ -442,6 +512,7 @@ def _generate(
     flag_conditions: list[Expr | None],
     spec_index: Callable[[Metric], int],
     segments: tuple[Segment, ...] = (),
+    dynamic: list[tuple[int, str, Expr]] | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """Source of `build_index`, `index_add`, `index_prune`, `evaluate`, `next_day`, `assess`.
 
@@ -474,6 +545,10 @@ def _generate(
         "NEG": negate,
         "MEMBER": _is_member,
         "EXTREME": extreme_order_value,
+        "DISTINCT_SKUS": distinct_skus,
+        "DISTINCT_PRODUCTS": distinct_products,
+        "MAX_SKUS_PER_PRODUCT": max_skus_per_product,
+        "FLIPS": flip_values,
     }
     windowed = [s for s in specs if s.within_days is not None]
     keys = list(dict.fromkeys(s.key for s in windowed))
@@ -487,6 +562,9 @@ def _generate(
             "distinct_categories": "categories" if spec.category is None else None,
             "min_order_value": "amount",
             "max_order_value": "amount",
+            "distinct_skus": "items",
+            "distinct_products": "items",
+            "max_skus_per_product": "items",
         }.get(spec.name)
         if wanted is not None and wanted not in fields[spec.key]:
             fields[spec.key].append(wanted)
@@ -522,6 +600,7 @@ def _generate(
                 ),
                 "discounted": f"list(map(DISCOUNTED, x{j}))",
                 "categories": f"[o.categories or () for o in x{j}]",
+                "items": f"[o.items or () for o in x{j}]",
             }[field]
             build.append(f"    x{j}_{field} = {value}")
     build.append(f"    index = state.index = (TOKEN, {', '.join(names)})")
@@ -557,6 +636,7 @@ def _generate(
             "units": f"o.categories[{category!r}].units" if category is not None else "o.units",
             "discounted": "o.discounted",
             "categories": "o.categories or ()",
+            "items": "o.items or ()",
         }
         if not conditions:  # x{j}_days is `counted` itself: already updated above
             grow.extend(
@@ -595,7 +675,7 @@ def _generate(
         if spec.within_days is None:
             namespace[f"K{i}"] = spec.key
             lines.append(f"    L{i} = lifetime[K{i}]")
-            lines.append(f"    v{i} = {_lifetime_value(i, name)}")
+            lines.append(f"    v{i} = {_lifetime_value(i, name, spec.category)}")
             continue
         j = keys.index(spec.key)
         window = spec.within_days
@@ -675,6 +755,33 @@ def _generate(
                 out.append(f"    p = bisect_right(counted, today - {number})")
                 out.append(f"    if p < len(counted) and counted[p] + {number} < best:")
                 out.append(f"        best = counted[p] + {number}")
+        if dynamic:
+            out.extend(dynamic_day_lines())
+        return out
+
+    def dynamic_day_lines() -> list[str]:
+        """next_day's candidates of days-since comparisons with an expression: its value
+        needs only lifetime metrics (time does not change it), worked out here."""
+        assert dynamic is not None
+        code = _Values(specs, spec_index)
+        out: list[str] = []
+        defined: set[int] = set()
+        for index, op, other in dynamic:
+            used: list[int] = []
+            value, _ = code.code(other, used)
+            for k in dict.fromkeys(used):
+                if k in defined:
+                    continue
+                defined.add(k)
+                namespace[f"K{k}"] = specs[k].key
+                out.append(f"    L{k} = state.lifetime[K{k}]")
+                out.append(f"    v{k} = {_lifetime_value(k, specs[k].name, specs[k].category)}")
+            out.append(f"    t = {value}")
+            out.append("    if t is not None:")
+            out.extend(
+                "        " + line
+                for line in _dynamic_flip_lines(specs[index], index, op, "t", "best", after=False)
+            )
         return out
 
     evaluate = [*lines, f"    return {result}"]
@@ -750,6 +857,9 @@ def _window_value(i: int, name: str, j: int, low: str, category: str | None) -> 
         ),
         "days_since_last_purchase": f"(today - x{j}_days[h{j} - 1] if h{j} > {low} else None)",
         "days_since_first_purchase": f"(today - x{j}_days[{low}] if h{j} > {low} else None)",
+        "distinct_skus": f"DISTINCT_SKUS(x{j}_items[{low}:h{j}], {category!r})",
+        "distinct_products": f"DISTINCT_PRODUCTS(x{j}_items[{low}:h{j}], {category!r})",
+        "max_skus_per_product": f"MAX_SKUS_PER_PRODUCT(x{j}_items[{low}:h{j}], {category!r})",
         "min_order_value": f"(min(x{j}_amount[{low}:h{j}]) if h{j} > {low} else None)",
         "max_order_value": f"(max(x{j}_amount[{low}:h{j}]) if h{j} > {low} else None)",
         "avg_days_between_orders": (
@@ -758,8 +868,11 @@ def _window_value(i: int, name: str, j: int, low: str, category: str | None) -> 
     }[name]
 
 
-def _lifetime_value(i: int, name: str) -> str:
+def _lifetime_value(i: int, name: str, category: str | None) -> str:
     return {
+        "distinct_skus": f"DISTINCT_SKUS((L{i}.items,), {category!r})",
+        "distinct_products": f"DISTINCT_PRODUCTS((L{i}.items,), {category!r})",
+        "max_skus_per_product": f"MAX_SKUS_PER_PRODUCT((L{i}.items,), {category!r})",
         "orders": f"L{i}.orders",
         "spend": f"L{i}.spend",
         "avg_order_value": f"(L{i}.spend / L{i}.orders if L{i}.orders else None)",
@@ -892,6 +1005,10 @@ class _FlipDays:
             if self.segments[k].exit_when is not None:
                 day = f"min({day}, f{2 * k + 1}_day)"
             return [f"    {name} = m{k}"], [f"    {name}_day = {day}"]
+        if isinstance(expr, Compare | Between):
+            dynamic = self._dynamic(expr, name)
+            if dynamic is not None:
+                return dynamic
         if isinstance(expr, Compare) and not (_simple(expr.left) and _simple(expr.right)):
             op = expr.op
             return self._arithmetic([expr.left, expr.right], lambda v: f"{v[0]} {op} {v[1]}", name)
@@ -938,6 +1055,55 @@ class _FlipDays:
                 )
             return out[:1], out[1:]
         raise TypeError(f"unknown expression {expr!r}")
+
+    def _dynamic(self, expr: Compare | Between, name: str) -> tuple[list[str], list[str]] | None:
+        """A days-since metric against a value time does not change (SPEC section 3,
+        language 2): the comparison changes on the day the metric crosses that value, which
+        is worked out from the value now, exactly as for a number."""
+        if isinstance(expr, Compare):
+            left, right, op = expr.left, expr.right, expr.op
+            if _days_since_metric(right) and not _days_since_metric(left):
+                left, right, op = right, left, _MIRRORED[op]
+            if not _days_since_metric(left) or isinstance(right, Number):
+                return None
+            metric = left
+            bounds: list[tuple[str, Expr]] = [(op, right)]
+            operands: list[Expr] = [expr.left, expr.right]
+            cmp = expr.op
+
+            def test(v: list[str]) -> str:
+                return f"{v[0]} {cmp} {v[1]}"
+        else:
+            if not _days_since_metric(expr.operand) or (
+                isinstance(expr.low, Number) and isinstance(expr.high, Number)
+            ):
+                return None
+            metric, bounds = expr.operand, [(">=", expr.low), ("<=", expr.high)]
+            operands = [expr.operand, expr.low, expr.high]
+
+            def test(v: list[str]) -> str:
+                return f"{v[1]} <= {v[0]} <= {v[2]}"
+
+        assert isinstance(metric, Metric)
+        i = self.spec_index(metric)
+        used: list[int] = []
+        truth = [f"    {name} = {self.values.test(operands, test, used)}"]
+        days = [f"    {name}_day = NO_DAY"]
+        if self.specs[i].within_days is not None:
+            days.extend(self._metric_change_day(i, f"{name}_day"))  # orders leave the window
+        for op, bound in bounds:
+            value, _ = self.values.code(bound, [])
+            self.values.temps += 1
+            temp = f"t{self.values.temps}"
+            days.append(f"    {temp} = {value}")
+            days.append(f"    if {temp} is not None:")
+            days.extend(
+                "        " + line
+                for line in _dynamic_flip_lines(
+                    self.specs[i], i, op, temp, f"{name}_day", after=True
+                )
+            )
+        return truth, days
 
     def _arithmetic(
         self, operands: list[Expr], test: Callable[[list[str]], str], name: str

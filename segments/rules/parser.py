@@ -56,6 +56,9 @@ METRICS: tuple[str, ...] = (
     "min_order_value",
     "max_order_value",
     "avg_days_between_orders",
+    "distinct_skus",
+    "distinct_products",
+    "max_skus_per_product",
 )
 IN_SEGMENT = "in_segment"
 DAYS_SINCE_METRICS = frozenset({"days_since_last_purchase", "days_since_first_purchase"})
@@ -324,6 +327,37 @@ def has_metric(expr: Expr) -> bool:
     if isinstance(expr, Negate):
         return has_metric(expr.operand)
     return False
+
+
+def time_invariant(expr: Expr) -> bool:
+    """Whether time alone cannot change the value: numbers, and arithmetic of them and of
+    metrics over all history that are not days-since (they change only with events)."""
+    if isinstance(expr, Number):
+        return True
+    if isinstance(expr, Metric):
+        return expr.within_days is None and expr.name not in DAYS_SINCE_METRICS
+    if isinstance(expr, Arithmetic):
+        return time_invariant(expr.left) and time_invariant(expr.right)
+    if isinstance(expr, Negate):
+        return time_invariant(expr.operand)
+    return False
+
+
+def _changing_part(expr: Expr) -> Metric | None:
+    """The first metric of expr that time alone changes (windowed or days-since)."""
+    if isinstance(expr, Metric):
+        return None if time_invariant(expr) else expr
+    for child in (
+        (expr.left, expr.right)
+        if isinstance(expr, Arithmetic)
+        else (expr.operand,)
+        if isinstance(expr, Negate)
+        else ()
+    ):
+        found = _changing_part(child)
+        if found is not None:
+            return found
+    return None
 
 
 def _days_since(expr: Expr) -> Metric | None:
@@ -810,23 +844,27 @@ class _Parser:
 
     def check_days_since_against(self, metric: Expr, other: Expr) -> None:
         """A days-since metric changes every day: the day a comparison of it changes is
-        computed from the number it is compared with, so the other side must be one."""
+        computed from the value it is compared with, so time alone must not change that
+        value (SPEC section 3, language 2)."""
         assert isinstance(metric, Metric)
-        if isinstance(other, Number):
+        if time_invariant(other):
             return
-        if isinstance(other, Metric):
-            self.problem(
-                metric.line,
-                metric.col,
-                f"{metric.name}() can only be compared with a number, not with another metric",
-                "type-mismatch",
+        changing = _changing_part(other)
+        if changing is None:
+            return  # strings and conditions are reported on their own
+        if changing.name in DAYS_SINCE_METRICS:
+            reason = "it cannot be compared with another days-since metric"
+        else:
+            reason = (
+                f"it is compared with {changing.name}(within=...), which changes as orders "
+                "leave its window"
             )
-            return
         self.problem(
             metric.line,
             metric.col,
-            f"{metric.name}() can only be compared with a number, not with an expression: "
-            "the day on which the comparison changes could not be scheduled exactly",
+            f"{metric.name}() can only be compared with an expression that time does not "
+            f"change (numbers, metrics without within=): {reason}, so the day on which the "
+            "comparison changes could not be scheduled exactly",
             "not-schedulable",
         )
 

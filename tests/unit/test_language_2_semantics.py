@@ -6,6 +6,7 @@ from decimal import Decimal
 
 import pytest
 
+from segments.events import Line
 from segments.rules.evaluator import add, divide, multiply, negate, subtract
 from tests.unit.test_membership import brief, buy, refund, rules_of, run
 
@@ -171,3 +172,55 @@ def test_order_value_extremes_survive_pruning_and_the_state_codec() -> None:
     assert state.memberships["big"].member
     again = state_from_bytes("c1", state_to_bytes(state))
     assert again.lifetime == state.lifetime
+
+
+def shirt(sku: str, product: str | None = "OXFORD", category: str = "Shirts") -> Line:
+    return Line(sku, category, 1, Decimal("20.00"), Decimal(0), product)
+
+
+VARIANTS = rules_of(
+    "  - name: colours\n"
+    "    when: max_skus_per_product() >= 2\n"
+    "  - name: recent_colours\n"
+    '    when: max_skus_per_product(within="30d") >= 2\n'
+    "  - name: wide\n"
+    '    when: distinct_products() >= 2 and distinct_skus(category="Shirts") >= 3\n'
+)
+
+
+def test_several_colours_of_one_shirt() -> None:
+    changes = run(
+        VARIANTS,
+        [
+            buy("e1", "2024-03-01T10:00:00Z", "20.00", lines=(shirt("OX-RED"),)),
+            buy("e2", "2024-03-05T10:00:00Z", "20.00", lines=(shirt("OX-RED"),)),  # same SKU
+            buy("e3", "2024-03-10T10:00:00Z", "25.00", lines=(shirt("OX-BLUE"), shirt("S", None))),
+            buy("e4", "2024-03-12T10:00:00Z", "9.00", lines=(shirt("TIE", "TIE", "Ties"),)),
+        ],
+        "2024-05-01T00:00:00Z",
+    )
+    assert brief(changes) == [
+        ("colours", "entered", "2024-03-10T10:00:00Z", "purchase"),
+        ("recent_colours", "entered", "2024-03-10T10:00:00Z", "purchase"),
+        # three shirt SKUs (S has no product) and two products
+        ("wide", "entered", "2024-03-12T10:00:00Z", "purchase"),
+        # the last red shirt (03-05) leaves the 30 days on 04-04
+        ("recent_colours", "exited", "2024-04-04T00:00:00Z", "time"),
+    ]
+
+
+def test_line_items_survive_pruning_and_the_state_codec() -> None:
+    from segments.aggregates import state_from_bytes, state_to_bytes
+    from segments.engine import Engine, MemoryStates
+
+    states = MemoryStates()
+    engine = Engine(VARIANTS, states)
+    engine.apply(buy("e1", "2023-01-01T10:00:00Z", "20.00", lines=(shirt("OX-RED"),)))
+    engine.apply(buy("e2", "2024-06-01T10:00:00Z", "20.00", lines=(shirt("OX-BLUE"),)))
+    state = states.states["c1"]
+    assert [o.event_id for o in state.orders] == ["e2"]  # e1 pruned, its items counted
+    assert state.memberships["colours"].member
+    assert "recent_colours" not in state.memberships  # never entered
+    again = state_from_bytes("c1", state_to_bytes(state))
+    assert again.lifetime == state.lifetime
+    assert again.orders == state.orders

@@ -4,6 +4,7 @@ the page says when replayed."""
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,9 @@ def test_the_page_has_the_language_2_examples() -> None:
         "win_back_target",
         "one_big_order",
         "monthly_buyer",
+        "colour_collector",
+        "explorer",
+        "overdue",
     ):
         example(name)
 
@@ -141,4 +145,46 @@ def test_order_values_and_rhythm_as_the_page_says() -> None:
         ("monthly_buyer", "entered", "2024-04-10T10:00:00Z", "purchase"),
         # 5 orders 01-05 .. 06-20: 167 days / 4 = 41.75
         ("monthly_buyer", "exited", "2024-06-20T10:00:00Z", "purchase"),
+    ]
+
+
+def test_colour_collector_as_the_page_says() -> None:
+    from segments.events import Line
+
+    def line(sku: str, product: str, category: str = "Shirts") -> Line:
+        return Line(sku, category, 1, Decimal("30.00"), Decimal(0), product)
+
+    rules = compile_rules(example("colour_collector"))
+    changes = brief(
+        run(
+            rules,
+            [
+                buy("e1", "2024-03-01T10:00:00Z", "30.00", lines=(line("OX-RED", "OX"),)),
+                buy("e2", "2024-03-02T10:00:00Z", "30.00", lines=(line("CH-RED", "CH"),)),
+                buy("e3", "2024-03-03T10:00:00Z", "30.00", lines=(line("SO-1", "SO", "Socks"),)),
+                buy("e4", "2024-03-04T10:00:00Z", "30.00", lines=(line("OX-BLUE", "OX"),)),
+                refund("r1", "2024-03-05T10:00:00Z", "30.00", "e4"),
+            ],
+            "2024-03-10T00:00:00Z",
+        )
+    )
+    assert [c for c in changes if c[0] == "colour_collector"] == [
+        ("colour_collector", "entered", "2024-03-04T10:00:00Z", "purchase"),
+        ("colour_collector", "exited", "2024-03-05T10:00:00Z", "return"),
+    ]
+
+
+def test_overdue_by_their_own_rhythm_as_the_page_says() -> None:
+    rules = compile_rules(example("overdue"))
+    days = ["02-10", "02-20", "03-01"]
+    orders = [buy(f"e{n}", f"2024-{d}T10:00:00Z") for n, d in enumerate(days)]
+    changes = brief(run(rules, orders, "2024-04-01T00:00:00Z"))
+    # (03-01 - 02-10) / 2 = 10 days: more than 20 days after 03-01 is 03-22
+    assert changes == [("overdue", "entered", "2024-03-22T00:00:00Z", "time")]
+    later = buy("e9", "2024-03-25T10:00:00Z")  # 44 / 3 = 14.67 days: overdue after 29.33
+    changes = brief(run(rules, [*orders, later], "2024-05-01T00:00:00Z"))
+    assert changes == [
+        ("overdue", "entered", "2024-03-22T00:00:00Z", "time"),
+        ("overdue", "exited", "2024-03-25T10:00:00Z", "purchase"),
+        ("overdue", "entered", "2024-04-24T00:00:00Z", "time"),
     ]

@@ -441,14 +441,20 @@ def test_rules_must_be_comparisons(
     ("text", "col"),
     [
         ("days_since_last_purchase() > days_since_first_purchase()", 1),
-        ("orders() < days_since_first_purchase()", 12),
-        ("days_since_first_purchase() == spend()", 1),
+        ('orders(within="7d") < days_since_first_purchase()', 24),
+        ('days_since_first_purchase() == spend(within="30d")', 1),
     ],
 )
-def test_days_since_compares_only_with_numbers(text: str, col: int) -> None:
+def test_days_since_compares_only_with_what_time_does_not_change(text: str, col: int) -> None:
     error = only_error(text)
-    assert (error.col, error.code) == (col, "type-mismatch")
-    assert "can only be compared with a number, not with another metric" in error.message
+    assert (error.col, error.code) == (col, "not-schedulable")
+    assert "can only be compared with an expression that time does not change" in error.message
+
+
+def test_days_since_compares_with_metrics_over_all_history() -> None:
+    # language 2: the change day is worked out from the other side's value
+    assert isinstance(parse("orders() < days_since_first_purchase()"), Compare)
+    assert isinstance(parse("days_since_first_purchase() == spend()"), Compare)
 
 
 def test_days_since_may_use_between() -> None:

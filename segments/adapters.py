@@ -166,6 +166,7 @@ def from_pos_receipt(
                 discount=_optional_amount(item.get("disc"), f"{where}.disc"),
                 where=where,
                 quantity_field="qty",
+                product=_optional_id(item.get("product"), f"{where}.product"),
             )
         )
     event_id = _event_id(f"pos-{store}-{receipt_no}")
@@ -234,6 +235,7 @@ def from_shopify_order(raw: bytes, identities: IdentityMap, currencies: Containe
                 discount=_optional_amount(item.get("total_discount"), f"{where}.total_discount"),
                 where=where,
                 quantity_field="quantity",
+                product=_optional_id(item.get("product_id"), f"{where}.product_id"),
             )
         )
     source_name = order.get("source_name")
@@ -279,6 +281,7 @@ def _line(
     discount: Decimal,
     where: str,
     quantity_field: str,
+    product: str | None = None,
 ) -> Line:
     if quantity is None:
         _missing(f"{where}.{quantity_field}")
@@ -288,7 +291,14 @@ def _line(
         raise Rejection("invalid_value", f"{where}.{quantity_field} must be >= 1, got {quantity}")
     if discount > quantity * unit_price:
         raise Rejection("invalid_value", f"{where}: discount exceeds the line's value")
-    return Line(sku, category, quantity, unit_price, discount)
+    return Line(sku, category, quantity, unit_price, discount, product)
+
+
+def _optional_id(value: Any, field: str) -> str | None:
+    """An optional native identifier (absent, null or "": none)."""
+    if value is None or value == "":
+        return None
+    return _native_id(value, field)
 
 
 def _native_id(value: Any, field: str) -> str:

@@ -10,6 +10,7 @@ survive the pruning of old records. See docs/decisions/0002-customer-state.md.
 from __future__ import annotations
 
 from bisect import insort
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from operator import attrgetter, itemgetter
@@ -26,6 +27,9 @@ _SCAN_IDS = 8
 
 # (channel, category, season) of an unwindowed metric; None means "any".
 FilterKey = tuple[str | None, str | None, tuple[int, int, int, int] | None]
+# (category, product, sku) of an order's lines: kept only when the rules read SKUs or
+# products (distinct_skus, distinct_products, max_skus_per_product)
+Item = tuple[str, str | None, str]
 
 
 @dataclass(slots=True)
@@ -48,6 +52,7 @@ class Order:
     units: int
     # only the categories the rule set needs (None: none kept)
     categories: dict[str, CategoryTotal] | None = None
+    items: tuple[Item, ...] | None = None  # distinct line items, when the rules need them
 
     def __lt__(self, other: Order) -> bool:  # insort keeps records ordered by day
         return self.day < other.day
@@ -78,6 +83,11 @@ class Lifetime:
     last_day: int | None = None
     categories: dict[str, int] | None = None  # category -> number of counted orders
     pruned_last_day: int | None = None  # newest counted order already pruned from records
+    # the least and greatest value of the counted orders already pruned from records; kept
+    # only when the rules read min_order_value() or max_order_value() over all history
+    pruned_least: Decimal | None = None
+    pruned_most: Decimal | None = None
+    items: dict[Item, int] | None = None  # line item -> number of counted orders with it
 
 
 @dataclass(slots=True)
@@ -137,6 +147,52 @@ def matches(order: Order, key: FilterKey) -> bool:
     return season is None or in_season(order.day, season)
 
 
+def order_value(order: Order, key: FilterKey) -> Decimal:
+    """The value of a counted order under a filter key: its net total, or with a category
+    the amount of that category's lines (as avg_order_value and spend count it)."""
+    category = key[1]
+    if category is None:
+        return order.net
+    assert order.categories is not None
+    return order.categories[category].amount
+
+
+def extreme_order_value(
+    state: CustomerState, key: FilterKey, pruned: Decimal | None, most: bool
+) -> Decimal | None:
+    """min_order_value() (most False) or max_order_value() over all history: the retained
+    counted orders (a refund may still lower them) and the pruned ones' extreme."""
+    values = [order_value(o, key) for o in state.orders if o.net > ZERO and matches(o, key)]
+    if pruned is not None:
+        values.append(pruned)
+    if not values:
+        return None
+    return max(values) if most else min(values)
+
+
+def _skus_by_product(groups: Iterable[Iterable[Item]], category: str | None) -> set[Item]:
+    return {item for items in groups for item in items if category is None or item[0] == category}
+
+
+def distinct_skus(groups: Iterable[Iterable[Item]], category: str | None) -> int:
+    """How many distinct SKUs the line items of some orders hold (of one category)."""
+    return len({item[2] for item in _skus_by_product(groups, category)})
+
+
+def distinct_products(groups: Iterable[Iterable[Item]], category: str | None) -> int:
+    """How many distinct products; lines without a product count for none."""
+    return len({item[1] for item in _skus_by_product(groups, category) if item[1] is not None})
+
+
+def max_skus_per_product(groups: Iterable[Iterable[Item]], category: str | None) -> int:
+    """The most distinct SKUs bought of any one product (0 with no product)."""
+    skus: dict[str, set[str]] = {}
+    for _, product, sku in _skus_by_product(groups, category):
+        if product is not None:
+            skus.setdefault(product, set()).add(sku)
+    return max(map(len, skus.values()), default=0)
+
+
 def in_season(day: int, season: tuple[int, int, int, int]) -> bool:
     start = season[0] * 100 + season[1]
     end = season[2] * 100 + season[3]
@@ -167,6 +223,13 @@ def _contribute(lifetime: Lifetime, key: FilterKey, order: Order, sign: int) -> 
                 lifetime.categories[name] = count
             else:
                 lifetime.categories.pop(name, None)
+    if lifetime.items is not None and order.items:
+        for item in order.items:
+            count = lifetime.items.get(item, 0) + sign
+            if count:
+                lifetime.items[item] = count
+            else:
+                lifetime.items.pop(item, None)
     if sign > 0:
         if lifetime.first_day is None or order.day < lifetime.first_day:
             lifetime.first_day = order.day
@@ -231,13 +294,26 @@ def _recompute_first_last(state: CustomerState, key: FilterKey, refunded_day: in
 
 
 def ensure_lifetime_keys(
-    state: CustomerState, keys: tuple[FilterKey, ...], with_categories: bool
+    state: CustomerState,
+    keys: tuple[FilterKey, ...],
+    with_categories: bool,
+    with_items: bool = False,
 ) -> None:
     """Give the state an accumulator per key the rule set needs, built from retained orders."""
     for key in keys:
-        if key in state.lifetime:
+        existing = state.lifetime.get(key)
+        if existing is not None:
+            if with_items and existing.items is None:
+                # a new rule version reads line items: count those of the retained orders
+                existing.items = {}
+                for order in state.orders:
+                    if order.net > 0 and order.items and matches(order, key):
+                        for item in order.items:
+                            existing.items[item] = existing.items.get(item, 0) + 1
             continue
-        lifetime = Lifetime(categories={} if with_categories else None)
+        lifetime = Lifetime(
+            categories={} if with_categories else None, items={} if with_items else None
+        )
         for order in state.orders:
             if order.net > 0 and matches(order, key):
                 _contribute(lifetime, key, order, 1)
@@ -272,18 +348,30 @@ def adjustment_matches(adjustment: Adjustment, key: FilterKey) -> bool:
     )
 
 
-def prune(state: CustomerState, oldest_order_day: int, oldest_seen_day: int) -> None:
-    """Drop records no window can see any more; lifetime totals already hold them."""
+def prune(
+    state: CustomerState, oldest_order_day: int, oldest_seen_day: int, extremes: bool = False
+) -> None:
+    """Drop records no window can see any more; lifetime totals already hold them.
+
+    extremes: keep the least and greatest pruned order value per lifetime key (the
+    rules read min_order_value() or max_order_value() over all history).
+    """
     if state.orders and state.orders[0].day < oldest_order_day:
         for order in state.orders:
             if order.day >= oldest_order_day:
                 break
             if order.net > 0:
                 for key, lifetime in state.lifetime.items():
-                    if matches(order, key) and (
-                        lifetime.pruned_last_day is None or order.day > lifetime.pruned_last_day
-                    ):
+                    if not matches(order, key):
+                        continue
+                    if lifetime.pruned_last_day is None or order.day > lifetime.pruned_last_day:
                         lifetime.pruned_last_day = order.day
+                    if extremes:
+                        value = order_value(order, key)
+                        if lifetime.pruned_least is None or value < lifetime.pruned_least:
+                            lifetime.pruned_least = value
+                        if lifetime.pruned_most is None or value > lifetime.pruned_most:
+                            lifetime.pruned_most = value
         if state.seen_ids is not None:
             state.seen_ids.difference_update(
                 o.event_id for o in state.orders if o.day < oldest_order_day
@@ -362,6 +450,7 @@ def state_to_bytes(state: CustomerState) -> bytes:
                 int(o.discounted),
                 o.units,
                 _categories_out(o.categories),
+                None if o.items is None else [list(item) for item in o.items],
             ]
         )
         for o in state.orders
@@ -381,6 +470,9 @@ def state_to_bytes(state: CustomerState) -> bytes:
                 lt.last_day,
                 lt.pruned_last_day,
                 lt.categories,
+                None if lt.pruned_least is None else str(lt.pruned_least),
+                None if lt.pruned_most is None else str(lt.pruned_most),
+                None if lt.items is None else [[*item, n] for item, n in lt.items.items()],
             ]
         )
         for key, lt in state.lifetime.items()
@@ -414,8 +506,8 @@ def state_from_bytes(customer_id: str, data: bytes) -> CustomerState:
     if fmt != FORMAT:
         raise ValueError(f"customer state format {fmt} is not {FORMAT}")
     state = CustomerState(customer_id=customer_id, rules_version=rules_version, due=due)
-    orders = [_padded(row, 7) for row in orders]
-    lifetime = [_padded(row, 9) for row in lifetime]
+    orders = [_padded(row, 8) for row in orders]
+    lifetime = [_padded(row, 12) for row in lifetime]
     state.orders = [
         Order(
             event_id,
@@ -425,8 +517,9 @@ def state_from_bytes(customer_id: str, data: bytes) -> CustomerState:
             bool(discounted),
             units,
             _categories_in(cats),
+            None if items is None else tuple((c, p, s) for c, p, s in items),
         )
-        for event_id, day, channel, net, discounted, units, cats in orders
+        for event_id, day, channel, net, discounted, units, cats, items in orders
     ]
     state.adjustments = [
         Adjustment(event_id, day, _CHANNELS[channel], Decimal(amount))
@@ -434,8 +527,33 @@ def state_from_bytes(customer_id: str, data: bytes) -> CustomerState:
     ]
     state.returns_seen = [(event_id, day) for event_id, day in returns_seen]
     state.lifetime = {
-        _key_of(key): Lifetime(n, Decimal(spend), units, discounted, first, last, cats, pruned)
-        for key, n, spend, units, discounted, first, last, pruned, cats in lifetime
+        _key_of(key): Lifetime(
+            n,
+            Decimal(spend),
+            units,
+            discounted,
+            first,
+            last,
+            cats,
+            pruned,
+            None if least is None else Decimal(least),
+            None if most is None else Decimal(most),
+            None if items is None else {(c, p, s): count for c, p, s, count in items},
+        )
+        for (
+            key,
+            n,
+            spend,
+            units,
+            discounted,
+            first,
+            last,
+            pruned,
+            cats,
+            least,
+            most,
+            items,
+        ) in lifetime
     }
     state.memberships = {
         name: Membership(bool(member), seq, since)

@@ -41,6 +41,12 @@ def date_to_day(value: date) -> int:
     return value.toordinal() - _EPOCH_ORDINAL
 
 
+# The last day a deadline can fall on: date.max less a day of margin for time zones. A
+# days-since rule compared with a huge number (or spend()) would change later than any
+# calendar date; such a change never happens.
+LAST_DAY = date.max.toordinal() - _EPOCH_ORDINAL - 1
+
+
 @lru_cache(maxsize=65_536)
 def month_day(day: int) -> int:
     """The day's month*100 + day-of-month, e.g. 1231 for 31 December (season filters)."""

@@ -35,6 +35,8 @@ class Line:
     quantity: int
     unit_price: Decimal
     discount: Decimal
+    # the product (style) the SKU is a variant of, e.g. one shirt in several colours
+    product: str | None = None
 
     @property
     def amount(self) -> Decimal:
@@ -299,6 +301,7 @@ def _event_from_object(
                 item.get("quantity"),
                 item.get("unit_price"),
                 item.get("discount"),
+                item.get("product"),
             )
             try:
                 line = _LINES.get(key)
@@ -370,7 +373,7 @@ class _CanonicalLine(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     quantity: int
     unit_price: str | int
     discount: str | int | None = None
-    product: str | None = None  # SPEC section 1; not used by the rules
+    product: str | None = None
 
 
 class _Canonical(msgspec.Struct, forbid_unknown_fields=True, gc=False):
@@ -446,7 +449,14 @@ def _event_from_fields(
         if raw_lines:
             built: list[Line] = []
             for item in raw_lines:
-                key = (item.sku, item.category, item.quantity, item.unit_price, item.discount)
+                key = (
+                    item.sku,
+                    item.category,
+                    item.quantity,
+                    item.unit_price,
+                    item.discount,
+                    item.product,
+                )
                 line = _LINES.get(key)
                 if line is None:
                     line = _line(key, len(built))
@@ -495,14 +505,19 @@ def _event_from_fields(
     return purchase
 
 
-def _line(key: tuple[Any, Any, Any, Any, Any], index: int) -> Line:
-    """Validate one line's fields (sku, category, quantity, unit_price, discount) into a Line."""
-    sku, category, quantity, unit_price, discount = key
+def _line(key: tuple[Any, Any, Any, Any, Any, Any], index: int) -> Line:
+    """Validate one line's fields (sku, category, quantity, unit_price, discount, product)
+    into a Line."""
+    sku, category, quantity, unit_price, discount, product = key
     where = f"lines[{index}]"
     if sku.__class__ is not str or not 0 < len(sku) <= MAX_TEXT_CHARS:
         _bad_text(sku, f"{where}.sku", MAX_TEXT_CHARS)
     if category.__class__ is not str or not 0 < len(category) <= MAX_TEXT_CHARS:
         _bad_text(category, f"{where}.category", MAX_TEXT_CHARS)
+    if product is not None and (
+        product.__class__ is not str or not 0 < len(product) <= MAX_TEXT_CHARS
+    ):
+        _bad_text(product, f"{where}.product", MAX_TEXT_CHARS)
     if quantity.__class__ is not int:
         if quantity is None:
             _missing(f"{where}.quantity")
@@ -520,7 +535,7 @@ def _line(key: tuple[Any, Any, Any, Any, Any], index: int) -> Line:
             "invalid_value",
             f"{where}.discount {line_discount} exceeds the line's value {quantity} x {price}",
         )
-    line: Line = _build_line(sku, category, quantity, price, line_discount)
+    line: Line = _build_line(sku, category, quantity, price, line_discount, product)
     # Only lines whose amounts came as strings are cached: a float or an int
     # key could compare equal to a different exact value.
     if unit_price.__class__ is str and (discount is None or discount.__class__ is str):
@@ -844,7 +859,9 @@ def _fast_constructor(cls: type, expected: tuple[str, ...]) -> Callable[..., Any
     return build
 
 
-_build_line = _fast_constructor(Line, ("sku", "category", "quantity", "unit_price", "discount"))
+_build_line = _fast_constructor(
+    Line, ("sku", "category", "quantity", "unit_price", "discount", "product")
+)
 _build_purchase = _fast_constructor(
     Purchase,
     (
@@ -882,7 +899,7 @@ _build_clock_mark = _fast_constructor(ClockMark, ("at",))
 # when full, which is cheaper than an LRU and just as good for this traffic.
 _CACHE_SIZE = 16_384
 _AMOUNTS: dict[str, Decimal] = {}
-_LINES: dict[tuple[Any, Any, Any, Any, Any], Line] = {}
+_LINES: dict[tuple[Any, Any, Any, Any, Any, Any], Line] = {}
 
 
 # --------------------------------------------------------------------------
@@ -914,17 +931,21 @@ def encode_event(event: Purchase | Return | ClockMark) -> bytes:
     if event.order_id is not None:
         document["order_id"] = event.order_id
     if event.lines:
-        document["lines"] = [
-            {
-                "sku": line.sku,
-                "category": line.category,
-                "quantity": line.quantity,
-                "unit_price": format_amount(line.unit_price),
-                "discount": format_amount(line.discount),
-            }
-            for line in event.lines
-        ]
+        document["lines"] = [_encode_line(line) for line in event.lines]
     return orjson.dumps(document)
+
+
+def _encode_line(line: Line) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "sku": line.sku,
+        "category": line.category,
+        "quantity": line.quantity,
+        "unit_price": format_amount(line.unit_price),
+        "discount": format_amount(line.discount),
+    }
+    if line.product is not None:
+        document["product"] = line.product
+    return document
 
 
 def format_amount(amount: Decimal) -> str:

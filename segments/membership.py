@@ -25,7 +25,7 @@ from segments.aggregates import (
     refund_order,
 )
 from segments.changes import ENTERED, EXITED, Change
-from segments.clock import MICROS_PER_DAY
+from segments.clock import LAST_DAY, MICROS_PER_DAY
 from segments.events import Purchase, Rejection, Return, _fast_constructor
 from segments.money import to_base
 from segments.rules.evaluator import CompiledRules
@@ -65,7 +65,9 @@ Input = Purchase | Return | Tick
 
 def new_state(customer_id: str, rules: CompiledRules) -> CustomerState:
     state = CustomerState(customer_id=customer_id, rules_version=rules.ruleset.version)
-    ensure_lifetime_keys(state, rules.lifetime_keys, rules.lifetime_categories)
+    ensure_lifetime_keys(
+        state, rules.lifetime_keys, rules.lifetime_categories, rules.lifetime_items
+    )
     return state
 
 
@@ -115,7 +117,7 @@ def step(
     state.due = _evaluate(state, rules, now, cause, item.event_id, changes)
     today = rules.calendar.day_of(now)
     index = state.index
-    prune(state, today - rules.horizon_days + 1, today - rules.seen_days)
+    prune(state, today - rules.horizon_days + 1, today - rules.seen_days, rules.lifetime_extremes)
     if index is not None and state.index is None:
         state.index = rules.index_prune(index, today - rules.horizon_days + 1)
     return state, changes
@@ -124,7 +126,9 @@ def step(
 def _advance(state: CustomerState, rules: CompiledRules, now: int, changes: list[Change]) -> None:
     """Bring the state to `now`: a new rule version first, then every deadline due by `now`."""
     if state.rules_version != rules.ruleset.version:
-        ensure_lifetime_keys(state, rules.lifetime_keys, rules.lifetime_categories)
+        ensure_lifetime_keys(
+            state, rules.lifetime_keys, rules.lifetime_categories, rules.lifetime_items
+        )
         state.rules_version = rules.ruleset.version
         _exit_removed_segments(state, rules, now, changes)
         state.due = _evaluate(state, rules, now, "definition", None, changes)
@@ -175,7 +179,7 @@ def _evaluate(
     the next instant at which any metric can change (docs/decisions/0009).
     """
     today = rules.calendar.day_of(at)
-    flags, values, flip = rules.assess(state, today)
+    flags, values, flip = rules.assess(state, today, at)
     # One shared tuple per distinct flags of these rules: a settled state keeps a
     # reference (8 bytes) instead of its own tuple, and identity means same rules too.
     flag_sets = rules.flag_sets
@@ -252,6 +256,11 @@ def _order_of(event: Purchase, rules: CompiledRules) -> Order:
             else:
                 bucket.amount += amount
                 bucket.units += line.quantity
+    items = None
+    if rules.keep_items and event.lines:
+        items = tuple(
+            dict.fromkeys((line.category, line.product, line.sku) for line in event.lines)
+        )
     return Order(
         event_id=event.event_id,
         day=rules.calendar.day_of(event.occurred_at),
@@ -260,6 +269,7 @@ def _order_of(event: Purchase, rules: CompiledRules) -> Order:
         discounted=discounted,
         units=units,
         categories=categories,
+        items=items,
     )
 
 
@@ -307,7 +317,7 @@ def next_deadline(state: CustomerState, rules: CompiledRules, now: int) -> int |
 
 def _deadline(state: CustomerState, rules: CompiledRules, now: int, day: int | None) -> int | None:
     """next_deadline() once `day`, the first day on which time alone changes a metric, is known."""
-    instant = rules.calendar.midnight(day) if day is not None else None
+    instant = rules.calendar.midnight(day) if day is not None and day <= LAST_DAY else None
     for _, name, _, min_dwell in rules.dwell_plan:
         current = state.memberships.get(name)
         if current is not None and current.member:

@@ -12,11 +12,24 @@ import heapq
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from segments.events import Event, Purchase, Return
-from segments.rules.ast import And, Between, Compare, Expr, Metric, Not, Number, Or
+from segments.rules.ast import (
+    And,
+    Arithmetic,
+    Between,
+    Compare,
+    Expr,
+    InSegment,
+    Metric,
+    Negate,
+    Not,
+    Number,
+    Or,
+)
 from segments.rules.ruleset import RuleSet
 
 MICROS_PER_DAY = 86_400_000_000
@@ -53,6 +66,7 @@ class _Order:
     discounted: bool
     units: int
     lines: list[list[Any]]  # [category, amount, units]
+    items: set[tuple[str, str | None, str]] = field(default_factory=set)  # category, product, sku
 
 
 @dataclass
@@ -76,6 +90,7 @@ def _apply(history: _History, event: Event, ruleset: RuleSet, zone: ZoneInfo) ->
                 (line.category, _base(line.amount, event.currency, ruleset), line.quantity)
                 for line in event.lines
             ),
+            {(line.category, line.product, line.sku) for line in event.lines},
         )
         return
     assert isinstance(event, Return)
@@ -163,32 +178,94 @@ def _metric(metric: Metric, history: _History, today: Any) -> Any:
         return (today - max(o.date for o in orders)).days if orders else None
     if name == "days_since_first_purchase":
         return (today - min(o.date for o in orders)).days if orders else None
+    if name in ("min_order_value", "max_order_value"):
+        if metric.category is None:
+            amounts = [o.net for o in orders]
+        else:
+            amounts = [
+                sum((line[1] for line in o.lines if line[0] == metric.category), Decimal(0))
+                for o in orders
+            ]
+        if not amounts:
+            return None
+        return min(amounts) if name == "min_order_value" else max(amounts)
+    if name in ("distinct_skus", "distinct_products", "max_skus_per_product"):
+        items = {
+            item
+            for o in orders
+            for item in o.items
+            if metric.category is None or item[0] == metric.category
+        }
+        if name == "distinct_skus":
+            return len({sku for _, _, sku in items})
+        if name == "distinct_products":
+            return len({product for _, product, _ in items if product is not None})
+        per_product: dict[str, set[str]] = {}
+        for _, product, sku in items:
+            if product is not None:
+                per_product.setdefault(product, set()).add(sku)
+        return max((len(skus) for skus in per_product.values()), default=0)
+    if name == "avg_days_between_orders":
+        if len(orders) < 2:
+            return None
+        dates = [o.date for o in orders]
+        return Fraction((max(dates) - min(dates)).days, len(orders) - 1)
     raise ValueError(name)
 
 
 def _value(expr: Expr, history: _History, today: Any) -> Any:
+    """A metric, a number or arithmetic; arithmetic is done in exact fractions (the
+    engine's 100-digit decimals must agree with them), None when undefined."""
     if isinstance(expr, Metric):
         return _metric(expr, history, today)
     if isinstance(expr, Number):
         return expr.value
+    if isinstance(expr, Negate):
+        operand = _value(expr.operand, history, today)
+        return None if operand is None else -Fraction(operand)
+    if isinstance(expr, Arithmetic):
+        left, right = _value(expr.left, history, today), _value(expr.right, history, today)
+        if left is None or right is None:
+            return None
+        a, b = Fraction(left), Fraction(right)
+        if expr.op == "+":
+            return a + b
+        if expr.op == "-":
+            return a - b
+        if expr.op == "*":
+            return a * b
+        return a / b if b else None
     raise TypeError(expr)
 
 
-def holds(expr: Expr, history: _History, today: Any) -> bool:
+def holds(
+    expr: Expr, history: _History, today: Any, members: dict[str, tuple[bool, int, int]]
+) -> bool:
+    """Whether a rule holds; in_segment reads `members`, the memberships as this very
+    evaluation has left them so far (earlier segments are already updated)."""
+    if isinstance(expr, InSegment):
+        return members.get(expr.name, (False, 0, 0))[0]
     if isinstance(expr, And):
-        return holds(expr.left, history, today) and holds(expr.right, history, today)
+        return holds(expr.left, history, today, members) and holds(
+            expr.right, history, today, members
+        )
     if isinstance(expr, Or):
-        return holds(expr.left, history, today) or holds(expr.right, history, today)
+        return holds(expr.left, history, today, members) or holds(
+            expr.right, history, today, members
+        )
     if isinstance(expr, Not):
-        return not holds(expr.operand, history, today)
+        return not holds(expr.operand, history, today, members)
     if isinstance(expr, Between):
         value = _value(expr.operand, history, today)
         low, high = _value(expr.low, history, today), _value(expr.high, history, today)
-        return value is not None and low <= value <= high
+        if value is None or low is None or high is None:
+            return False
+        return bool(Fraction(low) <= Fraction(value) <= Fraction(high))
     if isinstance(expr, Compare):
         left, right = _value(expr.left, history, today), _value(expr.right, history, today)
         if left is None or right is None:
             return False
+        left, right = Fraction(left), Fraction(right)
         return {
             "<": left < right,
             "<=": left <= right,
@@ -238,7 +315,7 @@ def reference_replay(
             for segment in ruleset.segments:
                 member, seq, since = state.get(segment.name, (False, 0, 0))
                 if not member:
-                    if not holds(segment.when, history, today):
+                    if not holds(segment.when, history, today, state):
                         continue
                     state[segment.name] = (True, seq + 1, at)
                     kind = "entered"
@@ -246,9 +323,9 @@ def reference_replay(
                         heapq.heappush(queue, (at + segment.min_dwell, 0, 0, None))
                 else:
                     if segment.exit_when is not None:
-                        leaving = holds(segment.exit_when, history, today)
+                        leaving = holds(segment.exit_when, history, today, state)
                     else:
-                        leaving = not holds(segment.when, history, today)
+                        leaving = not holds(segment.when, history, today, state)
                     if not leaving:
                         continue
                     if segment.min_dwell is not None and at < since + segment.min_dwell:

@@ -42,6 +42,35 @@ class Metric:
 
 
 @dataclass(frozen=True, slots=True)
+class Arithmetic:
+    """left op right with op one of + - * /: exact decimals, undefined propagates."""
+
+    op: str
+    left: Expr
+    right: Expr
+    line: int
+    col: int
+
+
+@dataclass(frozen=True, slots=True)
+class Negate:
+    """Unary minus of a non-literal (a minus before a number literal is folded into it)."""
+
+    operand: Expr
+    line: int
+    col: int
+
+
+@dataclass(frozen=True, slots=True)
+class InSegment:
+    """in_segment("name"): true while the customer is a member of an earlier segment."""
+
+    name: str
+    line: int
+    col: int
+
+
+@dataclass(frozen=True, slots=True)
 class Compare:
     op: str  # one of < <= > >= == !=
     left: Expr
@@ -84,4 +113,17 @@ class Not:
     col: int
 
 
-Expr = Number | String | Metric | Compare | Between | And | Or | Not
+Expr = (
+    Number | String | Metric | Arithmetic | Negate | InSegment | Compare | Between | And | Or | Not
+)
+
+
+def children(expr: Expr) -> tuple[Expr, ...]:
+    """The direct sub-expressions of expr, in source order."""
+    if isinstance(expr, Arithmetic | Compare | And | Or):
+        return (expr.left, expr.right)
+    if isinstance(expr, Negate | Not):
+        return (expr.operand,)
+    if isinstance(expr, Between):
+        return (expr.operand, expr.low, expr.high)
+    return ()

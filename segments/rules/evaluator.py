@@ -14,21 +14,161 @@ import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import (
+    MAX_EMAX,
+    MIN_EMIN,
+    ROUND_HALF_EVEN,
+    Context,
+    Decimal,
+    DivisionByZero,
+    InvalidOperation,
+    Overflow,
+)
 from operator import attrgetter
 from typing import Any
 
-from segments.aggregates import CustomerState, FilterKey, Order
+from segments.aggregates import (
+    CustomerState,
+    FilterKey,
+    Order,
+    distinct_products,
+    distinct_skus,
+    extreme_order_value,
+    max_skus_per_product,
+)
 from segments.clock import MICROS_PER_DAY, Calendar, month_day
-from segments.rules.ast import And, Between, Compare, Expr, Metric, Not, Number, Or, String
-from segments.rules.ruleset import RuleSet
+from segments.rules.ast import (
+    And,
+    Arithmetic,
+    Between,
+    Compare,
+    Expr,
+    InSegment,
+    Metric,
+    Negate,
+    Not,
+    Number,
+    Or,
+    String,
+    children,
+)
+from segments.rules.ruleset import RuleSet, Segment
 
 Value = int | Decimal | None
 Evaluation = tuple[tuple[bool, ...], tuple[Value, ...]]
 
-ALWAYS_DEFINED = frozenset({"orders", "spend", "units", "discounted_orders", "distinct_categories"})
+ALWAYS_DEFINED = frozenset(
+    {
+        "orders",
+        "spend",
+        "units",
+        "discounted_orders",
+        "distinct_categories",
+        "distinct_skus",
+        "distinct_products",
+        "max_skus_per_product",
+    }
+)
+ITEM_METRICS = frozenset({"distinct_skus", "distinct_products", "max_skus_per_product"})
 DAYS_SINCE = frozenset({"days_since_last_purchase", "days_since_first_purchase"})
 _CENT = Decimal("0.01")
+
+# Arithmetic of the rule language (SPEC section 3, language 2): Decimal with 100 significant
+# digits, like money.py's conversions. + - and * of the values the core produces (amounts
+# below 1e15 with at most 12 places, counts, days) are exact; a quotient is rounded once,
+# half-even, at the 100th digit, far below any difference a comparison with a literal or
+# an amount can see. Division by zero and any undefined operand give undefined (None).
+ARITHMETIC = Context(
+    prec=100,
+    rounding=ROUND_HALF_EVEN,
+    Emax=MAX_EMAX,
+    Emin=MIN_EMIN,
+    traps=[InvalidOperation, DivisionByZero, Overflow],
+)
+
+
+def add(a: Value, b: Value) -> Value:
+    return None if a is None or b is None else ARITHMETIC.add(a, b)
+
+
+def subtract(a: Value, b: Value) -> Value:
+    return None if a is None or b is None else ARITHMETIC.subtract(a, b)
+
+
+def multiply(a: Value, b: Value) -> Value:
+    return None if a is None or b is None else ARITHMETIC.multiply(a, b)
+
+
+def divide(a: Value, b: Value) -> Value:
+    return None if a is None or b is None or not b else ARITHMETIC.divide(a, b)
+
+
+def negate(a: Value) -> Value:
+    return None if a is None else ARITHMETIC.minus(a)
+
+
+_ARITHMETIC_HELPERS = {"+": "ADD", "-": "SUB", "*": "MUL", "/": "DIV"}
+
+
+def _simple(expr: Expr) -> bool:
+    """A metric or a number: the operands version 1 compiles as they always were."""
+    return isinstance(expr, Metric | Number)
+
+
+class _Values:
+    """Python source for value expressions (metrics, numbers, arithmetic) and for
+    comparisons of them with undefined handled: any undefined operand makes it false."""
+
+    def __init__(self, specs: list[MetricSpec], spec_index: Callable[[Metric], int]) -> None:
+        self.specs = specs
+        self.spec_index = spec_index
+        self.temps = 0
+
+    def code(self, expr: Expr, used: list[int]) -> tuple[str, bool]:
+        """The source of a value and whether it can be undefined; metric indexes to used."""
+        if isinstance(expr, Number):
+            return _literal(expr.value), False
+        if isinstance(expr, Metric):
+            index = self.spec_index(expr)
+            used.append(index)
+            return f"v{index}", self.specs[index].name not in ALWAYS_DEFINED
+        if isinstance(expr, Negate):
+            operand, _ = self.code(expr.operand, used)
+            return f"NEG({operand})", True
+        if isinstance(expr, Arithmetic):
+            left, _ = self.code(expr.left, used)
+            right, _ = self.code(expr.right, used)
+            return f"{_ARITHMETIC_HELPERS[expr.op]}({left}, {right})", True
+        raise ValueError(f"line {expr.line}: expected a metric, a number or arithmetic")
+
+    def test(self, operands: list[Expr], test: Callable[[list[str]], str], used: list[int]) -> str:
+        """`test` of the operands' values, false when any of them is undefined."""
+        checks: list[str] = []
+        texts: list[str] = []
+        for operand in operands:
+            text, maybe_undefined = self.code(operand, used)
+            if maybe_undefined and isinstance(operand, Metric):
+                checks.append(f"{text} is not None")
+            elif maybe_undefined:
+                self.temps += 1
+                temp = f"t{self.temps}"
+                checks.append(f"({temp} := {text}) is not None")
+                text = temp
+            texts.append(text)
+        return f"({' and '.join([*checks, test(texts)])})"
+
+
+def segment_references(segments: tuple[Segment, ...]) -> frozenset[str]:
+    """The names of the segments some rule reads with in_segment(...)."""
+
+    def refs(expr: Expr | None) -> set[str]:
+        if expr is None:
+            return set()
+        if isinstance(expr, InSegment):
+            return {expr.name}
+        return {name for child in children(expr) for name in refs(child)}
+
+    return frozenset(name for s in segments for name in refs(s.when) | refs(s.exit_when))
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +213,9 @@ class CompiledRules:
     lifetime_keys: tuple[FilterKey, ...]
     keep_categories: frozenset[str] | None  # None: keep every category
     lifetime_categories: bool  # lifetime accumulators track category sets
+    lifetime_extremes: bool  # prune keeps the least and greatest pruned order value
+    keep_items: bool  # orders keep their line items (category, product, sku)
+    lifetime_items: bool  # lifetime accumulators count line items
     windows: tuple[int, ...]
     # (days, filter, whether unknown-order returns count): each distinct windowed filter
     window_filters: tuple[tuple[int, FilterKey, bool], ...]
@@ -84,8 +227,10 @@ class CompiledRules:
     evaluate: Callable[[CustomerState, int], Evaluation]
     # the first day after `today` on which time alone changes a metric (see next_deadline)
     next_day: Callable[[CustomerState, int], int | None]
-    # evaluate at one day, and the first day after it on which a flag can change
-    assess: Callable[[CustomerState, int], tuple[tuple[bool, ...], tuple[Value, ...], int | None]]
+    # evaluate at one day and instant, and the first day after it on which a flag can change
+    assess: Callable[
+        [CustomerState, int, int], tuple[tuple[bool, ...], tuple[Value, ...], int | None]
+    ]
     # an index updated in place for one added order / records pruned before a day (None: stale)
     index_add: Callable[[tuple[Any, ...], Order], tuple[Any, ...] | None]
     index_prune: Callable[[tuple[Any, ...], int], tuple[Any, ...] | None]
@@ -143,7 +288,44 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
         ]
         return " and ".join(checks)
 
+    values = _Values(specs, spec_index)
+    # (days-since spec index, op, value expression): a days-since comparison whose other
+    # side time does not change (the parser lets no other kind through); its change days
+    # are worked out from that side's value at run time
+    dynamic: list[tuple[int, str, Expr]] = []
+
+    def note_dynamic(expr: Expr) -> None:
+        pairs: list[tuple[Expr, str, Expr]] = []
+        if isinstance(expr, Compare):
+            pairs = [(expr.left, expr.op, expr.right), (expr.right, _MIRRORED[expr.op], expr.left)]
+        elif isinstance(expr, Between):
+            pairs = [(expr.operand, ">=", expr.low), (expr.operand, "<=", expr.high)]
+        for side, op, other in pairs:
+            if _days_since_metric(side) and not isinstance(other, Number):
+                assert isinstance(side, Metric)
+                dynamic.append((spec_index(side), op, other))
+
     def emit(expr: Expr, used: set[int]) -> str:
+        note_dynamic(expr)
+        if isinstance(expr, InSegment):
+            # evaluate() reads the memberships as stored; assess() (what step() uses)
+            # sees the earlier segment's membership after this very evaluation
+            return f"(MEMBER(state.memberships.get({expr.name!r})))"
+        if isinstance(expr, Compare) and not (_simple(expr.left) and _simple(expr.right)):
+            read: list[int] = []
+            op = expr.op
+            text = values.test([expr.left, expr.right], lambda v: f"{v[0]} {op} {v[1]}", read)
+            used.update(read)
+            return text
+        if isinstance(expr, Between) and not all(
+            _simple(e) for e in (expr.operand, expr.low, expr.high)
+        ):
+            read = []
+            text = values.test(
+                [expr.operand, expr.low, expr.high], lambda v: f"{v[1]} <= {v[0]} <= {v[2]}", read
+            )
+            used.update(read)
+            return text
         if isinstance(expr, And):
             return f"({emit(expr.left, used)} and {emit(expr.right, used)})"
         if isinstance(expr, Or):
@@ -170,7 +352,7 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
             test = f"{low} <= {value} <= {high}"
             checks = guard(vi)
             return f"({checks} and {test})" if checks else f"({test})"
-        if isinstance(expr, Metric | Number | String):
+        if isinstance(expr, Metric | Number | String | Arithmetic | Negate):
             raise ValueError(f"line {expr.line}: expected a comparison")
         raise TypeError(f"unknown expression {expr!r}")
 
@@ -202,6 +384,8 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
         day_thresholds,
         conditions,
         lambda m: index_of[MetricSpec.of(m)],
+        ruleset.segments,
+        dynamic,
     )
     exec(compile(source, f"<rules {ruleset.source} v{ruleset.version}>", "exec"), namespace)
     evaluate = namespace["evaluate"]
@@ -223,6 +407,12 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
         lifetime_categories=any(
             s.name == "distinct_categories" and s.within_days is None for s in specs
         ),
+        lifetime_extremes=any(
+            s.name in ("min_order_value", "max_order_value") and s.within_days is None
+            for s in specs
+        ),
+        keep_items=any(s.name in ITEM_METRICS for s in specs),
+        lifetime_items=any(s.name in ITEM_METRICS and s.within_days is None for s in specs),
         windows=windows,
         window_filters=window_filters,
         horizon_days=max((*windows, seen_days)),
@@ -243,6 +433,35 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
 
 
 _MIRRORED = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
+
+
+def flip_values(op: str, value: int | Decimal) -> tuple[int, ...]:
+    """_flip_values of a value known only at run time (an int or a Decimal)."""
+    return _flip_values(op, Decimal(value) if isinstance(value, int) else value)
+
+
+def _days_since_metric(expr: Expr) -> bool:
+    return isinstance(expr, Metric) and expr.name in DAYS_SINCE
+
+
+def _dynamic_flip_lines(
+    spec: MetricSpec, i: int, op: str, value: str, target: str, *, after: bool
+) -> list[str]:
+    """Lines lowering `target` to the first day after today on which days-since metric `i`
+    crosses the run-time `value` (not None) under `op`, as the constant case does."""
+    out = [f"for k in FLIPS({op!r}, {value}):"]
+    if spec.within_days is None:
+        field = "last_day" if spec.name == "days_since_last_purchase" else "first_day"
+        lifetime = f"L{i}" if after else f"state.lifetime[K{i}]"
+        out.append(f"    base = {lifetime}.{field}")
+        out.append(f"    if base is not None and today < base + k < {target}:")
+        out.append(f"        {target} = base + k")
+    else:
+        # the first counted order (of any filter) whose day + k is still ahead
+        out.append("    p = bisect_right(counted, today - k)")
+        out.append(f"    if p < len(counted) and counted[p] + k < {target}:")
+        out.append(f"        {target} = counted[p] + k")
+    return out
 
 
 def _flip_values(op: str, number: Decimal) -> tuple[int, ...]:
@@ -292,6 +511,8 @@ def _generate(
     day_thresholds: tuple[tuple[int, int], ...],
     flag_conditions: list[Expr | None],
     spec_index: Callable[[Metric], int],
+    segments: tuple[Segment, ...] = (),
+    dynamic: list[tuple[int, str, Expr]] | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """Source of `build_index`, `index_add`, `index_prune`, `evaluate`, `next_day`, `assess`.
 
@@ -317,6 +538,17 @@ def _generate(
         "DISCOUNTED": attrgetter("discounted"),
         "NO_DAY": _NO_DAY,
         "EXACT_SUM": 10**16,
+        "ADD": add,
+        "SUB": subtract,
+        "MUL": multiply,
+        "DIV": divide,
+        "NEG": negate,
+        "MEMBER": _is_member,
+        "EXTREME": extreme_order_value,
+        "DISTINCT_SKUS": distinct_skus,
+        "DISTINCT_PRODUCTS": distinct_products,
+        "MAX_SKUS_PER_PRODUCT": max_skus_per_product,
+        "FLIPS": flip_values,
     }
     windowed = [s for s in specs if s.within_days is not None]
     keys = list(dict.fromkeys(s.key for s in windowed))
@@ -328,6 +560,11 @@ def _generate(
             "units": "units",
             "discounted_orders": "discounted",
             "distinct_categories": "categories" if spec.category is None else None,
+            "min_order_value": "amount",
+            "max_order_value": "amount",
+            "distinct_skus": "items",
+            "distinct_products": "items",
+            "max_skus_per_product": "items",
         }.get(spec.name)
         if wanted is not None and wanted not in fields[spec.key]:
             fields[spec.key].append(wanted)
@@ -363,6 +600,7 @@ def _generate(
                 ),
                 "discounted": f"list(map(DISCOUNTED, x{j}))",
                 "categories": f"[o.categories or () for o in x{j}]",
+                "items": f"[o.items or () for o in x{j}]",
             }[field]
             build.append(f"    x{j}_{field} = {value}")
     build.append(f"    index = state.index = (TOKEN, {', '.join(names)})")
@@ -398,6 +636,7 @@ def _generate(
             "units": f"o.categories[{category!r}].units" if category is not None else "o.units",
             "discounted": "o.discounted",
             "categories": "o.categories or ()",
+            "items": "o.items or ()",
         }
         if not conditions:  # x{j}_days is `counted` itself: already updated above
             grow.extend(
@@ -436,7 +675,7 @@ def _generate(
         if spec.within_days is None:
             namespace[f"K{i}"] = spec.key
             lines.append(f"    L{i} = lifetime[K{i}]")
-            lines.append(f"    v{i} = {_lifetime_value(i, name)}")
+            lines.append(f"    v{i} = {_lifetime_value(i, name, spec.category)}")
             continue
         j = keys.index(spec.key)
         window = spec.within_days
@@ -516,22 +755,54 @@ def _generate(
                 out.append(f"    p = bisect_right(counted, today - {number})")
                 out.append(f"    if p < len(counted) and counted[p] + {number} < best:")
                 out.append(f"        best = counted[p] + {number}")
+        if dynamic:
+            out.extend(dynamic_day_lines())
+        return out
+
+    def dynamic_day_lines() -> list[str]:
+        """next_day's candidates of days-since comparisons with an expression: its value
+        needs only lifetime metrics (time does not change it), worked out here."""
+        assert dynamic is not None
+        code = _Values(specs, spec_index)
+        out: list[str] = []
+        defined: set[int] = set()
+        for index, op, other in dynamic:
+            used: list[int] = []
+            value, _ = code.code(other, used)
+            for k in dict.fromkeys(used):
+                if k in defined:
+                    continue
+                defined.add(k)
+                namespace[f"K{k}"] = specs[k].key
+                out.append(f"    L{k} = state.lifetime[K{k}]")
+                out.append(f"    v{k} = {_lifetime_value(k, specs[k].name, specs[k].category)}")
+            out.append(f"    t = {value}")
+            out.append("    if t is not None:")
+            out.extend(
+                "        " + line
+                for line in _dynamic_flip_lines(specs[index], index, op, "t", "best", after=False)
+            )
         return out
 
     evaluate = [*lines, f"    return {result}"]
     # assess: evaluate and next_day at one `today` (step() always needs both)
     # assess: evaluate at `today` and the first day on which a flag can change (step()
     # needs both; next_day only when a segment is not settled, see membership.py)
-    flip = _FlipDays(specs, keys, fields, lows, day_thresholds, namespace, spec_index)
+    referenced = segment_references(segments)
+    position = {segment.name: k for k, segment in enumerate(segments)}
+    flip = _FlipDays(
+        specs, keys, fields, lows, day_thresholds, namespace, spec_index, position, segments
+    )
     flip_lines = ["    flip = NO_DAY"]
     for n, condition in enumerate(flag_conditions):
-        if condition is None:
-            continue  # a constant False flag never changes
-        flip_lines.extend(flip.statements(condition, f"f{n}"))
-        flip_lines.append(f"    if f{n}_day < flip:")
-        flip_lines.append(f"        flip = f{n}_day")
+        if condition is not None:  # a constant False flag never changes
+            flip_lines.extend(flip.statements(condition, f"f{n}"))
+            flip_lines.append(f"    if f{n}_day < flip:")
+            flip_lines.append(f"        flip = f{n}_day")
+        if n % 2 and segments and segments[n // 2].name in referenced:
+            flip_lines.extend(_membership_after(n // 2, segments[n // 2]))
     flag_names = [f"f{n}" if c is not None else "False" for n, c in enumerate(flag_conditions)]
-    assess = ["def assess(state, today):", *lines[1:], *flip_lines]
+    assess = ["def assess(state, today, at):", *lines[1:], *flip_lines]
     assess.append(
         f"    return ({', '.join(flag_names)},), ({values}{',' if specs else ''}), "
         "None if flip == NO_DAY else flip"
@@ -550,6 +821,27 @@ def _generate(
 _NO_DAY = 1 << 62
 
 
+def _is_member(membership: Any) -> bool:
+    return membership is not None and bool(membership.member)
+
+
+def _membership_after(k: int, segment: Segment) -> list[str]:
+    """Lines that set `m{k}`: whether the customer is a member of segment k once this
+    evaluation has applied its flags (f{2k}, f{2k+1}), exactly as membership.py's
+    _evaluate does, min_dwell and exit_when included; later segments read it."""
+    leaving = f"f{2 * k + 1}" if segment.exit_when is not None else f"not f{2 * k}"
+    stays = f"not {leaving}"
+    if segment.min_dwell is not None:
+        stays = f"{stays} or at < c.since + {segment.min_dwell}"
+    return [
+        f"    c = state.memberships.get({segment.name!r})",
+        "    if c is not None and c.member:",
+        f"        m{k} = {stays}",
+        "    else:",
+        f"        m{k} = f{2 * k}",
+    ]
+
+
 def _window_value(i: int, name: str, j: int, low: str, category: str | None) -> str:
     count = f"(h{j} - {low})"
     return {
@@ -565,11 +857,22 @@ def _window_value(i: int, name: str, j: int, low: str, category: str | None) -> 
         ),
         "days_since_last_purchase": f"(today - x{j}_days[h{j} - 1] if h{j} > {low} else None)",
         "days_since_first_purchase": f"(today - x{j}_days[{low}] if h{j} > {low} else None)",
+        "distinct_skus": f"DISTINCT_SKUS(x{j}_items[{low}:h{j}], {category!r})",
+        "distinct_products": f"DISTINCT_PRODUCTS(x{j}_items[{low}:h{j}], {category!r})",
+        "max_skus_per_product": f"MAX_SKUS_PER_PRODUCT(x{j}_items[{low}:h{j}], {category!r})",
+        "min_order_value": f"(min(x{j}_amount[{low}:h{j}]) if h{j} > {low} else None)",
+        "max_order_value": f"(max(x{j}_amount[{low}:h{j}]) if h{j} > {low} else None)",
+        "avg_days_between_orders": (
+            f"(DIV(x{j}_days[h{j} - 1] - x{j}_days[{low}], {count} - 1) if {count} > 1 else None)"
+        ),
     }[name]
 
 
-def _lifetime_value(i: int, name: str) -> str:
+def _lifetime_value(i: int, name: str, category: str | None) -> str:
     return {
+        "distinct_skus": f"DISTINCT_SKUS((L{i}.items,), {category!r})",
+        "distinct_products": f"DISTINCT_PRODUCTS((L{i}.items,), {category!r})",
+        "max_skus_per_product": f"MAX_SKUS_PER_PRODUCT((L{i}.items,), {category!r})",
         "orders": f"L{i}.orders",
         "spend": f"L{i}.spend",
         "avg_order_value": f"(L{i}.spend / L{i}.orders if L{i}.orders else None)",
@@ -581,6 +884,13 @@ def _lifetime_value(i: int, name: str) -> str:
         ),
         "days_since_first_purchase": (
             f"(today - L{i}.first_day if L{i}.first_day is not None else None)"
+        ),
+        # over all history: the retained orders (refunds may still lower them) and the
+        # extreme of the pruned ones
+        "min_order_value": f"EXTREME(state, K{i}, L{i}.pruned_least, False)",
+        "max_order_value": f"EXTREME(state, K{i}, L{i}.pruned_most, True)",
+        "avg_days_between_orders": (
+            f"(DIV(L{i}.last_day - L{i}.first_day, L{i}.orders - 1) if L{i}.orders > 1 else None)"
         ),
     }[name]
 
@@ -611,7 +921,12 @@ class _FlipDays:
         day_thresholds: tuple[tuple[int, int], ...],
         namespace: dict[str, Any],
         spec_index: Callable[[Metric], int],
+        segment_position: dict[str, int] | None = None,
+        segments: tuple[Segment, ...] = (),
     ) -> None:
+        self.segment_position = segment_position or {}
+        self.segments = segments
+        self.values = _Values(specs, spec_index)
         self.specs = specs
         self.keys = keys
         self.fields = fields
@@ -633,10 +948,10 @@ class _FlipDays:
             lhs, rhs = f"{name}l", f"{name}r"
             left_truths, left_days = self._node(expr.left, lhs)
             right_truths, right_days = self._node(expr.right, rhs)
-            both, either = ("min", "max") if isinstance(expr, And) else ("max", "min")
             # an `and` (`or`) whose sides are all true (false) changes with the first
-            # side that does; with one false (true) side, when that side does; with two,
-            # not before both did
+            # side that does (`both`: the earliest day); with one false (true) side, when
+            # that side does; with two, not before both did (`either`: the latest day)
+            both, either = "min", "max"
             agree = f"{name}" if isinstance(expr, And) else f"not {name}"
             truths = [
                 *left_truths,
@@ -682,6 +997,27 @@ class _FlipDays:
                 [*days, f"    {name}_day = {name}n_day"],
             )
         out: list[str] = []
+        if isinstance(expr, InSegment):
+            # a membership changes only when its segment's flags can, or when a min_dwell
+            # runs out (an instant of its own, see membership._deadline)
+            k = self.segment_position[expr.name]
+            day = f"f{2 * k}_day"
+            if self.segments[k].exit_when is not None:
+                day = f"min({day}, f{2 * k + 1}_day)"
+            return [f"    {name} = m{k}"], [f"    {name}_day = {day}"]
+        if isinstance(expr, Compare | Between):
+            dynamic = self._dynamic(expr, name)
+            if dynamic is not None:
+                return dynamic
+        if isinstance(expr, Compare) and not (_simple(expr.left) and _simple(expr.right)):
+            op = expr.op
+            return self._arithmetic([expr.left, expr.right], lambda v: f"{v[0]} {op} {v[1]}", name)
+        if isinstance(expr, Between) and not all(
+            _simple(e) for e in (expr.operand, expr.low, expr.high)
+        ):
+            return self._arithmetic(
+                [expr.operand, expr.low, expr.high], lambda v: f"{v[1]} <= {v[0]} <= {v[2]}", name
+            )
         if isinstance(expr, Compare):
             left, right = expr.left, expr.right
             if isinstance(right, Metric) and not isinstance(left, Metric):
@@ -719,6 +1055,68 @@ class _FlipDays:
                 )
             return out[:1], out[1:]
         raise TypeError(f"unknown expression {expr!r}")
+
+    def _dynamic(self, expr: Compare | Between, name: str) -> tuple[list[str], list[str]] | None:
+        """A days-since metric against a value time does not change (SPEC section 3,
+        language 2): the comparison changes on the day the metric crosses that value, which
+        is worked out from the value now, exactly as for a number."""
+        if isinstance(expr, Compare):
+            left, right, op = expr.left, expr.right, expr.op
+            if _days_since_metric(right) and not _days_since_metric(left):
+                left, right, op = right, left, _MIRRORED[op]
+            if not _days_since_metric(left) or isinstance(right, Number):
+                return None
+            metric = left
+            bounds: list[tuple[str, Expr]] = [(op, right)]
+            operands: list[Expr] = [expr.left, expr.right]
+            cmp = expr.op
+
+            def test(v: list[str]) -> str:
+                return f"{v[0]} {cmp} {v[1]}"
+        else:
+            if not _days_since_metric(expr.operand) or (
+                isinstance(expr.low, Number) and isinstance(expr.high, Number)
+            ):
+                return None
+            metric, bounds = expr.operand, [(">=", expr.low), ("<=", expr.high)]
+            operands = [expr.operand, expr.low, expr.high]
+
+            def test(v: list[str]) -> str:
+                return f"{v[1]} <= {v[0]} <= {v[2]}"
+
+        assert isinstance(metric, Metric)
+        i = self.spec_index(metric)
+        used: list[int] = []
+        truth = [f"    {name} = {self.values.test(operands, test, used)}"]
+        days = [f"    {name}_day = NO_DAY"]
+        if self.specs[i].within_days is not None:
+            days.extend(self._metric_change_day(i, f"{name}_day"))  # orders leave the window
+        for op, bound in bounds:
+            value, _ = self.values.code(bound, [])
+            self.values.temps += 1
+            temp = f"t{self.values.temps}"
+            days.append(f"    {temp} = {value}")
+            days.append(f"    if {temp} is not None:")
+            days.extend(
+                "        " + line
+                for line in _dynamic_flip_lines(
+                    self.specs[i], i, op, temp, f"{name}_day", after=True
+                )
+            )
+        return truth, days
+
+    def _arithmetic(
+        self, operands: list[Expr], test: Callable[[list[str]], str], name: str
+    ) -> tuple[list[str], list[str]]:
+        """A comparison with arithmetic: its truth holds until one of its metrics changes
+        value (the parser lets no days-since metric into one, so each value is a step
+        function of time whose steps _metric_change_day knows)."""
+        used: list[int] = []
+        truth = [f"    {name} = {self.values.test(operands, test, used)}"]
+        days = [f"    {name}_day = NO_DAY"]
+        for index in dict.fromkeys(used):
+            days.extend(self._metric_change_day(index, f"{name}_day"))
+        return truth, days
 
     def _operand(self, expr: Expr) -> tuple[str, int | None]:
         if isinstance(expr, Metric):

@@ -8,7 +8,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
-from segments.rules.ast import And, Between, Compare, Expr, Metric, Not, Number, Or, String
+from segments.rules.ast import (
+    And,
+    Arithmetic,
+    Between,
+    Compare,
+    Expr,
+    InSegment,
+    Metric,
+    Negate,
+    Not,
+    Number,
+    Or,
+    String,
+)
 from segments.rules.errors import RuleError, RuleFileError, source_line_at
 
 # Grammar, loosest binding first (each level is one method of _Parser):
@@ -17,13 +30,19 @@ from segments.rules.errors import RuleError, RuleFileError, source_line_at
 #   or_expr     := and_expr ("or" and_expr)*
 #   and_expr    := not_expr ("and" not_expr)*
 #   not_expr    := "not" not_expr | comparison
-#   comparison  := primary (COMPARE_OP primary | "between" primary "and" primary)?
-#   primary     := NUMBER | STRING | metric_call | "(" or_expr ")"
+#   comparison  := sum (COMPARE_OP sum | "between" sum "and" sum)?
+#   sum         := product (("+" | "-") product)*
+#   product     := unary (("*" | "/") unary)*
+#   unary       := "-" unary | primary
+#   primary     := NUMBER | STRING | metric_call | segment_ref | "(" or_expr ")"
 #   metric_call := NAME "(" (filter ("," filter)*)? ")"
 #   filter      := NAME "=" STRING
+#   segment_ref := "in_segment" "(" STRING ")"
 #
-# Node positions: a literal or metric at its first character, Compare/Between/And/Or
-# at their operator, Not at the "not" keyword.
+# Node positions: a literal, metric or segment_ref at its first character,
+# Compare/Between/And/Or/Arithmetic at their operator, Not and Negate at their keyword
+# or minus. A minus before a number literal folds into the number (-2.5 is one Number),
+# so every version-1 rule parses to the tree it always did.
 
 METRICS: tuple[str, ...] = (
     "orders",
@@ -34,11 +53,19 @@ METRICS: tuple[str, ...] = (
     "distinct_categories",
     "days_since_last_purchase",
     "days_since_first_purchase",
+    "min_order_value",
+    "max_order_value",
+    "avg_days_between_orders",
+    "distinct_skus",
+    "distinct_products",
+    "max_skus_per_product",
 )
+IN_SEGMENT = "in_segment"
 DAYS_SINCE_METRICS = frozenset({"days_since_last_purchase", "days_since_first_purchase"})
 FILTERS: tuple[str, ...] = ("within", "channel", "category", "season")
 CHANNELS: tuple[str, ...] = ("pos", "online")
 COMPARE_OPS: tuple[str, ...] = ("<", "<=", ">", ">=", "==", "!=")
+ARITHMETIC_OPS: tuple[str, ...] = ("+", "-", "*", "/")
 KEYWORDS = frozenset({"and", "or", "not", "between"})
 MAX_WINDOW_DAYS = 36_500  # 100 years: keeps date arithmetic far from date.min
 MAX_NESTING = 50  # of '(' and 'not': deeper is a mistake, and would exhaust Python's stack
@@ -46,14 +73,14 @@ MAX_NESTING = 50  # of '(' and 'not': deeper is a mistake, and would exhaust Pyt
 Position = tuple[int, int]
 
 _LINE_BREAKS = frozenset("\n\r\x85\u2028\u2029")  # the line breaks YAML counts
-_NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 _WORD = re.compile(r"[A-Za-z0-9_.]*")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _WITHIN = re.compile(r"([0-9]+)([dw])")
 _SEASON = re.compile(r"([0-9]{2})-([0-9]{2})\.\.([0-9]{2})-([0-9]{2})")
 _DAYS_IN_MONTH = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)  # Feb 29 is a valid season edge
 _TWO_CHAR_OPS = ("<=", ">=", "==", "!=")
-_ONE_CHAR_OPS = "<>(),="
+_ONE_CHAR_OPS = "<>(),=+-*/"
 
 
 def positions_from(text: str, line: int = 1, col: int = 1) -> list[Position]:
@@ -196,7 +223,7 @@ def _tokenize(text: str, positions: Sequence[Position]) -> list[_Token]:
         if ch.isspace():
             i += 1
             continue
-        if ch.isdigit() or (ch == "-" and text[i + 1 : i + 2].isdigit()):
+        if ch.isdigit():
             match = _NUMBER.match(text, i)
             assert match is not None
             end = match.end()
@@ -276,7 +303,7 @@ def _unexpected_character(ch: str, two: str) -> str:
 
 
 def _is_condition(expr: Expr) -> bool:
-    return isinstance(expr, Compare | Between | And | Or | Not)
+    return isinstance(expr, Compare | Between | And | Or | Not | InSegment)
 
 
 def _describe(expr: Expr) -> str:
@@ -286,7 +313,55 @@ def _describe(expr: Expr) -> str:
         return f"string {_quote(expr.value)}"
     if isinstance(expr, Metric):
         return f"metric {expr.name}()"
+    if isinstance(expr, Arithmetic | Negate):
+        return f"the arithmetic {format_expression(expr)}"
     return "a condition"
+
+
+def has_metric(expr: Expr) -> bool:
+    """Whether a value expression reads a metric (else it is a constant)."""
+    if isinstance(expr, Metric):
+        return True
+    if isinstance(expr, Arithmetic):
+        return has_metric(expr.left) or has_metric(expr.right)
+    if isinstance(expr, Negate):
+        return has_metric(expr.operand)
+    return False
+
+
+def time_invariant(expr: Expr) -> bool:
+    """Whether time alone cannot change the value: numbers, and arithmetic of them and of
+    metrics over all history that are not days-since (they change only with events)."""
+    if isinstance(expr, Number):
+        return True
+    if isinstance(expr, Metric):
+        return expr.within_days is None and expr.name not in DAYS_SINCE_METRICS
+    if isinstance(expr, Arithmetic):
+        return time_invariant(expr.left) and time_invariant(expr.right)
+    if isinstance(expr, Negate):
+        return time_invariant(expr.operand)
+    return False
+
+
+def _changing_part(expr: Expr) -> Metric | None:
+    """The first metric of expr that time alone changes (windowed or days-since)."""
+    if isinstance(expr, Metric):
+        return None if time_invariant(expr) else expr
+    for child in (
+        (expr.left, expr.right)
+        if isinstance(expr, Arithmetic)
+        else (expr.operand,)
+        if isinstance(expr, Negate)
+        else ()
+    ):
+        found = _changing_part(child)
+        if found is not None:
+            return found
+    return None
+
+
+def _days_since(expr: Expr) -> Metric | None:
+    return expr if isinstance(expr, Metric) and expr.name in DAYS_SINCE_METRICS else None
 
 
 class _Parser:
@@ -381,16 +456,16 @@ class _Parser:
         return self.comparison()
 
     def comparison(self) -> Expr:
-        left = self.primary()
+        left = self.sum_expr()
         token = self.token
         if token.kind == "op" and token.text in COMPARE_OPS:
             self.advance()
-            right = self.primary()
+            right = self.sum_expr()
             expr: Expr = Compare(token.text, left, right, token.line, token.col)
             self.check_compare(left, right, token)
         elif token.is_keyword("between"):
             self.advance()
-            low = self.primary()
+            low = self.sum_expr()
             if not self.token.is_keyword("and"):
                 raise _syntax(
                     (self.token.line, self.token.col),
@@ -398,7 +473,7 @@ class _Parser:
                     f"found {self.token.describe()}",
                 )
             self.advance()
-            high = self.primary()
+            high = self.sum_expr()
             expr = Between(left, low, high, token.line, token.col)
             self.check_between(left, low, high)
         else:
@@ -428,6 +503,40 @@ class _Parser:
         """True when token cannot follow a bare operand (which then lacks its comparison)."""
         return not (token.kind == "end" or token.is_op(")") or token.text in ("and", "or"))
 
+    def sum_expr(self) -> Expr:
+        left = self.product()
+        while self.token.is_op("+", "-"):
+            op = self.advance()
+            right = self.product()
+            left = self.arithmetic(op, left, right)
+        return left
+
+    def product(self) -> Expr:
+        left = self.unary()
+        while self.token.is_op("*", "/"):
+            op = self.advance()
+            right = self.unary()
+            left = self.arithmetic(op, left, right)
+        return left
+
+    def unary(self) -> Expr:
+        if not self.token.is_op("-"):
+            return self.primary()
+        op = self.advance()
+        self.enter(op)
+        operand = self.unary()
+        self.depth -= 1
+        if isinstance(operand, Number):
+            # exact (no context rounding), and -2.5 stays the literal it was in version 1
+            return Number(operand.value.copy_negate(), op.line, op.col)
+        self.check_arithmetic_operand(operand, op)
+        return Negate(operand, op.line, op.col)
+
+    def arithmetic(self, op: _Token, left: Expr, right: Expr) -> Arithmetic:
+        self.check_arithmetic_operand(left, op)
+        self.check_arithmetic_operand(right, op)
+        return Arithmetic(op.text, left, right, op.line, op.col)
+
     def primary(self) -> Expr:
         token = self.token
         if token.kind == "number":
@@ -450,6 +559,8 @@ class _Parser:
                 )
             self.advance()
             return inner
+        if token.is_keyword(IN_SEGMENT):
+            return self.segment_ref()
         if token.kind == "name" and token.text not in KEYWORDS:
             return self.metric_call()
         raise _syntax(
@@ -457,10 +568,24 @@ class _Parser:
             f"expected a metric, a number or '(', found {token.describe()}",
         )
 
+    def segment_ref(self) -> InSegment:
+        name = self.advance()
+        self.expect_op("(", "after 'in_segment'")
+        argument = self.token
+        if argument.kind != "string":
+            raise _syntax(
+                (argument.line, argument.col),
+                'expected a segment name in quotes, e.g. in_segment("vip"), '
+                f"found {argument.describe()}",
+            )
+        self.advance()
+        self.expect_op(")", "after the segment name of in_segment")
+        return InSegment(argument.value, name.line, name.col)
+
     def metric_call(self) -> Metric:
         name = self.advance()
         if name.text not in METRICS:
-            suggestion = closest(name.text, METRICS)
+            suggestion = closest(name.text, (*METRICS, IN_SEGMENT))
             hint = (
                 f"; did you mean '{suggestion}'?"
                 if suggestion
@@ -650,6 +775,32 @@ class _Parser:
                 "expected-comparison",
             )
 
+    def check_arithmetic_operand(self, operand: Expr, op: _Token) -> None:
+        if isinstance(operand, String):
+            self.problem(
+                operand.line,
+                operand.col,
+                f"expected a number or a metric in arithmetic, found {_describe(operand)}; "
+                "strings are only filter values",
+                "expected-comparison",
+            )
+        elif _is_condition(operand):
+            self.problem(
+                operand.line,
+                operand.col,
+                f"expected a number or a metric on each side of '{op.text}', found a condition",
+                "expected-comparison",
+            )
+        elif (metric := _days_since(operand)) is not None:
+            self.problem(
+                metric.line,
+                metric.col,
+                f"{metric.name}() cannot take part in arithmetic: the day on which such a "
+                "rule changes could not be scheduled exactly; compare it directly with a "
+                f"number instead, e.g. {metric.name}() > 30",
+                "not-schedulable",
+            )
+
     def check_compare(self, left: Expr, right: Expr, op: _Token) -> None:
         sides = (left, right)
         for side in sides:
@@ -678,21 +829,51 @@ class _Parser:
                 "expected-comparison",
             )
             return
-        if isinstance(left, Metric) and isinstance(right, Metric):
-            for side in sides:
-                assert isinstance(side, Metric)
-                if side.name in DAYS_SINCE_METRICS:
-                    self.problem(
-                        side.line,
-                        side.col,
-                        f"{side.name}() can only be compared with a number, "
-                        "not with another metric",
-                        "type-mismatch",
-                    )
-                    return
+        if not has_metric(left) and not has_metric(right):
+            self.problem(
+                op.line,
+                op.col,
+                "expected a comparison that reads a metric, found only numbers",
+                "expected-comparison",
+            )
+            return
+        for side, other in ((left, right), (right, left)):
+            if _days_since(side) is not None:
+                self.check_days_since_against(side, other)
+                return
+
+    def check_days_since_against(self, metric: Expr, other: Expr) -> None:
+        """A days-since metric changes every day: the day a comparison of it changes is
+        computed from the value it is compared with, so time alone must not change that
+        value (SPEC section 3, language 2)."""
+        assert isinstance(metric, Metric)
+        if time_invariant(other):
+            return
+        changing = _changing_part(other)
+        if changing is None:
+            return  # strings and conditions are reported on their own
+        if changing.name in DAYS_SINCE_METRICS:
+            reason = "it cannot be compared with another days-since metric"
+        else:
+            reason = (
+                f"it is compared with {changing.name}(within=...), which changes as orders "
+                "leave its window"
+            )
+        self.problem(
+            metric.line,
+            metric.col,
+            f"{metric.name}() can only be compared with an expression that time does not "
+            f"change (numbers, metrics without within=): {reason}, so the day on which the "
+            "comparison changes could not be scheduled exactly",
+            "not-schedulable",
+        )
 
     def check_between(self, operand: Expr, low: Expr, high: Expr) -> None:
-        if not isinstance(operand, Metric):
+        if (
+            isinstance(operand, String)
+            or _is_condition(operand)
+            or not (has_metric(operand) or has_metric(low) or has_metric(high))
+        ):
             self.problem(
                 operand.line,
                 operand.col,
@@ -700,13 +881,26 @@ class _Parser:
                 "expected-comparison",
             )
         for bound in (low, high):
-            if not isinstance(bound, Number):
+            if isinstance(bound, String) or _is_condition(bound):
                 self.problem(
                     bound.line,
                     bound.col,
                     f"the bounds of 'between' must be numbers, found {_describe(bound)}",
                     "bad-between",
                 )
+            elif (metric := _days_since(bound)) is not None:
+                self.problem(
+                    metric.line,
+                    metric.col,
+                    f"{metric.name}() cannot be a bound of 'between': the day on which the "
+                    f"rule changes could not be scheduled exactly; write {metric.name}() "
+                    "between ... and ... or compare it with a number",
+                    "not-schedulable",
+                )
+        if _days_since(operand) is not None:
+            for bound in (low, high):
+                if not (isinstance(bound, String) or _is_condition(bound) or _days_since(bound)):
+                    self.check_days_since_against(operand, bound)
         if isinstance(low, Number) and isinstance(high, Number) and low.value > high.value:
             self.problem(
                 low.line,
@@ -719,10 +913,15 @@ class _Parser:
 
 # --- printer --------------------------------------------------------------------------
 
-_PREC_OR, _PREC_AND, _PREC_NOT, _PREC_COMPARE, _PREC_PRIMARY = range(1, 6)
+_PREC_OR, _PREC_AND, _PREC_NOT, _PREC_COMPARE, _PREC_SUM, _PREC_PRODUCT, _PREC_UNARY = range(1, 8)
+_PREC_PRIMARY = 8
 
 
 def _precedence(expr: Expr) -> int:
+    if isinstance(expr, Arithmetic):
+        return _PREC_SUM if expr.op in ("+", "-") else _PREC_PRODUCT
+    if isinstance(expr, Negate):
+        return _PREC_UNARY
     if isinstance(expr, Or):
         return _PREC_OR
     if isinstance(expr, And):
@@ -746,13 +945,20 @@ def _format_bare(expr: Expr) -> str:
         return _quote(expr.value)
     if isinstance(expr, Metric):
         return _format_metric(expr)
+    if isinstance(expr, InSegment):
+        return f"{IN_SEGMENT}({_quote(expr.name)})"
+    if isinstance(expr, Arithmetic):
+        own = _precedence(expr)
+        return f"{_format(expr.left, own)} {expr.op} {_format(expr.right, own + 1)}"
+    if isinstance(expr, Negate):
+        return f"-{_format(expr.operand, _PREC_UNARY)}"
     if isinstance(expr, Compare):
-        left = _format(expr.left, _PREC_PRIMARY)
-        return f"{left} {expr.op} {_format(expr.right, _PREC_PRIMARY)}"
+        left = _format(expr.left, _PREC_SUM)
+        return f"{left} {expr.op} {_format(expr.right, _PREC_SUM)}"
     if isinstance(expr, Between):
-        operand = _format(expr.operand, _PREC_PRIMARY)
-        low = _format(expr.low, _PREC_PRIMARY)
-        return f"{operand} between {low} and {_format(expr.high, _PREC_PRIMARY)}"
+        operand = _format(expr.operand, _PREC_SUM)
+        low = _format(expr.low, _PREC_SUM)
+        return f"{operand} between {low} and {_format(expr.high, _PREC_SUM)}"
     if isinstance(expr, Not):
         return f"not {_format(expr.operand, _PREC_NOT)}"
     if isinstance(expr, And):

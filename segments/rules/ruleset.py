@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from segments.rules.ast import Expr
+from segments.rules.ast import Expr, InSegment, children
 from segments.rules.errors import RuleError, RuleFileError, source_line_at
 from segments.rules.parser import Position, closest, parse_located, positions_from
 
@@ -410,6 +410,8 @@ class _RuleFileReader:
             return ()
         segments: list[Segment] = []
         names: dict[str, yaml.Node] = {}
+        # (the segment's name or None, its rules) in file order, for in_segment references
+        rules: list[tuple[str | None, list[Expr]]] = []
         for item in node.value:
             what = _label(item, "segment")
             fields = self.mapping(item, what, SEGMENT_KEYS, required=("name", "when"))
@@ -424,9 +426,44 @@ class _RuleFileReader:
             min_dwell = (
                 self.duration(fields["min_dwell"], "min_dwell") if "min_dwell" in fields else None
             )
+            rules.append((name, [rule for rule in (when, exit_when) if rule is not None]))
             if name is not None and when is not None:
                 segments.append(Segment(name, description, when, exit_when, min_dwell))
+        self.segment_references(rules)
         return tuple(segments)
+
+    def segment_references(self, rules: list[tuple[str | None, list[Expr]]]) -> None:
+        """in_segment("x") must name a segment defined earlier in the file: segments are
+        evaluated in file order, each seeing the memberships of those before it."""
+        every = self.segment_names
+        earlier: list[str] = []
+        for name, expressions in rules:
+            for expression in expressions:
+                for ref in _segment_refs(expression):
+                    if ref.name in earlier:
+                        continue
+                    if ref.name == name:
+                        message = (
+                            f"segment '{name}' cannot refer to itself: in_segment names a "
+                            "segment defined earlier in the file"
+                        )
+                    elif ref.name in every:
+                        message = (
+                            f'in_segment("{ref.name}") refers to a segment defined later in '
+                            f"the file: move '{ref.name}' above '{name}' (segments see only "
+                            "the memberships of segments defined before them)"
+                        )
+                    else:
+                        suggestion = closest(ref.name, earlier)
+                        hint = (
+                            f"; did you mean '{suggestion}'?"
+                            if suggestion
+                            else f" (earlier segments: {', '.join(earlier) or 'none'})"
+                        )
+                        message = f"unknown segment '{ref.name}' in in_segment{hint}"
+                    self.error_at(ref.line, ref.col, message, "bad-segment-reference")
+            if name is not None:
+                earlier.append(name)
 
     def segment_name(self, node: yaml.Node, names: dict[str, yaml.Node]) -> str | None:
         name = self.string(node, "a segment name")
@@ -598,6 +635,13 @@ class _RuleFileReader:
             )
             return None
         return url
+
+
+def _segment_refs(expr: Expr) -> list[InSegment]:
+    """Every in_segment(...) of a rule, in source order."""
+    if isinstance(expr, InSegment):
+        return [expr]
+    return [ref for child in children(expr) for ref in _segment_refs(child)]
 
 
 def _label(item: yaml.Node, kind: str) -> str:

@@ -341,3 +341,31 @@ def test_adapters_decode_or_reject_never_crash(pos_field: str, shop_field: str, 
             call()
         except Rejection as rejection:
             assert rejection.reason in REASONS
+
+
+# --- products (SPEC section 1: the product or style that SKUs are variants of) ----------
+
+
+def test_the_adapters_carry_the_product_of_a_line(identities: IdentityMap) -> None:
+    items = [
+        {"ean": "400-red", "dept": "Shirts", "qty": 1, "price": "20.00", "product": "OX-SHIRT"},
+        {"ean": "400-blue", "dept": "Shirts", "qty": 1, "price": "20.00", "product": 77},
+        {"ean": "500", "dept": "Socks", "qty": 1, "price": "5.00", "product": ""},
+    ]
+    sale = pos(receipt(items=items, discounts="0", paid="45.00"), identities)
+    assert [(line.sku, line.product) for line in sale.lines] == [
+        ("400-red", "OX-SHIRT"),
+        ("400-blue", "77"),
+        ("500", None),
+    ]
+    line = dict(shopify()["line_items"][0], product_id=632910392)
+    order = shop(shopify(line_items=[line, dict(line, sku="RS-1002", product_id=None)]), identities)
+    assert [(line.sku, line.product) for line in order.lines] == [
+        ("RS-1001", "632910392"),
+        ("RS-1002", None),
+    ]
+
+
+def test_a_product_of_the_wrong_type_is_rejected(identities: IdentityMap) -> None:
+    line = dict(shopify()["line_items"][0], product_id=[1])
+    assert reason(lambda: shop(shopify(line_items=[line]), identities)) == "wrong_type"

@@ -570,3 +570,22 @@ def test_any_valid_amount_survives_as_a_json_number_and_as_a_string(amount: Deci
     as_string = decode(canonical(total=str(amount))).total
     raw = orjson.dumps(canonical()).replace(b'"159.85"', str(amount).encode())
     assert as_string == amount == decode_event(raw, CURRENCIES).total
+
+
+def test_a_line_keeps_its_optional_product() -> None:
+    from segments.events import decode_event, encode_event
+
+    raw = (
+        b'{"event_id":"e1","customer_id":"c1","occurred_at":"2026-11-20T14:03:11Z",'
+        b'"channel":"pos","currency":"EUR","total":"40.00","lines":['
+        b'{"sku":"SH-RED","category":"Shirts","quantity":1,"unit_price":"20.00","product":"SH"},'
+        b'{"sku":"SOCK","category":"Socks","quantity":1,"unit_price":"20.00"}]}'
+    )
+    event = decode_event(raw, frozenset({"EUR"}))
+    assert [line.product for line in event.lines] == ["SH", None]
+    assert decode_event(encode_event(event), frozenset({"EUR"})) == event
+    bad = raw.replace(b'"product":"SH"', b'"product":""')
+    with pytest.raises(Rejection) as caught:
+        decode_event(bad, frozenset({"EUR"}))
+    assert caught.value.reason == "invalid_value"
+    assert "lines[0].product" in caught.value.message

@@ -432,3 +432,19 @@ def test_format_instant_shows_milliseconds_only_when_needed(text: str, micros: i
 
     assert t(text) == micros
     assert format_instant(micros) == text
+
+
+def test_an_or_of_two_false_sides_changes_with_the_first_that_turns() -> None:
+    # a version-1 rule: the `or` holds from 01-12 (11 days after the last purchase), not
+    # from 02-01 when its other side turns too (the flip day of a false `or` was the
+    # latest of its sides' days instead of the earliest)
+    rules = rules_of(
+        "  - name: x\n"
+        "    when: days_since_last_purchase() > 10 or days_since_first_purchase() > 30\n"
+        "  - name: y\n"
+        "    when: not (days_since_last_purchase() <= 10 and days_since_first_purchase() <= 30)\n"
+    )
+    assert brief(run(rules, [buy("e1", "2024-01-01T10:00:00Z")], "2024-03-01T00:00:00Z")) == [
+        ("x", "entered", "2024-01-12T00:00:00Z", "time"),
+        ("y", "entered", "2024-01-12T00:00:00Z", "time"),
+    ]

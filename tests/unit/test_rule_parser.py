@@ -441,14 +441,20 @@ def test_rules_must_be_comparisons(
     ("text", "col"),
     [
         ("days_since_last_purchase() > days_since_first_purchase()", 1),
-        ("orders() < days_since_first_purchase()", 12),
-        ("days_since_first_purchase() == spend()", 1),
+        ('orders(within="7d") < days_since_first_purchase()', 23),
+        ('days_since_first_purchase() == spend(within="30d")', 1),
     ],
 )
-def test_days_since_compares_only_with_numbers(text: str, col: int) -> None:
+def test_days_since_compares_only_with_what_time_does_not_change(text: str, col: int) -> None:
     error = only_error(text)
-    assert (error.col, error.code) == (col, "type-mismatch")
-    assert "can only be compared with a number, not with another metric" in error.message
+    assert (error.col, error.code) == (col, "not-schedulable")
+    assert "can only be compared with an expression that time does not change" in error.message
+
+
+def test_days_since_compares_with_metrics_over_all_history() -> None:
+    # language 2: the change day is worked out from the other side's value
+    assert isinstance(parse("orders() < days_since_first_purchase()"), Compare)
+    assert isinstance(parse("days_since_first_purchase() == spend()"), Compare)
 
 
 def test_days_since_may_use_between() -> None:
@@ -461,9 +467,9 @@ def test_days_since_may_use_between() -> None:
         ("orders() between 4 and 2", 18, "empty range: low bound 4 is greater than high bound 2"),
         ("orders() between 1.5 and 1.25", 18, "low bound 1.5 is greater than high bound 1.25"),
         (
-            "orders() between units() and 2",
-            18,
-            "the bounds of 'between' must be numbers, found metric",
+            "orders() between (units() > 1) and 2",
+            27,
+            "the bounds of 'between' must be numbers, found a condition",
         ),
         (
             'orders() between 1 and "x"',

@@ -60,6 +60,10 @@ def pytest_terminal_summary(
     paths = [*base.glob("faults-report.json"), *sorted(base.glob("*/faults-report.json"))]
     if "FAULTS_REPORT" in os.environ:
         paths = [Path(os.environ["FAULTS_REPORT"])]
+    # The three-broker test's outcome (tests/integration/test_three_brokers.py).
+    paths += [
+        path for name in ("broker-loss.json", "*/broker-loss.json") for path in base.glob(name)
+    ]
     for path in paths:
         if not path.exists():
             continue
@@ -67,4 +71,7 @@ def pytest_terminal_summary(
         if report.outcomes:
             terminalreporter.section("fault scenarios: recovery times")
             terminalreporter.write_line(report.table())
+            for outcome in report.outcomes:
+                if outcome.notes:
+                    terminalreporter.write_line(f"{outcome.scenario}: {outcome.notes}")
             terminalreporter.write_line(f"(JSON: {report.path})")

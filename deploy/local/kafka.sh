@@ -266,7 +266,7 @@ reset() {
     log "kafka: data and logs deleted"
 }
 
-# Sourced by kafka-secure.sh for its functions: only a run dispatches.
+# Sourced by kafka-secure.sh and kafka-cluster.sh for their functions: only a run dispatches.
 if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
     case ${1:-} in
     up | down | reset) lock_service "$KAFKA_HOME" && "$1" ;;

@@ -18,9 +18,11 @@
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
-# Extra local services, each its own script: services.sh redis-cluster|kafka-secure <command>
+# Extra local services, each its own script:
+#   services.sh redis-cluster|kafka-secure|kafka-cluster <command>
 [[ ${1:-} == redis-cluster ]] && exec bash "$here/redis-cluster.sh" "${@:2}"
 [[ ${1:-} == kafka-secure ]] && exec bash "$here/kafka-secure.sh" "${@:2}"
+[[ ${1:-} == kafka-cluster ]] && exec bash "$here/kafka-cluster.sh" "${@:2}"
 
 command=${1:-}
 shift || true

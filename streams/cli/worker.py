@@ -36,12 +36,12 @@ def worker_command() -> None:
         )
     except TopicsError as error:
         raise click.ClickException(topics_error_text(error)) from None
-    # Faust creates the changelog with the same replicas as the topics.
+    # Faust creates the changelog with the same replicas and min.insync.replicas as the topics.
     settings = settings.model_copy(update={"replication_factor": ready.replication_factor})
     if prepare_data_dir(settings.data_dir):
         log.warning("unclean_stop_detected local_state=discarded restore=changelog")
     rules = compile_rules(load_ruleset_or_exit(settings.rules))
-    segments_app, _ = build_worker_app(settings, rules)
+    segments_app, _ = build_worker_app(settings, rules, ready.min_insync_replicas)
     log.info(
         "worker_starting app_id=%s clock=%s partitions=%d prefix=%r",
         settings.app_id,

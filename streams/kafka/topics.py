@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +58,17 @@ def topics_error_text(error: TopicsError) -> str:
 class TopicsReady:
     created: list[str]
     replication_factor: int
+    min_insync_replicas: int  # set on the topics created; Faust's changelog needs it too
+
+
+def min_insync_replicas(replication_factor: int, broker_default: int) -> int:
+    """min.insync.replicas of a topic the product creates (SPEC section 7, docs/deploy.md).
+
+    With acks=all a write is acknowledged once this many replicas have it. At least 2
+    when there are 2 or more replicas (an acknowledged write survives the loss of one
+    broker), never below the broker's own default (a stricter cluster stays strict), and
+    never above the replication factor (writes would be impossible)."""
+    return min(replication_factor, max(2, broker_default))
 
 
 def keyed_by_customer(names: Topics) -> list[str]:
@@ -77,12 +89,16 @@ def topic_problems(
     found_partitions: dict[str, int],
     cleanup_policies: dict[str, str],
     changelog: str | None = None,
+    replicas: Mapping[str, int] | None = None,
+    min_insync: Mapping[str, int] | None = None,
 ) -> list[str]:
     """What is wrong with the existing topics (pure; the arguments are what the broker said).
 
     Every topic keyed by customer, and the worker's changelog, must have `partitions`
     partitions; segment-memberships must be compacted and no other topic may be (a
-    compacted event or change log keeps only the last record per customer)."""
+    compacted event or change log keeps only the last record per customer). A topic
+    whose min.insync.replicas exceeds its replicas (`replicas`, `min_insync`: by topic)
+    refuses every acks=all write, which is every write of the product."""
     problems = []
     for topic in [*keyed_by_customer(names), *([changelog] if changelog else [])]:
         count = found_partitions.get(topic)
@@ -103,6 +119,14 @@ def topic_problems(
             problems.append(
                 f"topic {topic} has cleanup.policy={policy} but must not be compacted:"
                 " compaction would keep only the last record per customer"
+            )
+    for topic, required in sorted((min_insync or {}).items()):
+        count = (replicas or {}).get(topic)
+        if count is not None and required > count:
+            problems.append(
+                f"topic {topic} has min.insync.replicas={required} but only {count}"
+                f" replica{'s' if count > 1 else ''}: every write (acks=all) would fail with"
+                f" NotEnoughReplicas; lower the topic's min.insync.replicas to {count} or less"
             )
     return problems
 
@@ -132,20 +156,35 @@ def ensure_topics(
         wanted = topic_configs(names, changes_retention_ms)
         candidates = [*wanted, *([changelog] if changelog else [])]
         present = [name for name in candidates if name in existing]
+        described = _described_topics(admin, present)
+        configs = _topic_config_values(admin, present)
         problems = topic_problems(
             names,
             partitions,
-            _partition_counts(admin, present),
-            _cleanup_policies(admin, [name for name in present if name in wanted]),
+            {topic: len(found) for topic, found in described.items()},
+            {
+                topic: found["cleanup.policy"]
+                for topic, found in configs.items()
+                if topic in wanted and "cleanup.policy" in found
+            },
             changelog,
+            {topic: min(map(len, found.values()), default=0) for topic, found in described.items()},
+            {
+                topic: int(found["min.insync.replicas"])
+                for topic, found in configs.items()
+                if "min.insync.replicas" in found
+            },
         )
         if problems:
             raise TopicsError(problems)
-        factor = replication_factor or _default_replication_factor(admin)
+        defaults = _broker_defaults(admin, replication_factor)
+        factor = replication_factor or defaults.replication_factor
+        min_insync = min_insync_replicas(factor, defaults.min_insync_replicas)
         created = []
         for name, config in wanted.items():
             if name in existing:
                 continue
+            config = {**config, "min.insync.replicas": str(min_insync)}
             try:
                 admin.create_topics([NewTopic(name, partitions, factor, topic_configs=config)])
                 created.append(name)
@@ -161,65 +200,88 @@ def ensure_topics(
                 ) from None
         if created:
             log.info(
-                "topics_created names=%s partitions=%d replication_factor=%d",
+                "topics_created names=%s partitions=%d replication_factor=%d"
+                " min_insync_replicas=%d",
                 ",".join(created),
                 partitions,
                 factor,
+                min_insync,
             )
-        return TopicsReady(created, factor)
+        return TopicsReady(created, factor, min_insync)
     finally:
         admin.close()
 
 
-def broker_default_replication_factor(kafka: KafkaConnection) -> int:
+@dataclass(frozen=True)
+class BrokerDefaults:
+    """What a topic created without these settings gets from the broker."""
+
+    replication_factor: int
+    min_insync_replicas: int
+
+
+def broker_defaults(
+    kafka: KafkaConnection, replication_factor: int | None = None
+) -> BrokerDefaults:
     from kafka.admin import KafkaAdminClient
 
     admin = KafkaAdminClient(**kafka.kafka_python_args(client_id="segments-admin"))
     try:
-        return _default_replication_factor(admin)
+        return _broker_defaults(admin, replication_factor)
     finally:
         admin.close()
 
 
-def _partition_counts(admin: Any, topics: list[str]) -> dict[str, int]:
+def _described_topics(admin: Any, topics: list[str]) -> dict[str, dict[int, list[int]]]:
+    """Topic -> partition -> the broker ids of its replicas."""
     if not topics:
         return {}
     return {
-        described["topic"]: len(described["partitions"])
+        described["topic"]: {p["partition"]: list(p["replicas"]) for p in described["partitions"]}
         for described in admin.describe_topics(topics)
         if described["error_code"] == 0
     }
 
 
-def _cleanup_policies(admin: Any, topics: list[str]) -> dict[str, str]:
+def _topic_config_values(admin: Any, topics: list[str]) -> dict[str, dict[str, str]]:
+    """Topic -> its cleanup.policy and min.insync.replicas, as the broker reports them."""
     from kafka.admin import ConfigResource, ConfigResourceType
 
     if not topics:
         return {}
+    wanted = {"cleanup.policy": None, "min.insync.replicas": None}
     resources = [
-        ConfigResource(ConfigResourceType.TOPIC, topic, configs={"cleanup.policy": None})
-        for topic in topics
+        ConfigResource(ConfigResourceType.TOPIC, topic, configs=dict(wanted)) for topic in topics
     ]
-    policies = {}
+    values: dict[str, dict[str, str]] = {}
     for response in admin.describe_configs(resources):
         for _error, _message, _type, name, entries in response.resources:
             for entry in entries:
-                if entry[0] == "cleanup.policy":
-                    policies[name] = str(entry[1])
-    return policies
+                if entry[0] in wanted and entry[1] is not None:
+                    values.setdefault(name, {})[entry[0]] = str(entry[1])
+    return values
 
 
-def _default_replication_factor(admin: Any) -> int:
-    """The broker's default.replication.factor (what SEGMENTS_REPLICATION_FACTOR unset means)."""
+def _broker_defaults(admin: Any, replication_factor: int | None = None) -> BrokerDefaults:
+    """The broker's default.replication.factor and min.insync.replicas.
+
+    With `replication_factor` set, a broker that does not let us read its configuration
+    (an ACL) is no error: its min.insync.replicas counts as Kafka's default, 1."""
     from kafka.admin import ConfigResource, ConfigResourceType
 
     broker = admin.describe_cluster()["brokers"][0]["node_id"]
-    wanted = {"default.replication.factor": None}
+    wanted = {"default.replication.factor": None, "min.insync.replicas": None}
     [response] = admin.describe_configs(
         [ConfigResource(ConfigResourceType.BROKER, str(broker), configs=wanted)]
     )
+    found: dict[str, int] = {}
     for error_code, message, _type, _name, entries in response.resources:
         if error_code:
+            if replication_factor:
+                log.warning(
+                    "broker_config_unreadable error=%s min_insync_replicas_default=1", error_code
+                )
+                return BrokerDefaults(replication_factor, 1)
             raise TopicsError(
                 [
                     f"cannot read the broker's default.replication.factor (error {error_code}:"
@@ -227,10 +289,18 @@ def _default_replication_factor(admin: Any) -> int:
                 ]
             )
         for entry in entries:
-            if entry[0] == "default.replication.factor":
-                return int(entry[1])
-    raise TopicsError(
-        ["the broker did not report default.replication.factor; set SEGMENTS_REPLICATION_FACTOR"]
+            if entry[0] in wanted and entry[1] is not None:
+                found[entry[0]] = int(entry[1])
+    if "default.replication.factor" not in found and not replication_factor:
+        raise TopicsError(
+            [
+                "the broker did not report default.replication.factor;"
+                " set SEGMENTS_REPLICATION_FACTOR"
+            ]
+        )
+    return BrokerDefaults(
+        replication_factor or found["default.replication.factor"],
+        found.get("min.insync.replicas", 1),
     )
 
 
@@ -267,7 +337,8 @@ async def ensure_topic(
     replication_factor: int | None = None,
 ) -> None:
     """Creates one topic when missing (brokers may not auto-create topics), with
-    `replication_factor` replicas or the broker's default.replication.factor."""
+    `replication_factor` replicas or the broker's default.replication.factor, and
+    `min_insync_replicas` of them."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
@@ -276,10 +347,14 @@ async def ensure_topic(
     try:
         if topic in set(await admin.list_topics()):
             return
-        factor = replication_factor or await asyncio.to_thread(
-            broker_default_replication_factor, kafka
+        defaults = await asyncio.to_thread(broker_defaults, kafka, replication_factor)
+        factor = defaults.replication_factor
+        config = {
+            "min.insync.replicas": str(min_insync_replicas(factor, defaults.min_insync_replicas))
+        }
+        response = await admin.create_topics(
+            [NewTopic(topic, partitions, factor, topic_configs=config)]
         )
-        response = await admin.create_topics([NewTopic(topic, partitions, factor)])
         for _name, code, *_rest in getattr(response, "topic_errors", []):
             if code not in (0, TopicAlreadyExistsError.errno):
                 raise KafkaError(f"creating {topic} failed with error code {code}")

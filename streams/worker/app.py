@@ -51,7 +51,9 @@ def changelog_topic(settings: Settings) -> str:
     return f"{settings.app_id}-customers-changelog"
 
 
-def create_app(settings: Settings) -> SegmentsApp:
+def create_app(settings: Settings, min_insync_replicas: int | None = None) -> SegmentsApp:
+    """`min_insync_replicas`: set on the changelog when Faust creates it, as ensure_topics
+    sets it on the other topics (streams.kafka.topics.min_insync_replicas)."""
     names = settings.topics
     app = App(
         settings.app_id,
@@ -94,5 +96,8 @@ def create_app(settings: Settings) -> SegmentsApp:
         options=ROCKSDB_OPTIONS,
         key_type=bytes,  # bytes types make Faust's table serializers "raw"
         value_type=bytes,
+        extra_topic_configs=(
+            {"min.insync.replicas": str(min_insync_replicas)} if min_insync_replicas else None
+        ),
     )
     return SegmentsApp(settings, names, app, events, ticks, native, customers)

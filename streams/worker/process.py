@@ -18,10 +18,10 @@ from streams.worker.processor import SegmentProcessor
 
 
 def build_worker_app(
-    settings: Settings, rules: CompiledRules
+    settings: Settings, rules: CompiledRules, min_insync_replicas: int | None = None
 ) -> tuple[SegmentsApp, SegmentProcessor]:
     """The Faust app with its agents, timers, pages and metrics, ready to run."""
-    segments_app = create_app(settings)
+    segments_app = create_app(settings, min_insync_replicas)
     processor = build_processor(segments_app, rules)
     # Without an identity file every native id stands for its own customer.
     identities = IdentityMap.load(settings.identity_map) if settings.identity_map else IdentityMap()

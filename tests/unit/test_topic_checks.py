@@ -1,10 +1,16 @@
-"""Which existing topics the worker and `segments produce` refuse (issue 12 item 2)."""
+"""Which existing topics the worker and `segments produce` refuse, and the min.insync.replicas
+of the topics they create (issue 12 item 2)."""
 
 from __future__ import annotations
 
 import pytest
 
-from streams.kafka.topics import TopicsError, topic_problems, topics_error_text
+from streams.kafka.topics import (
+    TopicsError,
+    min_insync_replicas,
+    topic_problems,
+    topics_error_text,
+)
 from streams.settings import Topics
 
 pytestmark = pytest.mark.unit
@@ -54,6 +60,35 @@ def test_events_and_changes_must_not_be_compacted(policy: str) -> None:
 def test_memberships_compacted_and_deleted_are_accepted() -> None:
     policies = {**RIGHT_POLICIES, "p.segment-memberships": "compact,delete"}
     assert topic_problems(NAMES, 8, {}, policies) == []
+
+
+def test_min_insync_replicas_above_the_replicas_refuses_every_write() -> None:
+    replicas = {"p.purchases": 3, "app-customers-changelog": 1, "p.segment-changes": 3}
+    min_insync = {"p.purchases": 2, "app-customers-changelog": 2, "p.segment-changes": 3}
+    (problem,) = topic_problems(NAMES, 8, {}, {}, "app-customers-changelog", replicas, min_insync)
+    assert problem.startswith(
+        "topic app-customers-changelog has min.insync.replicas=2 but only 1 replica:"
+    )
+    assert "NotEnoughReplicas" in problem and "to 1 or less" in problem
+
+
+@pytest.mark.parametrize(
+    ("replication_factor", "broker_default", "expected"),
+    [
+        (1, 1, 1),  # one broker: the only value that lets writes through
+        (1, 2, 1),  # one replica asked for on a stricter cluster: still writable
+        (2, 1, 2),
+        (3, 1, 2),  # Kafka's default of 1 raised: an acknowledged write is on two brokers
+        (3, 2, 2),
+        (3, 3, 3),  # a stricter cluster stays strict
+        (5, 4, 4),
+        (2, 3, 2),  # never above the replicas
+    ],
+)
+def test_created_topics_need_two_replicas_in_sync_when_they_have_two(
+    replication_factor: int, broker_default: int, expected: int
+) -> None:
+    assert min_insync_replicas(replication_factor, broker_default) == expected
 
 
 def test_the_error_text_lists_every_problem() -> None:

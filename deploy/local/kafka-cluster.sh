@@ -18,7 +18,7 @@
 # on $((LOCAL_KAFKA_CLUSTER_PORT + N + 2)) for the controller quorum.
 #
 # Environment (defaults in brackets):
-#   LOCAL_KAFKA_CLUSTER_PORT [39092]      first client port; the six ports follow it
+#   LOCAL_KAFKA_CLUSTER_PORT [9192]      first client port; the six ports follow it
 #   LOCAL_KAFKA_CLUSTER_HEAP [-Xmx384m -Xms384m]  per node
 #   LOCAL_KAFKA_READY_TIMEOUT [90]        seconds to wait for three brokers
 #   LOCAL_DIR [<repo>/.local]             data and logs under $LOCAL_DIR/kafka-cluster;
@@ -27,7 +27,7 @@ set -euo pipefail
 # kafka.sh's functions: require_java, ensure_libs, ensure_probe, probe (which asks $BOOTSTRAP).
 source "$(dirname "${BASH_SOURCE[0]}")/kafka.sh"
 
-FIRST_PORT=${LOCAL_KAFKA_CLUSTER_PORT:-39092}
+FIRST_PORT=${LOCAL_KAFKA_CLUSTER_PORT:-9192}
 CLUSTER_HEAP=${LOCAL_KAFKA_CLUSTER_HEAP:--Xmx384m -Xms384m}
 require_port_number LOCAL_KAFKA_CLUSTER_PORT "$FIRST_PORT"
 (( FIRST_PORT + 5 < 65536 )) || die "LOCAL_KAFKA_CLUSTER_PORT must leave room for six ports"
@@ -137,9 +137,9 @@ start_node() {
 
 # Asks the cluster for metadata until it lists $1 brokers or the deadline passes; a node
 # that dies meanwhile fails at once.
-# True when node $1's latest start failed to bind a port. The ports lie in Linux's default
-# ephemeral range (32768-60999), so a client connection elsewhere on the machine can hold
-# one as its local port for a while; starting again later gets it.
+# True when node $1's latest start failed to bind a port. The default ports (9192-9197) lie
+# below Linux's default ephemeral range (32768-60999); ports moved into that range can be
+# held for a while as another connection's local port, and starting again later gets them.
 bind_failed() {
     # grep reads to the end (no -q): with pipefail an early exit would fail the pipeline.
     tail -n +$(( ${LOG_MARK[$1]:-0} + 1 )) "$(node_dir "$1")/logs/server.log" 2>/dev/null |

@@ -54,7 +54,7 @@ from tests.integration.worker_harness import REPO_ROOT, read_topic
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("three-brokers")]
 
 CLUSTER_SCRIPT = REPO_ROOT / "deploy" / "local" / "kafka-cluster.sh"
-FIRST_PORT = 39092  # deploy/local/kafka-cluster.sh's default: node N on FIRST_PORT + N - 1
+FIRST_PORT = 9192  # deploy/local/kafka-cluster.sh's default: node N on FIRST_PORT + N - 1
 NODES = (1, 2, 3)
 BOOTSTRAP = ",".join(f"127.0.0.1:{FIRST_PORT + node - 1}" for node in NODES)
 CUSTOMERS = 700  # about 2,500 events: a stream of about 40 s

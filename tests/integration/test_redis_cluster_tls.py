@@ -20,6 +20,7 @@ import orjson
 import pytest
 import redis
 from redis.crc import key_slot
+from redis.exceptions import ResponseError
 
 from streams.serving.cache import CacheWrite, RedisCache, connect
 from streams.serving.lookup_reader import lookup_reader
@@ -435,5 +436,43 @@ def test_the_fast_path_reader_follows_a_slot_moved_to_another_master(
 
     try:
         asyncio.run(main())
+    finally:
+        delete_prefix([node(port) for port in CLUSTER_PORTS], prefix)
+
+
+def test_the_completeness_check_sees_any_one_missing_slot_sentinel_both_ways(
+    redis_cluster_services: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One script call per primary, and the fallback (a pipeline of EXISTS that follows
+    MOVED) used when the script fails: both say incomplete when one slot's is missing."""
+    prefix = f"test-slots-{uuid.uuid4().hex[:8]}:"
+
+    async def main() -> list[bool]:
+        client = connect(RedisTarget(CLUSTER_URL, cluster=True))
+        cache = RedisCache(client, prefix)
+        seen = []
+        try:
+            seen.append(await cache.is_complete())  # nothing set yet
+            await cache.mark_complete("test")
+            seen.append(await cache.is_complete())
+            await client.delete(cache.keys.slot_sentinel(12345))
+            seen.append(await cache.is_complete())
+
+            async def stale() -> bool:
+                raise ResponseError("Script attempted to access a non local key")
+
+            monkeypatch.setattr(cache, "_sentinels_by_node", stale)
+            seen.append(await cache.is_complete())
+            await client.set(cache.keys.slot_sentinel(12345), "test")
+            seen.append(await cache.is_complete())
+            await cache.mark_incomplete()
+            seen.append(await cache.is_complete())
+        finally:
+            await client.aclose()
+        return seen
+
+    try:
+        assert asyncio.run(main()) == [False, True, False, False, True, False]
+        assert sum(keys_per_node(prefix).values()) == 0  # mark_incomplete deleted all of them
     finally:
         delete_prefix([node(port) for port in CLUSTER_PORTS], prefix)

@@ -226,7 +226,7 @@ class CacheSink:
         self.stats.rebuilding = True
         log.warning(
             "cache_sink_cache_lost sentinel=%s action=resync topic=%s",
-            self.cache.keys.sentinel(),
+            self.cache.keys.sentinel() + (":{<slot>}" if self.cache.cluster else ""),
             self.memberships_topic,
         )
         assert self.memberships_topic is not None

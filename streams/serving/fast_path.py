@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from streams.serving.cache import Keys
@@ -47,6 +47,7 @@ _TOO_LARGE = error_body(
 )
 
 Answer = tuple[int, bytes]  # (status, JSON body)
+READY_TIMEOUT_S = 2.0  # /readyz on a Cluster: every slot's sentinel, like the aiohttp port
 
 
 def _response(status: int, body: bytes, close: bool, extra: bytes = b"") -> bytes:
@@ -85,10 +86,20 @@ def _head_too_large(lines: list[bytes]) -> bool:
 class LookupProtocol(asyncio.Protocol):
     """HTTP/1.1 keep-alive server for GET /customers/{id}/segments, /readyz and /healthz."""
 
-    def __init__(self, reader: LookupReader, prefix: str, expected_auth: bytes | None) -> None:
+    def __init__(
+        self,
+        reader: LookupReader,
+        prefix: str,
+        expected_auth: bytes | None,
+        is_complete: Callable[[], Awaitable[bool]] | None = None,
+    ) -> None:
         self.reader = reader
         self.key_prefix = f"{prefix}cust:"
-        self.sentinel = Keys(prefix).sentinel().encode()
+        self.keys = Keys(prefix)
+        self.sentinel = self.keys.sentinel().encode()
+        # On a Cluster (is_complete given): each lookup reads its slot's sentinel, and
+        # /readyz asks is_complete (every slot's sentinel) instead of one EXISTS.
+        self.is_complete = is_complete
         self.expected_auth = expected_auth
         self.buffer = b""
         self.transport: asyncio.Transport | None = None
@@ -165,7 +176,8 @@ class LookupProtocol(asyncio.Protocol):
             return
         try:
             future = self.reader.pair_future(
-                (b"HGETALL", (self.key_prefix + customer_id).encode()), (b"EXISTS", self.sentinel)
+                (b"HGETALL", (self.key_prefix + customer_id).encode()),
+                (b"EXISTS", self._sentinel_of(customer_id)),
             )
         except Exception as error:
             self._in_order(503, cache_unavailable(error), close)
@@ -180,9 +192,20 @@ class LookupProtocol(asyncio.Protocol):
             self._in_order(405, b'{"error":"method"}', close)
         elif path == b"/healthz":
             self._in_order(200, b'{"status":"ok"}', close)
+        elif self.is_complete is not None:
+            future = asyncio.ensure_future(_after(self.last, self.is_complete))
+            future.add_done_callback(lambda done: self._answer(_ready, readiness, done, close))
+            self.last = future
+            if close:
+                self.closing = True
         else:
             ready = ((b"EXISTS", self.sentinel),)
-            self._ask(ready, lambda replies: readiness(bool(replies[0])), close, readiness)
+            self._ask(ready, _ready, close, readiness)
+
+    def _sentinel_of(self, customer_id: str) -> bytes:
+        if self.is_complete is None:
+            return self.sentinel
+        return self.keys.sentinel_of(customer_id, cluster=True).encode()
 
     def _ask(
         self,
@@ -245,6 +268,19 @@ class LookupProtocol(asyncio.Protocol):
             self.transport.close()  # after the buffered writes are flushed
 
 
+def _ready(replies: list[Any]) -> Answer:
+    return readiness(bool(replies[0]))
+
+
+async def _after(
+    previous: asyncio.Future[Any] | None, check: Callable[[], Awaitable[bool]]
+) -> list[Any]:
+    """[check()], once the connection's previous request is answered (replies in order)."""
+    if previous is not None and not previous.done():
+        await asyncio.wait({previous})
+    return [await asyncio.wait_for(check(), READY_TIMEOUT_S)]
+
+
 def _unavailable(error: BaseException) -> Answer:
     return 503, cache_unavailable(error)
 
@@ -256,10 +292,18 @@ async def start_lookup_server(
     port: int,
     prefix: str = "",
     api_token: str | None = None,
+    is_complete: Callable[[], Awaitable[bool]] | None = None,
 ) -> asyncio.AbstractServer:
-    """Serves the checkout fast path on host:port (SO_REUSEPORT, so processes can share it)."""
+    """Serves the checkout fast path on host:port (SO_REUSEPORT, so processes can share it).
+
+    is_complete: on a Redis Cluster, RedisCache.is_complete (the per-slot sentinels).
+    """
     expected = f"Bearer {api_token}".encode() if api_token else None
     loop = asyncio.get_running_loop()
     return await loop.create_server(
-        lambda: LookupProtocol(reader, prefix, expected), host, port, reuse_port=True, backlog=1024
+        lambda: LookupProtocol(reader, prefix, expected, is_complete),
+        host,
+        port,
+        reuse_port=True,
+        backlog=1024,
     )

@@ -31,10 +31,10 @@ class LookupReader(Protocol):
 class ClientReader:
     """The lookup's reads through a redis-py client: the reader for a Redis Cluster.
 
-    A Cluster spreads the customer hashes over all nodes and keeps the sentinel on one:
-    the lookup's HGETALL and EXISTS go to two nodes, on two connections, so the EXISTS is
-    sent after the HGETALL has answered (decision 0004's order: a cache emptied before or
-    during the read has no sentinel afterwards). redis-py routes by slot and follows
+    The lookup's HGETALL and EXISTS are sent one after the other, the EXISTS after the
+    HGETALL has answered (decision 0004's order: a cache emptied before or during the read
+    has no sentinel afterwards); on a Cluster both keys are in the customer's slot (its
+    slot's sentinel), so on one node. redis-py routes by slot and follows
     MOVED/ASK after a resharding or failover. Replies take the shape of the pipelined
     reader's (HGETALL as a flat list). Does not own the client.
     """
@@ -80,7 +80,8 @@ class SlotRoutedReader:
     node answers MOVED or ASK (a resharding or failover), is answered through redis-py
     (ClientReader), which follows the redirection and corrects the map for the next
     ones. The lookup's two commands go as one pair when the customer's hash and the
-    sentinel share a node, else one after the other (decision 0004's order).
+    sentinel share a node (always with the per-slot sentinels, which are in the
+    customer's slot), else one after the other (decision 0004's order).
     """
 
     def __init__(

@@ -121,6 +121,7 @@ async def run_serving(
             port=lookup_port,
             prefix=settings.redis_prefix,
             api_token=api_token,
+            is_complete=cache.is_complete if cache.cluster else None,
         )
         log.info("serving_lookup host=%s port=%d", settings.web_host, lookup_port)
     if started is not None:

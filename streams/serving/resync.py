@@ -108,12 +108,13 @@ async def resync_cache(
             log.warning("resync_skip key=%r reason=%s", key[:200], error)
     result.members = len(writes)
     if flush:
-        # The sentinel goes first: from now until it is set again below, every lookup
-        # answers 503 rather than an empty list for a key not yet rewritten.
-        await cache.client.delete(cache.keys.sentinel())
+        # The sentinel (every slot's, on a Cluster) goes first: from now until it is set
+        # again below, every lookup answers 503 rather than an empty list for a key not
+        # yet rewritten.
+        await cache.mark_incomplete()
         result.keys_deleted = await cache.delete_all()
     for start in range(0, len(writes), batch):
         applied = await cache.apply(writes[start : start + batch])
         result.applied += sum(1 for r in applied if r.applied)
-    await cache.client.set(cache.keys.sentinel(), "resynced")
+    await cache.mark_complete("resynced")
     return result

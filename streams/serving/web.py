@@ -126,7 +126,7 @@ def create_app(
             if reader is not None:
                 flat, complete = await reader.pair_future(
                     (b"HGETALL", cache.keys.customer(customer_id).encode()),
-                    (b"EXISTS", cache.keys.sentinel().encode()),
+                    (b"EXISTS", cache.keys.sentinel_of(customer_id, cache.cluster).encode()),
                 )
                 fields = dict(zip(flat[::2], flat[1::2], strict=True))
             else:

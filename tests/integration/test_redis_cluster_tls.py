@@ -20,6 +20,7 @@ import orjson
 import pytest
 import redis
 from redis.crc import key_slot
+from redis.exceptions import ResponseError
 
 from streams.serving.cache import CacheWrite, RedisCache, connect
 from streams.serving.lookup_reader import lookup_reader
@@ -218,6 +219,74 @@ def test_serve_on_a_cluster_fills_answers_and_is_restored_by_resync_after_flusha
         serve.stop()
 
 
+def owner(slot: int) -> int:
+    """The port of the master that serves the slot."""
+    with node(CLUSTER_PORTS[0]) as client:
+        ranges = client.execute_command("CLUSTER SLOTS")
+    return next(int(entry[2][1]) for entry in ranges if entry[0] <= slot <= entry[1])
+
+
+def test_one_node_flushed_alone_answers_503_for_its_customers_until_serve_rebuilt_it(
+    world: World, cluster_env: dict[str, str], tmp_path: Path
+) -> None:
+    """One sentinel per slot, next to that slot's customers: a node that loses its data
+    loses their sentinels too, so its customers' lookups say 503, never 200 without their
+    segments, and the cache sink notices the missing sentinels and rebuilds by itself."""
+    world.history()
+    prefix = cluster_env["SEGMENTS_REDIS_PREFIX"]
+    serve = Serve(cluster_env, tmp_path / "serve.log")
+    try:
+        members = world.members()
+        check_cache(serve, world, cluster_env)
+        by_port = {
+            customer: owner(key_slot(f"{prefix}cust:{customer}".encode())) for customer in members
+        }
+        flushed = by_port["c-0"]
+        on_flushed = sorted(c for c, port in by_port.items() if port == flushed)
+        elsewhere = sorted(c for c, port in by_port.items() if port != flushed)
+        assert on_flushed and elsewhere, by_port
+        before = keys_per_node(prefix)
+        assert before[flushed] > 0, before
+
+        with node(flushed) as client:
+            client.flushall()
+        after = keys_per_node(prefix)
+        assert after[flushed] < before[flushed]
+        assert all(after[port] == before[port] for port in CLUSTER_PORTS if port != flushed)
+
+        wrong: list[tuple[int, str, int, dict]] = []
+        rebuilding: list[str] = []
+
+        def back() -> bool:
+            done = True
+            for port in serve.ports:
+                for customer in on_flushed:
+                    status, headers, body = serve.lookup(port, customer)
+                    if status == 503:
+                        rebuilding.append(body["error"])
+                        if headers.get("Retry-After") != "1" or body["error"] not in (
+                            "cache-rebuilding",
+                            "cache-unavailable",
+                        ):
+                            wrong.append((port, customer, status, body))
+                        done = False
+                    elif (
+                        status != 200 or [s["name"] for s in body["segments"]] != members[customer]
+                    ):
+                        wrong.append((port, customer, status, body))
+                        done = False
+            return done
+
+        wait_until(back, 90, interval=0.01, what="serve to rebuild the flushed node's part")
+        assert wrong == [], f"lookups that said something else than 503 or the truth: {wrong}"
+        check_cache(serve, world, cluster_env)
+        log = (tmp_path / "serve.log").read_text()
+        assert "cache_sink_cache_lost" in log and "cache_sink_resynced" in log
+        print(f"customers on the flushed node: {len(on_flushed)}; 503 answers: {len(rebuilding)}")
+    finally:
+        serve.stop()
+
+
 def test_serve_on_tls_redis_fills_answers_and_is_restored_by_resync_after_flushall(
     world: World, tls_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -346,9 +415,11 @@ def test_the_fast_path_reader_follows_a_slot_moved_to_another_master(
         try:
             cache = RedisCache(client, prefix)
             await cache.apply([CacheWrite("c-moved", "vip", 3, True, "2026-11-20T14:00:00Z")])
-            await client.set(cache.keys.sentinel(), "test")
+            sentinel = cache.keys.sentinel_of("c-moved", cluster=True)
+            await client.set(sentinel, "test")
             key = cache.keys.customer("c-moved").encode()
-            lookup = ((b"HGETALL", key), (b"EXISTS", cache.keys.sentinel().encode()))
+            assert key_slot(sentinel.encode()) == key_slot(key)  # moved together
+            lookup = ((b"HGETALL", key), (b"EXISTS", sentinel.encode()))
             expected = (["vip", "3|1|2026-11-20T14:00:00Z"], 1)
             assert await reader.pair_future(*lookup) == expected
             assert reader.fallbacks == 0  # type: ignore[attr-defined]
@@ -365,5 +436,43 @@ def test_the_fast_path_reader_follows_a_slot_moved_to_another_master(
 
     try:
         asyncio.run(main())
+    finally:
+        delete_prefix([node(port) for port in CLUSTER_PORTS], prefix)
+
+
+def test_the_completeness_check_sees_any_one_missing_slot_sentinel_both_ways(
+    redis_cluster_services: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One script call per primary, and the fallback (a pipeline of EXISTS that follows
+    MOVED) used when the script fails: both say incomplete when one slot's is missing."""
+    prefix = f"test-slots-{uuid.uuid4().hex[:8]}:"
+
+    async def main() -> list[bool]:
+        client = connect(RedisTarget(CLUSTER_URL, cluster=True))
+        cache = RedisCache(client, prefix)
+        seen = []
+        try:
+            seen.append(await cache.is_complete())  # nothing set yet
+            await cache.mark_complete("test")
+            seen.append(await cache.is_complete())
+            await client.delete(cache.keys.slot_sentinel(12345))
+            seen.append(await cache.is_complete())
+
+            async def stale() -> bool:
+                raise ResponseError("Script attempted to access a non local key")
+
+            monkeypatch.setattr(cache, "_sentinels_by_node", stale)
+            seen.append(await cache.is_complete())
+            await client.set(cache.keys.slot_sentinel(12345), "test")
+            seen.append(await cache.is_complete())
+            await cache.mark_incomplete()
+            seen.append(await cache.is_complete())
+        finally:
+            await client.aclose()
+        return seen
+
+    try:
+        assert asyncio.run(main()) == [False, True, False, False, True, False]
+        assert sum(keys_per_node(prefix).values()) == 0  # mark_incomplete deleted all of them
     finally:
         delete_prefix([node(port) for port in CLUSTER_PORTS], prefix)

@@ -22,6 +22,7 @@ import redis
 from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
+from streams.kafka.connection import KafkaConnection
 from streams.serving.cache import CacheWrite, RedisCache, connect
 from streams.serving.lookup_reader import lookup_reader
 from streams.serving.redis_connection import RedisTarget
@@ -330,7 +331,7 @@ def test_triggers_on_a_cluster_claim_call_and_mark_each_change_once(
             dispatcher = TriggerDispatcher(
                 client,
                 [winback(receiver.url, cooldown=3_600_000_000)],
-                bootstrap=BOOTSTRAP,
+                kafka=KafkaConnection(BOOTSTRAP),
                 topic=names["changes"],
                 dlq_topic=names["dlq"],
                 group_id=names["prefix"] + "triggers",

@@ -38,9 +38,9 @@ demo: setup services-up
 # The whole suite against real Kafka and Redis, the fault-injection suite included, on two
 # pytest-xdist workers (the fault scenarios share one proxy port, so they run in one
 # group: tests/conftest.py). pytest's exit 5 (no tests ran) is a failure here, never a
-# silent pass.
+# silent pass. The 20 slowest tests are listed at the end.
 test: setup system-deps deploy-tools services-up
-	$(PY) -m pytest tests -n 2 --dist loadgroup; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran" >&2; exit 1; fi; exit $$rc
+	$(PY) -m pytest tests -n 2 --dist loadgroup --durations=20; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran" >&2; exit 1; fi; exit $$rc
 
 # The fault-injection suite alone (also part of `make test`); prints its recovery times.
 test-faults: setup system-deps services-up

@@ -218,11 +218,10 @@ def _run(
 
     def emit(changes: list[Change | TraitChange]) -> None:
         for change in changes:
-            if type(change) is TraitChange:
+            if isinstance(change, TraitChange):
                 if on_trait is not None:
                     on_trait(change, current_line if change.event_id is not None else None)
                 continue
-            assert type(change) is Change
             counts[(change.segment, change.change)] += 1
             # apply() first applies the deadlines due by the event (no event id), then it
             on_change(change, current_line if change.event_id is not None else None)

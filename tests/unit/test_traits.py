@@ -274,3 +274,15 @@ def test_replay_of_rules_without_traits_writes_empty_trait_files(tmp_path: Path)
     replay([encode_event(buy("e1", "2025-03-01T09:00:00Z"))], rules, tmp_path)
     assert (tmp_path / "traits.jsonl").read_bytes() == b""
     assert (tmp_path / "traits.json").read_bytes() == b"{}"
+
+
+def test_validate_counts_the_traits(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from streams.cli.main import cli
+
+    path = tmp_path / "rules.yaml"
+    path.write_text(HEAD + "traits:\n" + LIFECYCLE)
+    result = CliRunner().invoke(cli, ["validate", str(path)])
+    assert result.exit_code == 0
+    assert result.output == f"OK: {path} (version 1, 1 segment, 0 triggers, 1 trait)\n"

@@ -171,3 +171,25 @@ def test_the_broker_free_worker_publishes_replays_trait_changes(
         assert first == change, f"{change['change_id']} published with two contents"
     assert published == expected
     assert driver.trait_values(t.name for t in TRAITS.traits) == expected_values
+
+
+def test_a_crash_before_the_publish_republishes_the_same_trait_changes(tmp_path: Path) -> None:
+    lines = example_lines()
+    driver = Driver(TRAIT_WORKER_RULES, partitions=2)
+    feed(driver, lines)
+    driver.run(limit=300)
+    driver.commit()
+    driver.run(limit=150)
+    # The table writes of those 150 reached the changelog, their trait changes did not.
+    lost = [sent for sent in driver.pending if sent.topic == driver.names.trait_changes]
+    assert lost, "the 150 events must have changed some trait"
+    driver.pending = [sent for sent in driver.pending if sent.topic == "customers-changelog"]
+    driver.crash(random.Random(0))
+    driver.run()
+    driver.commit()
+    expected, expected_values = _replayed_traits(lines, tmp_path, AS_OF)
+    published: dict[str, dict[str, Any]] = {}
+    for change in driver.published_trait_changes():
+        assert published.setdefault(change["change_id"], change) == change
+    assert published == expected
+    assert driver.trait_values(t.name for t in TRAITS.traits) == expected_values

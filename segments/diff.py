@@ -67,6 +67,8 @@ class RuleDiff:
     switched: int
     changes_at_switch: list[Change]
     segments: list[NameDiff]
+    before: Values  # every segment of either file, under the old rules at the instant
+    after: Values  # the new rules' segments right after the switch
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -177,6 +179,8 @@ def diff_rules(
         switched=switched,
         changes_at_switch=at_switch,
         segments=segments,
+        before=before,
+        after=after,
         warnings=warnings,
     )
 

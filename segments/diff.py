@@ -337,8 +337,11 @@ def format_table(diff: RuleDiff, old_file: str, new_file: str, sample: int) -> s
     """The readable output: a header, one row per segment, then the sampled ids."""
     result = diff.input
     rejected = sum(result.rejected.values())
+    version = f"version {diff.new.version}"
+    if diff.switched_as_version != diff.new.version:
+        version += f", switched as {diff.switched_as_version}"
     lines = [
-        f"{old_file} (version {diff.old.version}) -> {new_file} (version {diff.new.version}) "
+        f"{old_file} (version {diff.old.version}) -> {new_file} ({version}) "
         f"at {format_instant(diff.as_of)}",
         f"input: {result.events_read} read, {result.applied} applied, "
         f"{result.duplicates} duplicates, {rejected} rejected, "

@@ -168,6 +168,14 @@ def test_same_version_still_shows_the_effect_and_warns() -> None:
     assert "raise `version`" in diff.warnings[0]
 
 
+def test_table_says_which_version_the_switch_used() -> None:
+    diff = preview(new=NEW.replace("version: 2", "version: 1"))
+    first = format_table(diff, "old.yaml", "new.yaml", sample=5).splitlines()[0]
+    assert first == (
+        "old.yaml (version 1) -> new.yaml (version 1, switched as 2) at 2026-03-01T00:00:00Z"
+    )
+
+
 def test_identical_rules_change_nothing() -> None:
     diff = preview(new=OLD.replace("version: 1", "version: 2"))
     assert all(s.changed == 0 and s.status == "kept" for s in diff.segments)

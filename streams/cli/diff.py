@@ -44,7 +44,8 @@ def diff_command(
     instant = as_of_option(as_of)
     assert instant is not None  # the option is required
     if input_path != "-" and not Path(input_path).is_file():
-        raise click.BadParameter(f"no such file: {input_path}", param_hint="--input")
+        problem = "not a file" if Path(input_path).exists() else "no such file"
+        raise click.BadParameter(f"{problem}: {input_path}", param_hint="--input")
     # Events dated more than max_future_skew after this run are refused, as replay does.
     wall = time.time_ns() // 1000
     try:

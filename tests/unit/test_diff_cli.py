@@ -94,6 +94,12 @@ def test_a_missing_input_or_a_bad_instant_is_a_usage_error(files: dict[str, str]
     assert completed.returncode == 2
     assert "Invalid value for --input: no such file:" in completed.stderr
 
+    directory = diff_args(files)
+    directory[directory.index("--input") + 1] = str(Path(files["old.yaml"]).parent)
+    completed = segments(*directory)
+    assert completed.returncode == 2
+    assert "Invalid value for --input: not a file:" in completed.stderr
+
     naive = diff_args(files)
     naive[naive.index("--as-of") + 1] = "2026-03-01T00:00:00"
     completed = segments(*naive)
@@ -105,6 +111,19 @@ def test_a_missing_input_or_a_bad_instant_is_a_usage_error(files: dict[str, str]
     completed = segments(*without)
     assert completed.returncode == 2
     assert "Missing option '--as-of'" in completed.stderr
+
+
+def test_input_from_standard_input(files: dict[str, str]) -> None:
+    args = diff_args(files, "--json")
+    args[args.index("--input") + 1] = "-"
+    completed = subprocess.run(
+        [sys.executable, "-m", "streams", *args],
+        input=b"\n".join(EVENTS),
+        capture_output=True,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert json.loads(completed.stdout)["input"]["events_read"] == len(EVENTS)
 
 
 def test_an_unreadable_input_is_reported_not_a_traceback(files: dict[str, str]) -> None:

@@ -12,8 +12,10 @@ import orjson
 
 from segments.diff import DEFAULT_SAMPLE, diff_rules, format_table, to_document
 from segments.replay import read_lines
+from segments.rules.errors import RuleFileError
+from segments.rules.ruleset import RuleSet, load_ruleset
 from streams.cli.common import as_of_option
-from streams.cli.validate import load_ruleset_or_exit
+from streams.cli.validate import EXIT_INVALID_RULES, report_rule_errors
 
 
 @click.command("diff")
@@ -39,8 +41,7 @@ def diff_command(
     Per segment: members before and after the switch, entries and exits at it,
     and a sample of ids. Exit 2 when a rule file is invalid.
     """
-    old = load_ruleset_or_exit(old_path)
-    new = load_ruleset_or_exit(new_path)
+    old, new = _load_both_or_exit(old_path, new_path)
     instant = as_of_option(as_of)
     assert instant is not None  # the option is required
     if input_path != "-" and not Path(input_path).is_file():
@@ -59,3 +60,16 @@ def diff_command(
         click.echo(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
     else:
         click.echo(format_table(diff, old_path, new_path, sample), nl=False)
+
+
+def _load_both_or_exit(old_path: str, new_path: str) -> tuple[RuleSet, RuleSet]:
+    """Both rule files, or the errors of each invalid one on stderr and exit 2."""
+    loaded: list[RuleSet] = []
+    for path in (old_path, new_path):
+        try:
+            loaded.append(load_ruleset(path))
+        except RuleFileError as error:
+            report_rule_errors(error)
+    if len(loaded) < 2:
+        raise click.exceptions.Exit(EXIT_INVALID_RULES)
+    return loaded[0], loaded[1]

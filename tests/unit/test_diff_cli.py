@@ -87,6 +87,15 @@ def test_the_old_rule_file_is_checked_too(files: dict[str, str]) -> None:
     assert completed.stderr.startswith(f"{files['old.yaml']}:10:1: error: unknown key 'foo'")
 
 
+def test_errors_of_both_files_are_printed(files: dict[str, str]) -> None:
+    Path(files["old.yaml"]).write_text(OLD + "foo: 1\n")
+    Path(files["new.yaml"]).write_text(NEW.replace("orders(within", "order(within", 1))
+    completed = segments(*diff_args(files))
+    assert completed.returncode == 2
+    assert f"{files['old.yaml']}: 1 error\n{files['new.yaml']}:5:11: error:" in completed.stderr
+    assert completed.stderr.endswith(f"{files['new.yaml']}: 1 error\n")
+
+
 def test_a_missing_input_or_a_bad_instant_is_a_usage_error(files: dict[str, str]) -> None:
     missing = diff_args(files)
     missing[missing.index("--input") + 1] = files["events.jsonl.gz"] + ".nope"

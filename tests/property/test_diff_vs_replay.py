@@ -21,9 +21,9 @@ from tests.property.test_replay_vs_reference import START, histories
 
 pytestmark = pytest.mark.unit
 
-# The conformance rules (horizon 548 days, no category, two all-history filters: none and
-# none) and a new version that reads within those: windows up to 548 days, no new
-# all-history filter, an in_segment reference, a removed segment (sleeper), added ones.
+# The conformance rules (horizon 548 days, no category, one all-history filter: none) and
+# a new version that reads within those: windows up to 548 days, no new all-history
+# filter, an in_segment reference, a removed segment (sleeper), an added one.
 CONFORMANCE_NEW = """
 version: 2
 base_currency: USD

@@ -96,6 +96,16 @@ class Topics:
         return f"{self.prefix}ticks"
 
     @property
+    def trait_changes(self) -> str:
+        """Trait value changes (one JSON object each), key = customer id."""
+        return f"{self.prefix}trait-changes"
+
+    @property
+    def trait_values(self) -> str:
+        """Compacted last trait change, key = `customer_id|trait`; never a tombstone."""
+        return f"{self.prefix}trait-values"
+
+    @property
     def triggers_dlq(self) -> str:
         """Trigger calls that failed for their whole retry span (created by the dispatcher)."""
         return f"{self.prefix}triggers.dlq"

@@ -133,7 +133,7 @@ class CacheSink:
                 # A long Redis outage holds one batch; stay in the group meanwhile.
                 max_poll_interval_ms=30 * 60 * 1000,
                 # A trait-changes topic created after the start is seen within this long.
-                metadata_max_age_ms=30_000,
+                metadata_max_age_ms=10_000,
             ),
         )
         if self.traits_topic:

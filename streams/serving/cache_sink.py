@@ -207,11 +207,15 @@ class CacheSink:
         self, changes: list[Change], stop: asyncio.Event, traits: Sequence[TraitWrite] = ()
     ) -> bool:
         writes = [CacheWrite.from_change(change) for change in changes]
+        first: list[Applied] | None = None
         while True:
             try:
                 if self.memberships_topic and not await self._complete_cache(stop):
                     return False
                 results = await self.cache.apply(writes)
+                # Applied again after a trait failure (seq-checked: no-ops unless the cache
+                # was lost meanwhile), but counted as the first application found them.
+                first = first or results
                 traits_applied = await self.cache.apply_traits(traits)
             except (RedisError, OSError, RebuildFailed) as error:
                 delay = self.backoff.next_delay()
@@ -224,6 +228,7 @@ class CacheSink:
                     return False
                 continue
             self._redis_answered()
+            results = first or results
             self.stats.batches += 1
             applied = sum(1 for r in results if r.applied)
             self.stats.changes_applied += applied

@@ -91,6 +91,16 @@ class Topics:
         return f"{self.prefix}segment-memberships"
 
     @property
+    def trait_changes(self) -> str:
+        """Trait value changes (SPEC section 3, traits), key = customer id."""
+        return f"{self.prefix}trait-changes"
+
+    @property
+    def trait_values(self) -> str:
+        """Compacted last trait change, key = `customer_id|trait`, never a tombstone."""
+        return f"{self.prefix}trait-values"
+
+    @property
     def ticks(self) -> str:
         """Clock ticks that wake each partition's time-driven transitions."""
         return f"{self.prefix}ticks"

@@ -19,6 +19,7 @@ COMMANDS = {
     "lookup": "streams.cli.lookup:lookup_command",
     "resync-cache": "streams.cli.resync:resync_command",
     "triggers": "streams.cli.triggers:triggers_command",
+    "explain": "streams.cli.explain:explain_command",
 }
 
 

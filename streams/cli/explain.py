@@ -144,6 +144,11 @@ def render(document: dict[str, Any]) -> str:
 
 def _leaves(node: dict[str, Any], indent: str) -> list[str]:
     """One line per comparison and in_segment, in source order."""
+    if node["op"] == "not" and node["args"][0]["op"] not in ("and", "or", "not"):
+        # `not` of one comparison: one line, with the truth of the whole
+        (line,) = _leaves(node["args"][0], indent)
+        mark = CHECK[node["holds"]]
+        return [f"{indent}{mark} not {line[len(indent) + len(mark) + 1 :]}"]
     if node["op"] in ("and", "or", "not"):
         return [line for part in node["args"] for line in _leaves(part, indent)]
     mark = CHECK[node["holds"]]

@@ -34,3 +34,15 @@ def test_the_owner_is_the_worker_whose_assignment_holds_the_changelog_partition(
     assert owner_of({}, "app-customers-changelog", 0) is None
     assert same_worker(URL("http://10.0.0.1:6066"), URL("http://10.0.0.1:6066/"))
     assert not same_worker(URL("http://10.0.0.1:6066"), URL("http://10.0.0.1:6067"))
+
+
+def test_the_advertised_host_is_reachable_by_other_workers() -> None:
+    import socket
+
+    from streams.worker.web import advertised_host, faust_web_settings
+
+    assert advertised_host("127.0.0.1", None) == "127.0.0.1"
+    assert advertised_host("0.0.0.0", None) == socket.gethostname()
+    assert advertised_host("::", "10.1.2.3") == "10.1.2.3"
+    web = faust_web_settings("0.0.0.0", 6066, None, "10.1.2.3")
+    assert (web["web_bind"], web["web_host"], web["web_port"]) == ("0.0.0.0", "10.1.2.3", 6066)

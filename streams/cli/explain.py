@@ -127,6 +127,8 @@ def render(document: dict[str, Any]) -> str:
         since = f" since {segment['since']}" if segment["member"] else ""
         status = "member" + since if segment["member"] else "not a member"
         lines.append(f"{segment['name']}: {status}")
+        if segment["description"]:
+            lines.append(f"  ({segment['description']})")
         for key in ("when", "exit_when"):
             condition = segment[key]
             if condition is None:

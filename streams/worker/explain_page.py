@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aiohttp
+import orjson
 from aiokafka.partitioner import DefaultPartitioner
 from yarl import URL
 
@@ -138,8 +139,6 @@ def _event_clock(
     clocks = [record.clock]
     stored = table.get(CLOCK_KEY + str(partition).encode())
     if stored is not None:
-        import orjson
-
         clocks.append(orjson.loads(stored)[0])
     known = [clock for clock in clocks if clock is not None]
     return max(known) if known else None

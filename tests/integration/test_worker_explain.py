@@ -139,6 +139,14 @@ def test_one_worker_explains_like_the_offline_replay_with_404_and_401(
         # the documents say something: members, undefined values and both kinds of truth
         text = orjson.dumps(list(expected.values())).decode()
         assert '"member":true' in text and '"undefined":true' in text
+        # the command asks the worker (token from SEGMENTS_API_TOKEN) and prints the same
+        worker_url = f"http://127.0.0.1:{worker.port}"
+        asked = segments_result(env, "explain", customers[0], "--worker", worker_url, "--json")
+        assert asked.returncode == 0, asked.stderr
+        assert orjson.loads(asked.stdout) == expected[customers[0]]
+        unknown = segments_result(env, "explain", "never-seen", "--worker", worker_url)
+        assert unknown.returncode == 1
+        assert "the worker answered 404: customer 'never-seen' was never seen" in unknown.stderr
         status, document, _ = _get(worker.port, "never-seen")
         assert status == 404
         assert document["error"] == "not_found"

@@ -161,6 +161,7 @@ def test_the_offline_command_prints_the_same_document_and_a_readable_text(tmp_pa
     text = CliRunner().invoke(cli, args)
     assert text.exit_code == 0, text.output
     assert "online_share: member since 2024-03-10T12:00:00Z" in text.output
+    assert "vip: not a member\n  (three orders in 90 days)\n" in text.output
     assert "yes days_since_last_purchase() > 2 * avg_days_between_orders()    [90 > 60]" in (
         text.output
     )

@@ -104,7 +104,8 @@ def register_explain_page(
 
 async def _forward(app: Any, web: Any, owner: URL, request: Any, token: str | None) -> Any:
     """Send the request to the owning worker once; its answer is this worker's answer."""
-    url = owner.with_path(request.path)
+    # the path as it came, still percent-encoded: a customer id is sent on unchanged
+    url = URL(f"{owner.scheme}://{owner.host}:{owner.port}{request.raw_path}", encoded=True)
     headers = {ROUTED_HEADER: "1", "Accept": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ PARTITIONS = 2
 
 
 def _customers() -> list[str]:
-    """Three customers in each of the two partitions."""
+    """Three customers in each of the two partitions, and one more."""
     by_partition: dict[int, list[str]] = {0: [], 1: []}
     number = 0
     while min(len(ids) for ids in by_partition.values()) < 3:
@@ -57,7 +58,8 @@ def _customers() -> list[str]:
         if len(ids) < 3:
             ids.append(customer_id)
         number += 1
-    return by_partition[0] + by_partition[1]
+    # and one id that must be percent-encoded in a URL, forwarded as it is
+    return [*by_partition[0], *by_partition[1], "ann #ü/7"]
 
 
 def _events(customers: list[str]) -> list[dict[str, Any]]:
@@ -80,7 +82,8 @@ def _events(customers: list[str]) -> list[dict[str, Any]]:
 
 
 def _get(port: int, customer_id: str, token: str | None = TOKEN) -> tuple[int, Any, str | None]:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/customers/{customer_id}/explain")
+    quoted = urllib.parse.quote(customer_id, safe="")
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/customers/{quoted}/explain")
     if token is not None:
         request.add_header("Authorization", f"Bearer {token}")
     try:

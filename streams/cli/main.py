@@ -20,6 +20,7 @@ COMMANDS = {
     "resync-cache": "streams.cli.resync:resync_command",
     "triggers": "streams.cli.triggers:triggers_command",
     "diff": "streams.cli.diff:diff_command",
+    "explain": "streams.cli.explain:explain_command",
 }
 
 

@@ -148,6 +148,7 @@ def run(
     as_of: int | None = None,
     progress: Callable[[int], None] | None = None,
     wall: int | None = None,
+    until: int | None = None,
     on_trait: Callable[[TraitChange, int | None], None] | None = None,
 ) -> tuple[ReplayResult, MemoryStates]:
     """Decode, order by time and apply (line number, line) pairs; the states at the end.
@@ -157,13 +158,17 @@ def run(
     same for every trait change (None: they are dropped). `on_reject(record,
     line, instant)`: each rejected.jsonl record (with its newline), in the order
     written; `instant` is None for a line rejected when decoded, else the event's time.
+    `until`: events and clock marks after this instant are read but not applied (nor
+    counted as applied, duplicate or rejected): the state as it was at `until`.
     """
     # Millions of small, acyclic objects (states, Decimals) make the cyclic
     # collector rescan the heap over and over; reference counting frees them.
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _run(numbered_lines, rules, on_change, on_reject, as_of, progress, wall, on_trait)
+        return _run(
+            numbered_lines, rules, on_change, on_reject, as_of, progress, wall, until, on_trait
+        )
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -177,6 +182,7 @@ def _run(
     as_of: int | None,
     progress: Callable[[int], None] | None,
     wall: int | None,
+    until: int | None = None,
     on_trait: Callable[[TraitChange, int | None], None] | None = None,
 ) -> tuple[ReplayResult, MemoryStates]:
     result = ReplayResult()
@@ -231,6 +237,8 @@ def _run(
     advance = engine.advance
     apply = engine.apply
     for instant, line_no, item in timeline:
+        if until is not None and instant > until:
+            break  # the timeline is in time order: nothing later is applied
         if isinstance(item, ClockMark):
             result.clock_marks += 1
             advance(item.at)

@@ -4,7 +4,8 @@ Generated traffic, a rule set with both kinds of trait (cases that change with t
 alone, reading segments, with a default; top_category over a window), one worker in
 event-clock mode: `trait-changes` (deduped by change_id, each id with one content,
 compared whole) equals replay's traits.jsonl, and the compacted `trait-values` (last
-record per `customer_id|trait`) equals replay's traits.json.
+record per `customer_id|trait`) equals replay's traits.json. Then `segments serve`
+reads what the worker published and the lookup answers each customer's traits.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import pytest
 
 from segments.data import EXAMPLE_RULES
 from segments.generate import generate_events
+from tests.helpers import PrivateRedis, wait_until
+from tests.integration.test_cache_rebuild import Serve
 from tests.integration.worker_harness import (
     assert_equals_replay,
     drain_with_one_worker,
@@ -42,8 +45,8 @@ traits:
 """
 
 
-def test_trait_changes_through_kafka_equal_replay(
-    segments_env: dict[str, str], topics: Any, tmp_path: Path
+def test_trait_changes_through_kafka_equal_replay_and_the_lookup_returns_them(
+    segments_env: dict[str, str], topics: Any, tmp_path: Path, private_redis: PrivateRedis
 ) -> None:
     rules = tmp_path / "rules.yaml"
     rules.write_text(EXAMPLE_RULES.read_text() + TRAITS)
@@ -84,3 +87,24 @@ def test_trait_changes_through_kafka_equal_replay(
         if value is not None:
             values[trait][customer_id] = value
     assert values == orjson.loads((out / "traits.json").read_bytes())
+
+    # the lookup: `segments serve` builds the cache from what the worker published
+    customers = sorted({c for by in values.values() for c in by})
+    sample = [*customers[:10], *customers[-10:], "nobody"]
+    expected_lookup = {
+        customer: {trait: by[customer] for trait, by in sorted(values.items()) if customer in by}
+        for customer in sample
+    }
+    serve = Serve({**env, "SEGMENTS_REDIS_URL": private_redis.url}, tmp_path / "serve.log")
+    try:
+
+        def served() -> bool:
+            for customer, traits in expected_lookup.items():
+                status, _, body = serve.lookup(serve.lookup_port, customer)
+                if status != 200 or body["traits"] != traits:
+                    return False
+            return True
+
+        wait_until(served, 120, what="the worker's trait values served by the lookup")
+    finally:
+        serve.stop()

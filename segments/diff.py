@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from segments.aggregates import CustomerState
-from segments.changes import Change, format_instant
+from segments.changes import Change, TraitChange, format_instant
 from segments.engine import Engine, MemoryStates
 from segments.replay import ReplayResult, run
 from segments.rules.evaluator import CompiledRules, compile_rules
@@ -158,7 +158,11 @@ def diff_rules(
     before = segment_values(states.values(), names)
 
     at_switch: list[Change] = []
-    switching = MemoryStates(at_switch.extend)
+
+    def keep_segment_changes(changes: list[Change | TraitChange]) -> None:
+        at_switch.extend(c for c in changes if isinstance(c, Change))  # traits: not yet here
+
+    switching = MemoryStates(keep_segment_changes)
     switching.states = states
     engine = Engine(new_rules, switching)
     engine.restore_clock(as_of)

@@ -119,6 +119,8 @@ class Topics:
             self.ticks,
             self.segment_changes,
             self.segment_memberships,
+            self.trait_changes,
+            self.trait_values,
             self.purchases_dlq,
         )
 

@@ -8,8 +8,10 @@ the evaluator's arithmetic helpers and its rule that any undefined operand makes
 comparison false. tests/property/test_explain_vs_engine.py checks every truth
 value against the generated evaluator.
 
-The document has one entry per segment under "segments"; per-customer values of
-other kinds (traits) go in lists of their own beside it.
+The document has one entry per segment under "segments" and one per trait under
+"traits": a `cases` trait with each case's condition walked like a segment's rule,
+a `top_category` trait with the spend per category that decides it, computed by the
+very function step() uses (membership.category_spend).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from typing import Any
 
 from segments.aggregates import CustomerState, ensure_lifetime_keys
 from segments.changes import format_instant
-from segments.clock import MICROS_PER_DAY, MICROS_PER_SECOND
+from segments.clock import MICROS_PER_DAY, MICROS_PER_SECOND, day_to_date
+from segments.membership import category_spend, top_of
 from segments.rules.ast import (
     And,
     Arithmetic,
@@ -44,6 +47,9 @@ from segments.rules.evaluator import (
     subtract,
 )
 from segments.rules.parser import format_expression as to_text
+from segments.rules.ruleset import Trait
+
+TIE_RULE = "the most spend above zero; a tie goes to the name that sorts first"
 
 _ARITHMETIC = {"+": add, "-": subtract, "*": multiply, "/": divide}
 _COMPARE = {
@@ -95,7 +101,59 @@ def explain(state: CustomerState, rules: CompiledRules, now: int) -> dict[str, A
         "as_of": format_instant(now),
         "rules_version": rules.ruleset.version,
         "segments": segments,
+        "traits": [_trait(trait, state, walker, today) for trait in rules.ruleset.traits],
     }
+
+
+def _trait(trait: Trait, state: CustomerState, walker: _Walker, today: int) -> dict[str, Any]:
+    """One trait: its value in the state and how the rules derive it at `today`.
+
+    The derived value (`cases[case].value`, `default` when `default_applies`, or
+    `winner`) is what the next evaluation gives; it equals `value` unless a deadline
+    fell due since the last one (the worker under `clock: wall`, at most a tick).
+    """
+    stored = state.traits.get(trait.name) if state.traits else None
+    entry: dict[str, Any] = {
+        "name": trait.name,
+        "kind": "cases" if trait.top_category_days is None else "top_category",
+        "description": trait.description,
+        "value": stored[0] if stored is not None else None,
+    }
+    if trait.top_category_days is not None:
+        days = trait.top_category_days
+        totals, _ = category_spend(state, today, days)
+        ranked = sorted(totals.items(), key=lambda item: (-item[1], item[0]))
+        entry.update(
+            {
+                "within": f"{days}d",
+                "window": {
+                    "from": day_to_date(today - days + 1).isoformat(),
+                    "to": day_to_date(today).isoformat(),
+                },
+                "spend": [
+                    {"category": category, "spend": json_value(amount)}
+                    for category, amount in ranked
+                ],
+                "winner": top_of(totals),
+                "tie_rule": TIE_RULE,
+            }
+        )
+        return entry
+    conditions = [walker.condition(case.when) for case in trait.cases]
+    first = next((k for k, condition in enumerate(conditions) if condition["holds"]), None)
+    cases = [
+        {"value": case.value, "when": condition}
+        for case, condition in zip(trait.cases, conditions, strict=True)
+    ]
+    entry.update(
+        {
+            "cases": cases,
+            "default": trait.default,
+            "case": first,
+            "default_applies": first is None,
+        }
+    )
+    return entry
 
 
 class _Walker:

@@ -328,6 +328,16 @@ def top_category(state: CustomerState, today: int, days: int) -> tuple[str | Non
     refunds) in the counted orders of the last `days` days, ties by name, None when no
     category has spend above zero; and the first day after `today` on which that can
     change by time alone (an order leaves the window or an order dated later enters it)."""
+    totals, change = category_spend(state, today, days)
+    return top_of(totals), change
+
+
+def category_spend(
+    state: CustomerState, today: int, days: int
+) -> tuple[dict[str, Decimal], int | None]:
+    """Spend per category in the counted orders (net total > 0) of the last `days` days,
+    and the first day after `today` on which time alone changes it; top_category's data,
+    shared with explain so both read the same orders the same way."""
     oldest = today - days + 1
     totals: dict[str, Decimal] = {}
     change: int | None = None
@@ -346,12 +356,17 @@ def top_category(state: CustomerState, today: int, days: int) -> tuple[str | Non
         if order.categories:
             for category, total in order.categories.items():
                 totals[category] = totals.get(category, ZERO) + total.amount
+    return totals, change
+
+
+def top_of(totals: dict[str, Decimal]) -> str | None:
+    """The category with the most spend above zero; a tie goes to the name that sorts first."""
     best: str | None = None
     most = ZERO
     for category, amount in totals.items():
         if amount > most or (amount == most and best is not None and category < best):
             best, most = category, amount
-    return best, change
+    return best
 
 
 def _order_of(event: Purchase, rules: CompiledRules) -> Order:

@@ -117,7 +117,8 @@ def _online(customer_id: str, worker_url: str | None) -> Any:
 
 
 def render(document: dict[str, Any]) -> str:
-    """The explanation as text: per segment, membership, each rule and its comparisons."""
+    """The explanation as text: per segment, membership, each rule and its comparisons;
+    then per trait, its value and the cases (or the spend per category) that decide it."""
     lines = [
         f"customer {document['customer_id']} at {document['as_of']} "
         f"(rules version {document['rules_version']})",
@@ -141,7 +142,47 @@ def render(document: dict[str, Any]) -> str:
         if segment["metrics"]:
             shown = ", ".join(f"{k}={_shown(v)}" for k, v in segment["metrics"].items())
             lines.append(f"  metrics: {shown}")
+    for trait in document.get("traits", []):
+        lines.append("")
+        lines.extend(_trait_lines(trait))
     return "\n".join(lines) + "\n"
+
+
+def _trait_lines(trait: dict[str, Any]) -> list[str]:
+    """A trait after the segments: its value, then each case (or the spend per category)."""
+    value = trait["value"]
+    lines = [f"trait {trait['name']} = {value if value is not None else '(no value)'}"]
+    if trait["description"]:
+        lines.append(f"  ({trait['description']})")
+    if trait["kind"] == "top_category":
+        window = trait["window"]
+        lines.append(
+            f"  top_category within {trait['within']}: spend per category "
+            f"from {window['from']} to {window['to']}"
+        )
+        lines.extend(f"    {row['category']}: {_shown(row['spend'])}" for row in trait["spend"])
+        if not trait["spend"]:
+            lines.append("    no category with spend in the window")
+        derived = trait["winner"]
+        shown = derived if derived is not None else "(none)"
+        lines.append(f"  winner: {shown} ({trait['tie_rule']})")
+    else:
+        for k, case in enumerate(trait["cases"]):
+            condition = case["when"]
+            verdict = "holds" if condition["holds"] else "does not hold"
+            chosen = "  <- the first that holds" if k == trait["case"] else ""
+            lines.append(f"  case {case['value']}: {condition['rule']}  -> {verdict}{chosen}")
+            lines.extend(_leaves(condition["tree"], "    "))
+        default = trait["default"]
+        shown = default if default is not None else "(no value)"
+        applies = "  <- no case holds" if trait["default_applies"] else ""
+        lines.append(f"  default: {shown}{applies}")
+        first = trait["case"]
+        derived = default if first is None else trait["cases"][first]["value"]
+    if derived != value:
+        # a deadline fell due since the last evaluation (wall clock, within a tick)
+        lines.append(f"  the rules give {derived} now; the value follows at the next evaluation")
+    return lines
 
 
 def _leaves(node: dict[str, Any], indent: str) -> list[str]:

@@ -44,6 +44,14 @@ segments:
     when: days_since_last_purchase() > 2 * avg_days_between_orders()
   - name: lapsed_vip
     when: in_segment("vip") and not in_segment("lapsed")
+traits:
+  - name: lifecycle
+    cases:
+      - {value: loyal, when: in_segment("vip")}
+      - {value: established, when: orders() >= 2}
+    default: prospect
+  - name: favourite_category
+    top_category: {within: 365d}
 """
 PARTITIONS = 2
 
@@ -76,6 +84,15 @@ def _events(customers: list[str]) -> list[dict[str, Any]]:
                     "type": "purchase",
                     "currency": "USD" if order % 2 else "EUR",
                     "total": f"{20 + 15 * order + index}.50",
+                    "lines": [
+                        {
+                            "sku": f"sku-{order}",
+                            "category": "Books" if (order + index) % 3 else "Shoes",
+                            "quantity": 1,
+                            "unit_price": f"{20 + 15 * order + index}.50",
+                            "discount": "0",
+                        }
+                    ],
                 }
             )
     return events
@@ -142,6 +159,15 @@ def test_one_worker_explains_like_the_offline_replay_with_404_and_401(
         # the documents say something: members, undefined values and both kinds of truth
         text = orjson.dumps(list(expected.values())).decode()
         assert '"member":true' in text and '"undefined":true' in text
+        # and the traits: each customer has both, with the value the worker stored
+        values = {
+            (trait["name"], trait["value"])
+            for document in expected.values()
+            for trait in document["traits"]
+        }
+        assert {name for name, _ in values} == {"lifecycle", "favourite_category"}
+        assert {"prospect", "established", "loyal"} <= {v for n, v in values if n == "lifecycle"}
+        assert {"Books", "Shoes"} <= {v for n, v in values if n == "favourite_category"}
         # the command asks the worker (token from SEGMENTS_API_TOKEN) and prints the same
         worker_url = f"http://127.0.0.1:{worker.port}"
         asked = segments_result(env, "explain", customers[0], "--worker", worker_url, "--json")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import suppress
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from segments.engine import Engine, MemoryStates
 from segments.events import Event
 from segments.explain import explain
 from segments.membership import DuplicateEvent, new_state
-from segments.rules.evaluator import compile_rules
+from segments.rules.evaluator import CompiledRules, compile_rules
 from segments.rules.parser import format_expression, parse_expression
 from segments.rules.ruleset import RuleSet
 from tests.property.test_replay_vs_reference import (
@@ -22,6 +23,7 @@ from tests.property.test_replay_vs_reference import (
     SETTINGS,
     histories,
 )
+from tests.property.test_traits_vs_reference import TRAITS
 
 pytestmark = pytest.mark.unit
 
@@ -49,6 +51,33 @@ def _check(events: list[Event], ruleset: RuleSet, as_of: int) -> None:
                 if segment.min_dwell is None:
                     assert entry["when"]["holds"] is entry["member"], segment.name
             _check_tree(entry["when"]["tree"])
+        _check_traits(document["traits"], rules, flags, state)
+
+
+def _check_traits(
+    entries: list[dict[str, Any]], rules: CompiledRules, flags: tuple[bool, ...], state: Any
+) -> None:
+    """Each case's truth is the generated flag, and the value explain derives (first case
+    that holds, the default, or the top category) is the one the engine stored."""
+    assert [e["name"] for e in entries] == [p.name for p in rules.trait_plan]
+    for plan, entry in zip(rules.trait_plan, entries, strict=True):
+        stored = (state.traits or {}).get(plan.name)
+        assert entry["value"] == (stored[0] if stored is not None else None)
+        if plan.days is not None:
+            assert entry["kind"] == "top_category"
+            assert entry["winner"] == entry["value"], plan.name
+            spend = [Decimal(s["spend"]) for s in entry["spend"]]
+            assert spend == sorted(spend, reverse=True)
+            continue
+        assert entry["kind"] == "cases"
+        for k, case in enumerate(entry["cases"]):
+            assert case["value"] == plan.values[k]
+            assert case["when"]["holds"] is flags[plan.first + k], (plan.name, k)
+            _check_tree(case["when"]["tree"])
+        first = entry["case"]
+        derived = entry["default"] if first is None else entry["cases"][first]["value"]
+        assert entry["default_applies"] is (first is None)
+        assert derived == entry["value"], plan.name
 
 
 def _check_tree(node: dict[str, Any]) -> None:
@@ -84,6 +113,12 @@ def test_explain_agrees_with_the_engine_on_rich_rules(history: Any) -> None:
 @given(histories())
 def test_explain_agrees_with_the_engine_on_language_2_rules(history: Any) -> None:
     _check(history[0], LANGUAGE_2, history[1])
+
+
+@SETTINGS
+@given(histories())
+def test_explain_agrees_with_the_engine_on_traits(history: Any) -> None:
+    _check(history[0], TRAITS, history[1])
 
 
 def test_the_rule_text_parses_back_to_the_same_rule() -> None:

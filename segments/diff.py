@@ -5,8 +5,8 @@ engine (same decoding, rejections, clock marks and event-time rules); then every
 customer is switched to the new rules at that instant exactly as a worker that
 starts on the new version switches them (`Engine.switch_version`, cause
 `definition`). The two sides are compared as plain {name: {customer_id: value}}
-maps, so a per-customer value other than membership compares the same way: a
-segment's value is `member` (absent: not a member).
+maps, one per kind of per-customer value: a segment's value is `member` (absent:
+not a member), a trait's is its text (absent: null, no value).
 """
 
 from __future__ import annotations
@@ -34,13 +34,13 @@ Values = dict[str, dict[str, str]]
 
 @dataclass(frozen=True)
 class NameDiff:
-    """One segment (or other per-customer value) before and after the switch.
+    """One segment or trait before and after the switch.
 
     `transitions`: (value before, value after) -> the customers that moved so, sorted.
     """
 
     name: str
-    kind: str  # "segment"
+    kind: str  # "segment" or "trait"
     status: str  # added (only in the new rules), removed (only in the old), kept
     before: dict[str, int]  # customers per non-null value before the switch
     after: dict[str, int]
@@ -56,7 +56,8 @@ class NameDiff:
 
 @dataclass
 class RuleDiff:
-    """The whole preview: input counts, the switch, one NameDiff per segment of either file."""
+    """The whole preview: input counts, the switch, one NameDiff per segment and per trait
+    of either file."""
 
     as_of: int
     old: RuleSet
@@ -65,10 +66,14 @@ class RuleDiff:
     input: ReplayResult
     customers: int
     switched: int
-    changes_at_switch: list[Change]
+    changes_at_switch: list[Change]  # the segments' entries and exits
+    trait_changes_at_switch: list[TraitChange]
     segments: list[NameDiff]
+    traits: list[NameDiff]
     before: Values  # every segment of either file, under the old rules at the instant
     after: Values  # the new rules' segments right after the switch
+    traits_before: Values  # every trait of either file, under the old rules at the instant
+    traits_after: Values  # the new rules' traits right after the switch
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -113,6 +118,35 @@ def segment_values(states: Iterable[CustomerState], names: Iterable[str]) -> Val
     return values
 
 
+def trait_values(states: Iterable[CustomerState], names: Iterable[str]) -> Values:
+    """{trait: {customer_id: value}} for the named traits, from the stored trait values;
+    a customer whose value is null (no value, or a removed trait) has no entry."""
+    values: Values = {name: {} for name in names}
+    for state in states:
+        if state.traits:
+            for name, (value, _) in state.traits.items():
+                if value is not None and name in values:
+                    values[name][state.customer_id] = value
+    return values
+
+
+def compare_all(
+    kind: str, old_names: list[str], new_names: list[str], before: Values, after: Values
+) -> list[NameDiff]:
+    """One NameDiff per name of either file: the new file's in order, then the removed ones."""
+    names = [*new_names, *(name for name in old_names if name not in new_names)]
+    return [
+        compare(
+            name,
+            kind,
+            REMOVED if name not in new_names else ADDED if name not in old_names else KEPT,
+            before.get(name, {}),
+            after.get(name, {}),
+        )
+        for name in names
+    ]
+
+
 def diff_rules(
     lines: Iterable[bytes],
     old: RuleSet,
@@ -154,25 +188,29 @@ def diff_rules(
     states = replayed.states
     old_names = [s.name for s in old.segments]
     new_names = [s.name for s in new.segments]
-    names = [*new_names, *(name for name in old_names if name not in new_names)]
-    before = segment_values(states.values(), names)
+    old_traits = [t.name for t in old.traits]
+    new_traits = [t.name for t in new.traits]
+    before = segment_values(states.values(), [*old_names, *new_names])
+    traits_before = trait_values(states.values(), [*old_traits, *new_traits])
 
     at_switch: list[Change] = []
+    traits_at_switch: list[TraitChange] = []
 
-    def keep_segment_changes(changes: list[Change | TraitChange]) -> None:
-        at_switch.extend(c for c in changes if isinstance(c, Change))  # traits: not yet here
+    def keep_changes(changes: list[Change | TraitChange]) -> None:
+        for change in changes:
+            if isinstance(change, Change):
+                at_switch.append(change)
+            else:
+                traits_at_switch.append(change)
 
-    switching = MemoryStates(keep_segment_changes)
+    switching = MemoryStates(keep_changes)
     switching.states = states
     engine = Engine(new_rules, switching)
     engine.restore_clock(as_of)
     switched = engine.switch_version(list(states), as_of)
     after = segment_values(states.values(), new_names)
+    traits_after = trait_values(states.values(), new_traits)
 
-    segments = []
-    for name in names:
-        status = REMOVED if name not in new_names else ADDED if name not in old_names else KEPT
-        segments.append(compare(name, "segment", status, before[name], after.get(name, {})))
     return RuleDiff(
         as_of=as_of,
         old=old,
@@ -182,9 +220,13 @@ def diff_rules(
         customers=len(states),
         switched=switched,
         changes_at_switch=at_switch,
-        segments=segments,
+        trait_changes_at_switch=traits_at_switch,
+        segments=compare_all("segment", old_names, new_names, before, after),
+        traits=compare_all("trait", old_traits, new_traits, traits_before, traits_after),
         before=before,
         after=after,
+        traits_before=traits_before,
+        traits_after=traits_after,
         warnings=warnings,
     )
 
@@ -199,25 +241,47 @@ def same_version_warning(version: int) -> str:
 
 
 def history_warnings(old: CompiledRules, new: CompiledRules) -> list[str]:
-    """What the new rules read that the state kept under the old rules does not hold.
+    """What the new rules (segments and traits) read that the state kept under the old
+    rules does not hold.
 
     At the switch the new rules see only what the old ones kept, as a worker's
-    switch does; a full replay under the new rules can then differ.
+    switch does; a full replay under the new rules can then differ. The traits'
+    metrics are among the new rules' (compile_rules), so a window, category or
+    filter a trait's case reads is named like a segment's; a `top_category` trait
+    is named by itself, as it reads every category of the orders in its window.
     """
     warnings: list[str] = []
     kept = f"the last {old.horizon_days} days"
+    top = [(t.name, days) for t in new.ruleset.traits if (days := t.top_category_days) is not None]
     if new.horizon_days > old.horizon_days:
+        longer = [
+            f"trait '{name}': top_category over {days} days"
+            for name, days in top
+            if days > old.horizon_days
+        ]
+        among = f" ({'; '.join(longer)})" if longer else ""
         warnings.append(
-            f"the new rules read windows of up to {new.horizon_days} days, but the old rules "
-            f"keep order records for {kept}: at the switch those windows see only {kept}"
+            f"the new rules read windows of up to {new.horizon_days} days{among}, but the old "
+            f"rules keep order records for {kept}: at the switch those windows see only {kept}"
         )
     if old.keep_categories is not None:
         if new.keep_categories is None:
-            warnings.append(
-                "the new rules count distinct categories, but the old rules keep only the "
-                f"categories they name ({_names(old.keep_categories)}): orders before the "
-                "switch show only those"
-            )
+            readers = []
+            if any(spec.name == "distinct_categories" for spec in new.specs):
+                readers.append("count distinct categories")
+            if top:
+                readers.append(
+                    f"rank every category by spend (top_category: {_names(n for n, _ in top)})"
+                )
+            what = " and ".join(readers) or "read every category"
+            if old.keep_categories:
+                lost = (
+                    f"keep only the categories they name ({_names(old.keep_categories)}): "
+                    "orders before the switch show only those"
+                )
+            else:
+                lost = "keep no categories: orders before the switch show none"
+            warnings.append(f"the new rules {what}, but the old rules {lost}")
         elif new.keep_categories - old.keep_categories:
             warnings.append(
                 "the new rules name categories the old rules do not keep "
@@ -332,13 +396,16 @@ def to_document(diff: RuleDiff, old_file: str, new_file: str, sample: int) -> di
         "customers": diff.customers,
         "switched": diff.switched,
         "changes_at_switch": len(diff.changes_at_switch),
+        "trait_changes_at_switch": len(diff.trait_changes_at_switch),
         "warnings": diff.warnings,
         "segments": [segment_document(segment, sample) for segment in diff.segments],
+        "traits": [name_document(trait, sample) for trait in diff.traits],
     }
 
 
 def format_table(diff: RuleDiff, old_file: str, new_file: str, sample: int) -> str:
-    """The readable output: a header, one row per segment, then the sampled ids."""
+    """The readable output: a header, one row per segment, the sampled ids, then a block
+    per trait (when either file has traits)."""
     result = diff.input
     rejected = sum(result.rejected.values())
     version = f"version {diff.new.version}"
@@ -351,7 +418,8 @@ def format_table(diff: RuleDiff, old_file: str, new_file: str, sample: int) -> s
         f"{result.duplicates} duplicates, {rejected} rejected, "
         f"{diff.after_as_of} after --as-of (not applied)",
         f"customers: {diff.customers}, switched: {diff.switched}, "
-        f"changes at the switch: {len(diff.changes_at_switch)}",
+        f"changes at the switch: {len(diff.changes_at_switch)}"
+        + (f", trait changes: {len(diff.trait_changes_at_switch)}" if diff.traits else ""),
         "",
     ]
     header = ("segment", "status", "before", "after", "entered", "exited")
@@ -384,4 +452,49 @@ def format_table(diff: RuleDiff, old_file: str, new_file: str, sample: int) -> s
         if samples:
             lines.append("")
             lines.extend(samples)
+    for trait in diff.traits:
+        lines.append("")
+        lines.extend(trait_table(trait, diff.customers, sample))
     return "\n".join(lines) + "\n"
+
+
+NO_VALUE = "(no value)"  # a null value in the table; the JSON says null
+TOP_TRANSITIONS = 5  # transitions per trait in the table; the JSON lists every one
+
+
+def _shown(value: str | None) -> str:
+    return NO_VALUE if value is None else value
+
+
+def trait_table(trait: NameDiff, customers: int, sample: int) -> list[str]:
+    """A trait's block: customers per value before and after (null included), then its
+    most frequent transitions with the first `sample` ids of each."""
+    lines = [f"trait {trait.name} ({trait.status}): {trait.changed} changed"]
+    rows = [("value", "before", "after")]
+    for value in sorted(trait.before.keys() | trait.after.keys()):
+        rows.append((value, str(trait.before.get(value, 0)), str(trait.after.get(value, 0))))
+    rows.append(
+        (
+            NO_VALUE,
+            str(customers - sum(trait.before.values())),
+            str(customers - sum(trait.after.values())),
+        )
+    )
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for value, before, after in rows:
+        cells = [value.ljust(widths[0]), before.rjust(widths[1]), after.rjust(widths[2])]
+        lines.append("  " + "  ".join(cells))
+    moves = sorted(trait.transitions.items(), key=lambda item: -len(item[1]))  # stable
+    top = moves[:TOP_TRANSITIONS]
+    shown = [(f"{_shown(old)} -> {_shown(new)}", ids) for (old, new), ids in top]
+    width = max((len(move) for move, _ in shown), default=0)
+    count_width = max((len(str(len(ids))) for _, ids in shown), default=0)
+    for move, ids in shown:
+        row = f"  {move.ljust(width)}  {str(len(ids)).rjust(count_width)}"
+        if sample > 0:
+            more = f" (+{len(ids) - sample} more)" if len(ids) > sample else ""
+            row += f"  {', '.join(ids[:sample])}{more}"
+        lines.append(row)
+    if len(moves) > len(shown):
+        lines.append(f"  (+{len(moves) - len(shown)} more transitions: --json lists them all)")
+    return lines

@@ -39,7 +39,8 @@ def diff_command(
     """Preview a rule change: replay E under --old up to --as-of, then switch to --new.
 
     Per segment: members before and after the switch, entries and exits at it,
-    and a sample of ids. Exit 2 when a rule file is invalid.
+    and a sample of ids; per trait: customers per value before and after, and the
+    transitions with a sample of ids. Exit 2 when a rule file is invalid.
     """
     old, new = _load_both_or_exit(old_path, new_path)
     instant = as_of_option(as_of)

@@ -1,6 +1,6 @@
 """Property: when the new rules read nothing the old state lacks and keep no history of their own
-(no exit_when, no min_dwell), the members after the switch are those of a full replay under
-the new rules; the members before are those of a replay under the old rules."""
+(no exit_when, no min_dwell), the members and trait values after the switch are those of a
+full replay under the new rules; those before are those of a replay under the old rules."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ pytestmark = pytest.mark.unit
 
 # The conformance rules (horizon 548 days, no category, one all-history filter: none) and
 # a new version that reads within those: windows up to 548 days, no new all-history
-# filter, an in_segment reference, a removed segment (sleeper), an added one.
+# filter, an in_segment reference, a removed segment (sleeper), an added one, and an
+# added trait (the conformance rules keep no category, so no top_category).
 CONFORMANCE_NEW = """
 version: 2
 base_currency: USD
@@ -38,10 +39,18 @@ segments:
     when: spend(within="548d") >= 150 and orders() >= 2
   - name: quiet_heavy
     when: in_segment("heavy") and days_since_last_purchase() between 30 and 400
+traits:
+  - name: stage
+    cases:
+      - {value: lapsing, when: in_segment("lapsed") and orders() >= 2}
+      - {value: heavy, when: spend(within="548d") >= 150}
+    default: light
 """
 
-# For random histories: the old rules have hysteresis and categories; the new ones read
-# only what those keep (same horizon, a kept category, kept all-history filters).
+# For random histories: the old rules have hysteresis, categories and traits (a
+# top_category, so they keep every category); the new ones read only what those keep
+# (same horizon, kept categories, kept all-history filters). Traits: stage's cases change,
+# old_favourite is removed, favourite (a longer window) and rhythm are added.
 OLD_RULES = """
 version: 1
 base_currency: USD
@@ -59,6 +68,14 @@ segments:
     when: days_since_last_purchase() > 182 and orders(within="548d") between 2 and 4
   - name: online
     when: orders(channel="online") >= 1
+traits:
+  - name: stage
+    cases:
+      - {value: regular, when: orders(within="365d") >= 3}
+      - {value: new, when: orders() >= 1}
+    default: prospect
+  - name: old_favourite
+    top_category: {within: 182d}
 """
 
 NEW_RULES = """
@@ -80,6 +97,18 @@ segments:
     when: spend(channel="online", within="365d") / spend(within="365d") >= 0.5
   - name: online_spender
     when: spend(channel="online") > 50 and discounted_orders(within="200d") >= 1
+traits:
+  - name: stage
+    cases:
+      - {value: lapsing, when: in_segment("lapsed")}
+      - {value: regular, when: orders(within="182d") >= 2}
+      - {value: new, when: orders() >= 1}
+  - name: favourite
+    top_category: {within: 365d}
+  - name: rhythm
+    cases:
+      - {value: overdue, when: days_since_last_purchase() > 2 * avg_days_between_orders()}
+      - {value: books, when: 'spend(category="Books", within="548d") > 20'}
 """
 
 
@@ -89,18 +118,51 @@ def members(diff: RuleDiff, *, after: bool) -> dict[str, list[str]]:
     return {name: sorted(c for c, v in values[name].items() if v == MEMBER) for name in names}
 
 
-def replayed(lines: list[bytes], ruleset: RuleSet, as_of: int, out: Path) -> dict[str, list[str]]:
+def traits(diff: RuleDiff, *, after: bool) -> dict[str, dict[str, str]]:
+    """Like replay's traits.json: {trait: {customer_id: value}}, null values left out."""
+    names = [t.name for t in diff.traits if t.status != ("removed" if after else "added")]
+    values = diff.traits_after if after else diff.traits_before
+    return {name: values[name] for name in names}
+
+
+def replayed(
+    lines: list[bytes], ruleset: RuleSet, as_of: int, out: Path
+) -> tuple[dict[str, list[str]], dict[str, dict[str, str]]]:
+    """memberships.json and traits.json of a replay."""
     import json
 
     replay(lines, compile_rules(ruleset), out, as_of=as_of)
-    return dict(json.loads((out / "memberships.json").read_text()))
+    return (
+        dict(json.loads((out / "memberships.json").read_text())),
+        dict(json.loads((out / "traits.json").read_text())),
+    )
 
 
-def check(lines: list[bytes], old: RuleSet, new: RuleSet, as_of: int, out: Path) -> None:
+def check(
+    lines: list[bytes],
+    old: RuleSet,
+    new: RuleSet,
+    as_of: int,
+    out: Path,
+    past: list[bytes] | None = None,
+) -> RuleDiff:
+    """The diff's two sides against a replay under each file of `past` (default: `lines`)."""
     assert history_warnings(compile_rules(old), compile_rules(new)) == []
     diff = diff_rules(lines, old, new, as_of)
-    assert members(diff, after=False) == replayed(lines, old, as_of, out / "old")
-    assert members(diff, after=True) == replayed(lines, new, as_of, out / "new")
+    past = lines if past is None else past
+    assert (members(diff, after=False), traits(diff, after=False)) == replayed(
+        past, old, as_of, out / "old"
+    )
+    assert (members(diff, after=True), traits(diff, after=True)) == replayed(
+        past, new, as_of, out / "new"
+    )
+    # the switch's changes are exactly the differences, segments and traits apart
+    entered_exited = sum(
+        len(s.moved(None, MEMBER)) + len(s.moved(MEMBER, None)) for s in diff.segments
+    )
+    assert entered_exited == len(diff.changes_at_switch)
+    assert sum(t.changed for t in diff.traits) == len(diff.trait_changes_at_switch)
+    return diff
 
 
 CONFORMANCE_OLD = parse_ruleset(RULES.read_text(), str(RULES))
@@ -119,6 +181,7 @@ def test_conformance_members_after_change_at_all() -> None:
     as_of = parse_instant("1998-07-01T00:00:00+00:00")
     diff = diff_rules(lines, CONFORMANCE_OLD, parse_ruleset(CONFORMANCE_NEW, "new.yaml"), as_of)
     assert sum(s.changed for s in diff.segments) > 0
+    assert sum(t.changed for t in diff.traits) > 0
 
 
 OLD = parse_ruleset(OLD_RULES, "old.yaml")
@@ -137,13 +200,5 @@ def test_random_histories_switch_like_a_full_replay(
     events, _ = history
     as_of = START + day * MICROS_PER_DAY + offset
     # the diff reads everything and applies what happened by as_of; the replays get only that
-    lines = [encode_event(event) for event in events]
     past = [encode_event(event) for event in events if event.occurred_at <= as_of]
-    diff = diff_rules(lines, OLD, NEW, as_of)
-    assert members(diff, after=False) == replayed(past, OLD, as_of, tmp_path / "old")
-    assert members(diff, after=True) == replayed(past, NEW, as_of, tmp_path / "new")
-    assert history_warnings(compile_rules(OLD), compile_rules(NEW)) == []
-    entered_exited = sum(
-        len(s.moved(None, MEMBER)) + len(s.moved(MEMBER, None)) for s in diff.segments
-    )
-    assert entered_exited == len(diff.changes_at_switch)
+    check([encode_event(event) for event in events], OLD, NEW, as_of, tmp_path, past)

@@ -14,6 +14,7 @@ from segments.diff import (
     format_table,
     history_warnings,
     to_document,
+    trait_table,
 )
 from segments.replay import run
 from segments.rules.evaluator import compile_rules
@@ -322,3 +323,270 @@ def test_table_lists_every_segment_and_samples_sorted_ids() -> None:
     ]
     no_sample = format_table(preview(), "o", "n", sample=0).splitlines()
     assert no_sample[-1] == "online   removed       1      0        0       1"
+
+
+# --- traits ---------------------------------------------------------------------------
+
+# stage: its cases change (regular from 3 orders down to 2); channel_pref: removed;
+# spend_band: added, with a default.
+OLD_TRAITS = (
+    OLD
+    + """\
+traits:
+  - name: stage
+    cases:
+      - {value: regular, when: orders() >= 3}
+      - {value: new, when: orders() >= 1}
+  - name: channel_pref
+    cases:
+      - {value: online, when: orders(channel="online") >= 1}
+    default: offline
+"""
+)
+NEW_TRAITS = (
+    NEW
+    + """\
+traits:
+  - name: stage
+    cases:
+      - {value: regular, when: orders() >= 2}
+      - {value: new, when: orders() >= 1}
+  - name: spend_band
+    cases:
+      - {value: high, when: spend() >= 100}
+    default: low
+"""
+)
+
+
+def traits_by_name(diff: RuleDiff) -> dict[str, tuple[str, dict[str, int], dict[str, int]]]:
+    """name -> (status, customers per value before, after)."""
+    return {t.name: (t.status, t.before, t.after) for t in diff.traits}
+
+
+def test_traits_changed_added_and_removed() -> None:
+    # before (old rules): a has 3 orders (stage regular), b 2, c and d 1 (new);
+    # channel_pref: d bought online, a, b and c did not.
+    diff = preview(OLD_TRAITS, NEW_TRAITS)
+    assert [t.name for t in diff.traits] == ["stage", "spend_band", "channel_pref"]
+    assert traits_by_name(diff) == {
+        "stage": ("kept", {"new": 3, "regular": 1}, {"new": 2, "regular": 2}),
+        # spend: a 30, b 110, c 200, d 20
+        "spend_band": ("added", {}, {"high": 2, "low": 2}),
+        "channel_pref": ("removed", {"offline": 3, "online": 1}, {}),
+    }
+    stage, band, pref = diff.traits
+    assert stage.transitions == {("new", "regular"): ["b"]}
+    assert band.transitions == {(None, "high"): ["b", "c"], (None, "low"): ["a", "d"]}
+    assert pref.transitions == {("offline", None): ["a", "b", "c"], ("online", None): ["d"]}
+    assert [t.changed for t in diff.traits] == [1, 4, 4]
+    assert diff.traits_after == {
+        "stage": {"a": "regular", "b": "regular", "c": "new", "d": "new"},
+        "spend_band": {"a": "low", "b": "high", "c": "high", "d": "low"},
+    }
+    # the segments are those of the same files without traits
+    assert by_name(diff) == by_name(preview())
+    assert diff.warnings == []
+
+
+def test_the_switch_emits_exactly_the_trait_transitions_as_definition_changes() -> None:
+    diff = preview(OLD_TRAITS, NEW_TRAITS)
+    changes = sorted((c.trait, c.customer_id, c.value or "") for c in diff.trait_changes_at_switch)
+    assert changes == [
+        ("channel_pref", "a", ""),
+        ("channel_pref", "b", ""),
+        ("channel_pref", "c", ""),
+        ("channel_pref", "d", ""),
+        ("spend_band", "a", "low"),
+        ("spend_band", "b", "high"),
+        ("spend_band", "c", "high"),
+        ("spend_band", "d", "low"),
+        ("stage", "b", "regular"),
+    ]
+    assert {(c.cause, c.at, c.rules_version) for c in diff.trait_changes_at_switch} == {
+        ("definition", t(AS_OF), 2)
+    }
+    # a removed trait goes to null; changes_at_switch keeps counting segment changes only
+    assert all(c.value is None for c in diff.trait_changes_at_switch if c.trait == "channel_pref")
+    assert len(diff.changes_at_switch) == 4
+
+
+def test_identical_traits_change_nothing() -> None:
+    diff = preview(OLD_TRAITS, OLD_TRAITS.replace("version: 1", "version: 2"))
+    assert all(t.changed == 0 and t.status == "kept" for t in diff.traits)
+    assert diff.trait_changes_at_switch == []
+
+
+def test_json_document_lists_the_traits() -> None:
+    document = to_document(preview(OLD_TRAITS, NEW_TRAITS), "old.yaml", "new.yaml", sample=1)
+    assert (document["changes_at_switch"], document["trait_changes_at_switch"]) == (4, 9)
+    assert document["traits"] == [
+        {
+            "name": "stage",
+            "kind": "trait",
+            "status": "kept",
+            "before": {"new": 3, "regular": 1},
+            "after": {"new": 2, "regular": 2},
+            "changed": 1,
+            "transitions": [{"from": "new", "to": "regular", "count": 1, "sample": ["b"]}],
+        },
+        {
+            "name": "spend_band",
+            "kind": "trait",
+            "status": "added",
+            "before": {},
+            "after": {"high": 2, "low": 2},
+            "changed": 4,
+            "transitions": [
+                {"from": None, "to": "high", "count": 2, "sample": ["b"]},
+                {"from": None, "to": "low", "count": 2, "sample": ["a"]},
+            ],
+        },
+        {
+            "name": "channel_pref",
+            "kind": "trait",
+            "status": "removed",
+            "before": {"offline": 3, "online": 1},
+            "after": {},
+            "changed": 4,
+            "transitions": [
+                {"from": "offline", "to": None, "count": 3, "sample": ["a"]},
+                {"from": "online", "to": None, "count": 1, "sample": ["d"]},
+            ],
+        },
+    ]
+    # rule files without traits: the same keys, empty
+    plain = to_document(preview(), "old.yaml", "new.yaml", sample=1)
+    assert (plain["trait_changes_at_switch"], plain["traits"]) == (0, [])
+
+
+def test_table_has_a_block_per_trait() -> None:
+    text = format_table(preview(OLD_TRAITS, NEW_TRAITS), "old.yaml", "new.yaml", sample=1)
+    lines = text.splitlines()
+    assert lines[2] == "customers: 4, switched: 4, changes at the switch: 4, trait changes: 9"
+    assert lines[lines.index("exited online: d") + 1 :] == [
+        "",
+        "trait stage (kept): 1 changed",
+        "  value       before  after",
+        "  new              3      2",
+        "  regular          1      2",
+        "  (no value)       0      0",
+        "  new -> regular  1  b",
+        "",
+        "trait spend_band (added): 4 changed",
+        "  value       before  after",
+        "  high             0      2",
+        "  low              0      2",
+        "  (no value)       4      0",
+        "  (no value) -> high  2  b (+1 more)",
+        "  (no value) -> low   2  a (+1 more)",
+        "",
+        "trait channel_pref (removed): 4 changed",
+        "  value       before  after",
+        "  offline          3      0",
+        "  online           1      0",
+        "  (no value)       0      4",
+        "  offline -> (no value)  3  a (+2 more)",
+        "  online -> (no value)   1  d",
+    ]
+    # without traits the table is what it was: no trait count, no trait block
+    plain = format_table(preview(), "old.yaml", "new.yaml", sample=1).splitlines()
+    assert plain[2] == "customers: 4, switched: 4, changes at the switch: 4"
+    assert not any(line.startswith("trait ") for line in plain)
+
+
+def test_table_shows_the_most_frequent_transitions_first_and_says_how_many_more() -> None:
+    # seven customers, six distinct transitions of one trait: the biggest first, five shown
+    before = {f"x{i}": f"v{i}" for i in range(6)} | {"y": "v0"}
+    diff = compare("t", "trait", "kept", before, {})
+    block = trait_table(diff, customers=7, sample=0)
+    assert block[-6:] == [
+        "  v0 -> (no value)  2",
+        "  v1 -> (no value)  1",
+        "  v2 -> (no value)  1",
+        "  v3 -> (no value)  1",
+        "  v4 -> (no value)  1",
+        "  (+1 more transitions: --json lists them all)",
+    ]
+
+
+def traits_rules(trait: str, *whens: str, version: int = 1) -> RuleSet:
+    return rules(*whens, extra=f"traits:\n  - {trait}\n", version=version)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        # top_category over a longer window than the old rules keep
+        (
+            rules('distinct_categories(within="90d") >= 1'),
+            traits_rules("{name: fav, top_category: {within: 365d}}", "orders() >= 1"),
+            "windows of up to 365 days (trait 'fav': top_category over 365 days), but the old "
+            "rules keep order records for the last 90 days",
+        ),
+        # top_category reads every category, the old rules keep only the one they name
+        (
+            rules('orders(category="Books", within="365d") >= 1'),
+            traits_rules("{name: fav, top_category: {within: 30d}}", "orders() >= 1"),
+            "rank every category by spend (top_category: 'fav'), but the old rules keep only "
+            "the categories they name ('Books')",
+        ),
+        # ... or none at all
+        (
+            rules('orders(within="365d") >= 1'),
+            traits_rules("{name: fav, top_category: {within: 30d}}", "orders() >= 1"),
+            "but the old rules keep no categories: orders before the switch show none",
+        ),
+        # a case reads what the old rules do not keep, as a segment would
+        (
+            rules('orders(within="365d") >= 1'),
+            traits_rules(
+                "{name: t, cases: [{value: x, when: 'orders(category=\"Music\") >= 1'}]}",
+                'orders(within="365d") >= 1',
+            ),
+            'filters the old rules do not keep (category="Music")',
+        ),
+    ],
+)
+def test_history_the_old_rules_do_not_keep_is_named_for_traits(
+    old: RuleSet, new: RuleSet, expected: str
+) -> None:
+    warnings = history_warnings(compile_rules(old), compile_rules(new))
+    assert any(expected in warning for warning in warnings), warnings
+
+
+def test_no_warning_when_the_old_rules_keep_what_a_trait_reads() -> None:
+    old = traits_rules("{name: fav, top_category: {within: 365d}}", "orders() >= 1")
+    new = traits_rules(
+        "{name: fav, top_category: {within: 90d}}", 'spend(within="365d") > 1', version=2
+    )
+    assert history_warnings(compile_rules(old), compile_rules(new)) == []
+
+
+def test_top_category_added_over_categories_not_kept_is_null_at_the_switch() -> None:
+    # the old rules keep no category, so orders before the switch show none: the
+    # added trait has no value for anyone (a full replay under the new rules would)
+    old = rules("orders() >= 1")
+    new = traits_rules("{name: fav, top_category: {within: 365d}}", "orders() >= 1", version=2)
+    events = [
+        orjson.dumps(
+            {
+                "event_id": "g1",
+                "customer_id": "g",
+                "occurred_at": "2026-02-20T10:00:00Z",
+                "channel": "pos",
+                "currency": "EUR",
+                "total": "30",
+                "lines": [
+                    {"sku": "b1", "category": "Books", "quantity": 1, "unit_price": "30"},
+                ],
+            }
+        )
+    ]
+    diff = diff_rules(events, old, new, t(AS_OF))
+    assert diff.traits_after == {"fav": {}}
+    assert any("keep no categories" in w for w in diff.warnings)
+    _, states = run(
+        enumerate(events, 1), compile_rules(new), _no_change, _no_reject, as_of=t(AS_OF)
+    )
+    assert states.trait_values(["fav"]) == {"fav": {"g": "Books"}}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_diff import AS_OF, EVENTS, NEW, OLD
+from tests.unit.test_diff import AS_OF, EVENTS, NEW, NEW_TRAITS, OLD, OLD_TRAITS
 
 pytestmark = pytest.mark.unit
 
@@ -67,6 +67,26 @@ def test_json_on_stdout_and_warnings_on_stderr(files: dict[str, str]) -> None:
     assert (regular["entered"], regular["exited"], regular["sample"]["entered"]) == (1, 0, ["b"])
     assert completed.stderr.startswith("warning: both files have version 1")
     assert document["warnings"] == [completed.stderr.removeprefix("warning: ").rstrip("\n")]
+
+
+def test_traits_in_the_table_and_the_json(files: dict[str, str]) -> None:
+    Path(files["old.yaml"]).write_text(OLD_TRAITS)
+    Path(files["new.yaml"]).write_text(NEW_TRAITS)
+    table = segments(*diff_args(files))
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[2] == "customers: 4, switched: 4, changes at the switch: 4, trait changes: 9"
+    assert "trait channel_pref (removed): 4 changed" in lines
+    assert "  offline -> (no value)  3  a, b, c" in lines
+    completed = segments(*diff_args(files, "--json"))
+    assert completed.returncode == 0, completed.stderr
+    document = json.loads(completed.stdout)
+    assert document["trait_changes_at_switch"] == 9
+    assert [(t["name"], t["status"], t["changed"]) for t in document["traits"]] == [
+        ("stage", "kept", 1),
+        ("spend_band", "added", 4),
+        ("channel_pref", "removed", 4),
+    ]
 
 
 def test_a_broken_rule_file_exits_2_with_its_position(files: dict[str, str]) -> None:

@@ -231,7 +231,7 @@ class TraitChange:
             raise CodecError("missing field 'value'")
         value = data["value"]
         if value is not None and not isinstance(value, str):
-            raise CodecError("value must be text or null")
+            raise CodecError("value must be a JSON string or null")
         if "at" not in data:
             raise CodecError("missing field 'at'")
         if "seq" not in data:

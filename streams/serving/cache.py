@@ -21,7 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisClusterException, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from segments.changes import Change, CodecError, MembershipRecord
+from segments.changes import Change, MembershipRecord, TraitChange
 from streams.serving.redis_connection import RedisClient, RedisTarget, connect, is_cluster
 from streams.serving.slot_tags import SLOTS, slot_tags
 
@@ -130,30 +130,11 @@ class TraitWrite:
     def from_json(cls, raw: bytes) -> TraitWrite:
         """A trait change (a `trait-changes` value, or a `trait-values` one) -> TraitWrite.
 
-        customer_id, trait, seq and value are what the cache needs; the rest of the change
-        is not read. Raises CodecError when the bytes are not a trait change.
+        Decoded by the one trait-change codec (segments.changes.TraitChange); raises
+        CodecError when the bytes are not a trait change.
         """
-        try:
-            data = orjson.loads(raw)
-        except (orjson.JSONDecodeError, TypeError) as error:
-            raise CodecError(f"not JSON: {error}") from None
-        if not isinstance(data, dict):
-            raise CodecError("not a JSON object")
-        customer_id, trait, seq = data.get("customer_id"), data.get("trait"), data.get("seq")
-        for name, text in (("customer_id", customer_id), ("trait", trait)):
-            if not isinstance(text, str) or not text:
-                raise CodecError(
-                    f"missing field {name!r}" if text is None else f"{name} must be text"
-                )
-        if "value" not in data:
-            raise CodecError("missing field 'value'")
-        value = data["value"]
-        if value is not None and not isinstance(value, str):
-            raise CodecError("value must be a JSON string or null")
-        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
-            raise CodecError("seq must be a positive integer")
-        assert isinstance(customer_id, str) and isinstance(trait, str)
-        return cls(customer_id, trait, seq, value)
+        change = TraitChange.from_json(raw)
+        return cls(change.customer_id, change.trait, change.seq, change.value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -687,17 +687,21 @@ def _generate(
             grow.extend(
                 f"    x{j}_{field}.insert(at, {inserted[field]})" for field in fields[key][1:]
             )
-            trim.extend(f"        del x{j}_{field}[:cut]" for field in fields[key][1:])
+            if len(fields[key]) > 1:
+                trim.append("    if cut:")
+                trim.extend(f"        del x{j}_{field}[:cut]" for field in fields[key][1:])
             continue
+        # at{j} and cut{j}, not at and cut: the keys without conditions, which may come
+        # later, use the positions in `counted`
         grow.append(f"    if {' and '.join(conditions)}:")
-        grow.append(f"        at = bisect_right(x{j}_days, day)")
-        grow.append(f"        x{j}_days.insert(at, day)")
+        grow.append(f"        at{j} = bisect_right(x{j}_days, day)")
+        grow.append(f"        x{j}_days.insert(at{j}, day)")
         grow.extend(
-            f"        x{j}_{field}.insert(at, {inserted[field]})" for field in fields[key][1:]
+            f"        x{j}_{field}.insert(at{j}, {inserted[field]})" for field in fields[key][1:]
         )
-        trim.append(f"    cut = bisect_left(x{j}_days, oldest)")
-        trim.append("    if cut:")
-        trim.extend(f"        del x{j}_{field}[:cut]" for field in fields[key])
+        trim.append(f"    cut{j} = bisect_left(x{j}_days, oldest)")
+        trim.append(f"    if cut{j}:")
+        trim.extend(f"        del x{j}_{field}[:cut{j}]" for field in fields[key])
     grow.append("    return index")
     trim.append("    return index")
     unpack = [
@@ -927,6 +931,10 @@ def _window_value(i: int, name: str, j: int, low: str, category: str | LineFilte
 def _lifetime_value(i: int, name: str, category: str | LineFilter | None) -> str:
     if name == "distinct_categories" and isinstance(category, tuple):
         return f"DISTINCT_CATEGORIES((L{i}.items,), {category!r})"
+    if name == "distinct_categories" and category is not None:
+        # the categories of that category's lines: 1 once such an order counts (the
+        # accumulator's category set holds every category of those orders)
+        return f"(1 if L{i}.orders else 0)"
     return {
         "distinct_skus": f"DISTINCT_SKUS((L{i}.items,), {category!r})",
         "distinct_products": f"DISTINCT_PRODUCTS((L{i}.items,), {category!r})",

@@ -147,6 +147,7 @@ segments:
     when: >
       distinct_categories(product="P1") >= 2
       or distinct_categories(sku="B", within="60d") == 1 and discounted_orders(sku="B") >= 1
+      or distinct_categories(category="Music") >= 2
   - name: p1_variants
     when: >
       distinct_skus(product="P1", within="90d") >= 2
@@ -156,6 +157,8 @@ segments:
     when: >
       spend(product="P1", channel="pos", within="365d") - spend(sku="A", within="200d") >= 10
       and orders(product="P2", season="12-01..02-28", within="365d") == 0
+  - name: p_ratio
+    when: spend(product="P1", channel="pos", within="365d") / spend(within="365d") >= 0.3
 """
 
 START = to_micros(datetime(1997, 1, 1, tzinfo=UTC))

@@ -120,3 +120,23 @@ def test_a_version_1_state_without_line_totals_still_decodes() -> None:
     data = state_to_bytes(states.states["c"])
     assert b"Oxford" not in data  # nothing kept of products the rules do not read
     assert state_from_bytes("c", data).orders[0].line_totals is None
+
+
+def test_an_order_index_updated_in_place_keeps_amounts_with_their_days() -> None:
+    # A filtered window listed before the unfiltered one: adding a POS order used to
+    # insert the unfiltered amount at the filtered list's position, so the whole-year
+    # spend read the wrong order's amount once the first order left the window.
+    ruleset = parse_ruleset(
+        rules('spend(channel="pos", within="365d") / spend(within="365d") >= 0.3'), "r.yaml"
+    )
+    out: list = []
+    engine = Engine(compile_rules(ruleset), MemoryStates(out.extend))
+    engine.apply(Purchase("o1", "c", 1000 * DAY, "online", "USD", Decimal("10"), Decimal(0), ()))
+    engine.apply(Purchase("p1", "c", 1001 * DAY, "pos", "USD", Decimal("0.01"), Decimal(0), ()))
+    engine.advance(1400 * DAY)
+    # day 1365: the online order has left the year, 0.01 / 0.01 >= 0.3; day 1366: the POS
+    # order has too, 0 / 0 is undefined
+    assert [(c.change, c.at // DAY, c.cause) for c in out] == [
+        ("entered", 1365, "time"),
+        ("exited", 1366, "time"),
+    ]

@@ -114,6 +114,9 @@ class CustomerState:
     lifetime: dict[FilterKey, Lifetime] = field(default_factory=dict)
     memberships: dict[str, Membership] = field(default_factory=dict)
     due: int | None = None  # next instant at which time alone may change a segment
+    # trait name -> (current value, seq of its last change); a trait not here has no value.
+    # None until the customer has a trait (no dict per state for rule sets without traits)
+    traits: dict[str, tuple[str | None, int]] | None = None
     # Derived from `orders` by the compiled rules (evaluator.py), never serialized:
     # every change to the records sets it back to None.
     index: tuple[Any, ...] | None = field(default=None, compare=False, repr=False)
@@ -542,18 +545,19 @@ def state_to_bytes(state: CustomerState) -> bytes:
         for key, lt in state.lifetime.items()
     ]
     memberships = {name: [int(m.member), m.seq, m.since] for name, m in state.memberships.items()}
-    return orjson.dumps(
-        [
-            FORMAT,
-            state.rules_version,
-            state.due,
-            orders,
-            adjustments,
-            state.returns_seen,
-            lifetime,
-            memberships,
-        ]
-    )
+    row: list[Any] = [
+        FORMAT,
+        state.rules_version,
+        state.due,
+        orders,
+        adjustments,
+        state.returns_seen,
+        lifetime,
+        memberships,
+    ]
+    if state.traits:  # a ninth field only with traits: other states encode as before
+        row.append({name: [value, seq] for name, (value, seq) in state.traits.items()})
+    return orjson.dumps(row)
 
 
 def stored_rules_version(data: bytes) -> int:
@@ -564,9 +568,9 @@ def stored_rules_version(data: bytes) -> int:
 
 
 def state_from_bytes(customer_id: str, data: bytes) -> CustomerState:
-    (fmt, rules_version, due, orders, adjustments, returns_seen, lifetime, memberships) = (
-        orjson.loads(data)
-    )
+    fields = orjson.loads(data)
+    (fmt, rules_version, due, orders, adjustments, returns_seen, lifetime, memberships) = fields[:8]
+    traits = fields[8] if len(fields) > 8 else None
     if fmt != FORMAT:
         raise ValueError(f"customer state format {fmt} is not {FORMAT}")
     state = CustomerState(customer_id=customer_id, rules_version=rules_version, due=due)
@@ -626,4 +630,6 @@ def state_from_bytes(customer_id: str, data: bytes) -> CustomerState:
         name: Membership(bool(member), seq, since)
         for name, (member, seq, since) in memberships.items()
     }
+    if traits:
+        state.traits = {name: (value, seq) for name, (value, seq) in traits.items()}
     return state

@@ -174,6 +174,93 @@ class Change:
         return cls.from_dict(_json_object(raw))
 
 
+def trait_change_id(customer_id: str, trait: str, seq: int) -> str:
+    """`customer_id:trait:name:seq` (SPEC section 3, traits)."""
+    return f"{customer_id}:trait:{trait}:{seq}"
+
+
+@dataclass(frozen=True, slots=True)
+class TraitChange:
+    """A trait's new value (a string, or None: no value); `to_json` is the trait-changes
+    wire format: a segment change's shape with `trait` and `value` for `segment` and
+    `change` (SPEC section 3)."""
+
+    customer_id: str
+    trait: str
+    value: str | None
+    at: int  # epoch microseconds, UTC
+    cause: str  # purchase | return | time | definition
+    event_id: str | None
+    rules_version: int
+    seq: int
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def change_id(self) -> str:
+        return trait_change_id(self.customer_id, self.trait, self.seq)
+
+    @property
+    def at_iso(self) -> str:
+        return format_instant(self.at)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "change_id": trait_change_id(self.customer_id, self.trait, self.seq),
+            "customer_id": self.customer_id,
+            "trait": self.trait,
+            "value": self.value,
+            "at": self.at_iso,
+            "cause": self.cause,
+            "event_id": self.event_id,
+            "rules_version": self.rules_version,
+            "seq": self.seq,
+            "metrics": self.metrics,
+        }
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TraitChange:
+        """A decoded trait change; raises CodecError when it is not one (customer_id,
+        trait, value, at and seq are required; a `change_id` is derived, never trusted)."""
+        trait = _text(data, "trait")
+        if "|" in trait:
+            raise CodecError("trait must not contain '|'")
+        if "value" not in data:
+            raise CodecError("missing field 'value'")
+        value = data["value"]
+        if value is not None and not isinstance(value, str):
+            raise CodecError("value must be text or null")
+        if "at" not in data:
+            raise CodecError("missing field 'at'")
+        if "seq" not in data:
+            raise CodecError("missing field 'seq'")
+        cause, event_id = data.get("cause"), data.get("event_id")
+        rules_version, metrics = data.get("rules_version"), data.get("metrics")
+        return cls(
+            customer_id=_text(data, "customer_id"),
+            trait=trait,
+            value=value,
+            at=_instant(data["at"], "at"),
+            cause=cause if isinstance(cause, str) else "",
+            event_id=event_id if isinstance(event_id, str) else None,
+            rules_version=rules_version if isinstance(rules_version, int) else 0,
+            seq=_seq(data["seq"]),
+            metrics=metrics if isinstance(metrics, dict) else {},
+        )
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> TraitChange:
+        """A trait-changes message value -> TraitChange; raises CodecError when unusable."""
+        return cls.from_dict(_json_object(raw))
+
+
+def trait_value_key(customer_id: str, trait: str) -> bytes:
+    """The compacted trait-values key: `customer_id|trait`."""
+    return f"{customer_id}|{trait}".encode()
+
+
 def membership_key(customer_id: str, segment: str) -> bytes:
     """The compacted segment-memberships key: `customer_id|segment`."""
     return f"{customer_id}|{segment}".encode()

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from segments.aggregates import CustomerState
-from segments.changes import Change
+from segments.changes import Change, TraitChange
 from segments.events import Purchase, Rejection, Return
 from segments.membership import Tick, step
 from segments.rules.evaluator import CompiledRules
@@ -28,7 +28,9 @@ class States(Protocol):
     def get(self, customer_id: str) -> CustomerState | None:
         """The customer's state with its current `due`, or None for a new customer."""
 
-    def put(self, state: CustomerState, changes: list[Change], *, due_only: bool) -> None:
+    def put(
+        self, state: CustomerState, changes: list[Change | TraitChange], *, due_only: bool
+    ) -> None:
         """Store `state` after a step and take its `changes` for publishing.
 
         `due_only`: a deadline changed nothing but the next deadline; a store
@@ -39,14 +41,16 @@ class States(Protocol):
 class MemoryStates:
     """States in a dict: replay's store. `emit` receives every step's changes, in order."""
 
-    def __init__(self, emit: Callable[[list[Change]], None] | None = None) -> None:
+    def __init__(self, emit: Callable[[list[Change | TraitChange]], None] | None = None) -> None:
         self.states: dict[str, CustomerState] = {}
         self._emit = emit
 
     def get(self, customer_id: str) -> CustomerState | None:
         return self.states.get(customer_id)
 
-    def put(self, state: CustomerState, changes: list[Change], *, due_only: bool) -> None:
+    def put(
+        self, state: CustomerState, changes: list[Change | TraitChange], *, due_only: bool
+    ) -> None:
         self.states[state.customer_id] = state
         if changes and self._emit is not None:
             self._emit(changes)
@@ -60,6 +64,16 @@ class MemoryStates:
                     result[name].append(customer_id)
         for members in result.values():
             members.sort()
+        return result
+
+    def trait_values(self, traits: Iterable[str]) -> dict[str, dict[str, str]]:
+        """{trait: {customer_id: value}} for the named traits, customers with a value only."""
+        result: dict[str, dict[str, str]] = {name: {} for name in traits}
+        for customer_id, state in self.states.items():
+            if state.traits:
+                for name, (value, _) in state.traits.items():
+                    if value is not None and name in result:
+                        result[name][customer_id] = value
         return result
 
 

@@ -27,7 +27,7 @@ from segments.aggregates import (
     prune,
     refund_order,
 )
-from segments.changes import ENTERED, EXITED, Change
+from segments.changes import ENTERED, EXITED, Change, TraitChange
 from segments.clock import LAST_DAY, MICROS_PER_DAY
 from segments.events import Purchase, Rejection, Return, _fast_constructor
 from segments.money import to_base
@@ -64,6 +64,8 @@ class DuplicateEvent(Exception):
 
 
 Input = Purchase | Return | Tick
+# What step() emits, in the order applied: segment changes and trait changes
+AnyChange = Change | TraitChange
 
 
 def new_state(customer_id: str, rules: CompiledRules) -> CustomerState:
@@ -80,7 +82,7 @@ def step(
     rules: CompiledRules,
     now: int,
     customer_id: str | None = None,
-) -> tuple[CustomerState, list[Change]]:
+) -> tuple[CustomerState, list[AnyChange]]:
     """Apply one input at clock `now` (for an event: max(event time, clock)).
 
     Takes ownership of `state` (it is updated in place and returned). Raises
@@ -90,7 +92,7 @@ def step(
         if isinstance(item, Tick):
             raise ValueError("a tick needs an existing customer state")
         state = new_state(customer_id or item.customer_id, rules)
-    changes: list[Change] = []
+    changes: list[AnyChange] = []
     if isinstance(item, Tick):
         _advance(state, rules, item.at, changes)
         return state, changes
@@ -126,7 +128,9 @@ def step(
     return state, changes
 
 
-def _advance(state: CustomerState, rules: CompiledRules, now: int, changes: list[Change]) -> None:
+def _advance(
+    state: CustomerState, rules: CompiledRules, now: int, changes: list[AnyChange]
+) -> None:
     """Bring the state to `now`: a new rule version first, then every deadline due by `now`."""
     if state.rules_version != rules.ruleset.version:
         ensure_lifetime_keys(
@@ -134,14 +138,41 @@ def _advance(state: CustomerState, rules: CompiledRules, now: int, changes: list
         )
         state.rules_version = rules.ruleset.version
         _exit_removed_segments(state, rules, now, changes)
+        if state.traits:
+            _clear_removed_traits(state, rules, now, changes)
         state.due = _evaluate(state, rules, now, "definition", None, changes)
     while state.due is not None and state.due <= now:
         due = state.due
         state.due = _evaluate(state, rules, due, "time", None, changes)
 
 
+def _clear_removed_traits(
+    state: CustomerState, rules: CompiledRules, at: int, changes: list[AnyChange]
+) -> None:
+    """A trait the new rule version no longer has: a customer with a value gets a last
+    change to null (cause definition), as a member of a removed segment exits; its seq
+    stays in the state so the trait's change ids never repeat if it comes back."""
+    assert state.traits is not None
+    current = {plan.name for plan in rules.trait_plan}
+    for name, (value, seq) in sorted(state.traits.items()):
+        if value is not None and name not in current:
+            state.traits[name] = (None, seq + 1)
+            changes.append(
+                TraitChange(
+                    state.customer_id,
+                    name,
+                    None,
+                    at,
+                    "definition",
+                    None,
+                    rules.ruleset.version,
+                    seq + 1,
+                )
+            )
+
+
 def _exit_removed_segments(
-    state: CustomerState, rules: CompiledRules, at: int, changes: list[Change]
+    state: CustomerState, rules: CompiledRules, at: int, changes: list[AnyChange]
 ) -> None:
     """A segment the new rule version no longer has: every member exits (cause definition).
 
@@ -173,7 +204,7 @@ def _evaluate(
     at: int,
     cause: str,
     event_id: str | None,
-    changes: list[Change],
+    changes: list[AnyChange],
 ) -> int | None:
     """Evaluate the rules at `at` and apply what changed; returns the next deadline.
 
@@ -183,6 +214,8 @@ def _evaluate(
     """
     today = rules.calendar.day_of(at)
     flags, values, flip = rules.assess(state, today, at)
+    if rules.trait_plan:
+        flip = _apply_traits(state, rules, flags, today, at, cause, event_id, changes, flip)
     # One shared tuple per distinct flags of these rules: a settled state keeps a
     # reference (8 bytes) instead of its own tuple, and identity means same rules too.
     flag_sets = rules.flag_sets
@@ -237,6 +270,91 @@ def _evaluate(
         return _deadline(state, rules, at, flip)
     state.settled = None
     return _deadline(state, rules, at, rules.next_day(state, today))
+
+
+def _apply_traits(
+    state: CustomerState,
+    rules: CompiledRules,
+    flags: tuple[bool, ...],
+    today: int,
+    at: int,
+    cause: str,
+    event_id: str | None,
+    changes: list[AnyChange],
+    flip: int | None,
+) -> int | None:
+    """Work out every trait from this evaluation and emit the changed ones; returns `flip`
+    lowered to the first day a top_category can change (the cases' conditions are flags,
+    so their days are already in it)."""
+    traits = state.traits
+    if traits is None:
+        traits = state.traits = {}
+    for plan in rules.trait_plan:
+        if plan.days is None:
+            value = plan.default
+            first = plan.first
+            for k, case_value in enumerate(plan.values):
+                if flags[first + k]:
+                    value = case_value
+                    break
+        else:
+            value, day = top_category(state, today, plan.days)
+            if day is not None and (flip is None or day < flip):
+                flip = day
+        current = traits.get(plan.name)
+        if current is None:
+            if value is None:
+                continue  # no value yet and none now: nothing to say
+            seq = 1
+        elif current[0] == value:
+            continue
+        else:
+            seq = current[1] + 1
+        traits[plan.name] = (value, seq)
+        changes.append(
+            TraitChange(
+                state.customer_id,
+                plan.name,
+                value,
+                at,
+                cause,
+                event_id,
+                rules.ruleset.version,
+                seq,
+            )
+        )
+    return flip
+
+
+def top_category(state: CustomerState, today: int, days: int) -> tuple[str | None, int | None]:
+    """The category with the most spend (the amounts of its lines, base currency, after
+    refunds) in the counted orders of the last `days` days, ties by name, None when no
+    category has spend above zero; and the first day after `today` on which that can
+    change by time alone (an order leaves the window or an order dated later enters it)."""
+    oldest = today - days + 1
+    totals: dict[str, Decimal] = {}
+    change: int | None = None
+    for order in state.orders:  # in day order
+        if not order.net > ZERO:
+            continue
+        day = order.day
+        if day > today:
+            if change is None or day < change:
+                change = day
+            break
+        if day < oldest:
+            continue
+        if change is None:
+            change = day + days  # the oldest order in the window leaves it first
+        if order.categories:
+            for category, total in order.categories.items():
+                totals[category] = totals.get(category, ZERO) + total.amount
+    best: str | None = None
+    most = ZERO
+    for category, amount in totals.items():
+        if amount > most or (amount == most and best is not None and category < best):
+            best, most = category, amount
+    return best, change
 
 
 def _order_of(event: Purchase, rules: CompiledRules) -> Order:

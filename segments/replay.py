@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from segments.changes import Change
+from segments.changes import Change, TraitChange
 from segments.engine import Engine, MemoryStates
 from segments.events import ClockMark, Event, Rejection, decode_event, encode_event
 from segments.membership import DuplicateEvent
@@ -72,7 +72,8 @@ def replay(
     wall: int | None = None,
     jobs: int = 1,
 ) -> ReplayResult:
-    """Run the pipeline over input lines and write changes, memberships, rejections, summary.
+    """Run the pipeline over input lines and write changes, memberships, trait changes, trait
+    values, rejections and the summary.
 
     `wall`: the wall clock of the run; an event more than max_future_skew ahead
     of it is rejected (too_far_ahead), as the worker rejects it (SPEC section 2).
@@ -91,25 +92,46 @@ def replay(
     with (
         (out_dir / "rejected.jsonl").open("wb") as rejected_file,
         (out_dir / "changes.jsonl").open("wb") as changes_file,
+        (out_dir / "traits.jsonl").open("wb") as traits_file,
     ):
         write_change = changes_file.write
+        write_trait = traits_file.write
 
         def on_change(change: Change, line_no: int | None) -> None:
             write_change(change.to_json() + b"\n")
+
+        def on_trait(change: TraitChange, line_no: int | None) -> None:
+            write_trait(change.to_json() + b"\n")
 
         def on_reject(record: bytes, line_no: int, instant: int | None) -> None:
             rejected_file.write(record)
 
         result, states = run(
-            enumerate(lines, start=1), rules, on_change, on_reject, as_of, progress, wall
+            enumerate(lines, start=1),
+            rules,
+            on_change,
+            on_reject,
+            as_of,
+            progress,
+            wall,
+            on_trait=on_trait,
         )
     memberships = states.memberships(s.name for s in rules.ruleset.segments)
     (out_dir / "memberships.json").write_bytes(
         orjson.dumps(memberships, option=orjson.OPT_INDENT_2)
     )
+    write_trait_values(out_dir, states.trait_values(t.name for t in rules.ruleset.traits))
     result.seconds = time.perf_counter() - started
     _write_summary(out_dir, result)
     return result
+
+
+def write_trait_values(out_dir: Path, values: dict[str, dict[str, str]]) -> None:
+    """traits.json: {trait: {customer_id: value}}, ids sorted, customers without a value
+    left out (as memberships.json lists members only); every trait of the rules is there."""
+    (out_dir / "traits.json").write_bytes(
+        orjson.dumps(values, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+    )
 
 
 def _write_summary(out_dir: Path, result: ReplayResult) -> None:
@@ -126,20 +148,27 @@ def run(
     as_of: int | None = None,
     progress: Callable[[int], None] | None = None,
     wall: int | None = None,
+    until: int | None = None,
+    on_trait: Callable[[TraitChange, int | None], None] | None = None,
 ) -> tuple[ReplayResult, MemoryStates]:
     """Decode, order by time and apply (line number, line) pairs; the states at the end.
 
     `on_change(change, line)`: every change in the order applied; `line` is the input
-    line of the event that caused it, None for a time-driven change. `on_reject(record,
+    line of the event that caused it, None for a time-driven change. `on_trait`: the
+    same for every trait change (None: they are dropped). `on_reject(record,
     line, instant)`: each rejected.jsonl record (with its newline), in the order
     written; `instant` is None for a line rejected when decoded, else the event's time.
+    `until`: events and clock marks after this instant are read but not applied (nor
+    counted as applied, duplicate or rejected): the state as it was at `until`.
     """
     # Millions of small, acyclic objects (states, Decimals) make the cyclic
     # collector rescan the heap over and over; reference counting frees them.
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _run(numbered_lines, rules, on_change, on_reject, as_of, progress, wall)
+        return _run(
+            numbered_lines, rules, on_change, on_reject, as_of, progress, wall, until, on_trait
+        )
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -153,6 +182,8 @@ def _run(
     as_of: int | None,
     progress: Callable[[int], None] | None,
     wall: int | None,
+    until: int | None = None,
+    on_trait: Callable[[TraitChange, int | None], None] | None = None,
 ) -> tuple[ReplayResult, MemoryStates]:
     result = ReplayResult()
     ruleset = rules.ruleset
@@ -191,8 +222,12 @@ def _run(
     counts = result.changes
     current_line: int | None = None
 
-    def emit(changes: list[Change]) -> None:
+    def emit(changes: list[Change | TraitChange]) -> None:
         for change in changes:
+            if isinstance(change, TraitChange):
+                if on_trait is not None:
+                    on_trait(change, current_line if change.event_id is not None else None)
+                continue
             counts[(change.segment, change.change)] += 1
             # apply() first applies the deadlines due by the event (no event id), then it
             on_change(change, current_line if change.event_id is not None else None)
@@ -202,6 +237,8 @@ def _run(
     advance = engine.advance
     apply = engine.apply
     for instant, line_no, item in timeline:
+        if until is not None and instant > until:
+            break  # the timeline is in time order: nothing later is applied
         if isinstance(item, ClockMark):
             result.clock_marks += 1
             advance(item.at)

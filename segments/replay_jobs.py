@@ -11,7 +11,8 @@ crc32(customer_id) mod N is its number, with every clock mark, and the parent me
   (by input line), and a step's changes in the order it made them;
 - rejections as one job writes them: those of decoding in line order, then those
   of applying in time order (ties by line);
-- memberships as sorted lists; the summary's counts added up.
+- trait changes (traits.jsonl) like changes;
+- memberships as sorted lists, trait values as one mapping; the summary's counts added up.
 
 Each job writes its outputs with their merge keys to a private folder under the
 output folder; the parent merges them and removes the folder.
@@ -33,9 +34,9 @@ from typing import Any
 import msgspec
 import orjson
 
-from segments.changes import Change
+from segments.changes import Change, TraitChange
 from segments.events import ClockMark, Rejection, decode_event
-from segments.replay import ReplayResult, run
+from segments.replay import ReplayResult, run, write_trait_values
 from segments.rules.evaluator import CompiledRules
 
 _KEY = itemgetter(0)
@@ -144,8 +145,10 @@ def _job(
     with (
         (work / f"changes-{number}").open("wb") as changes_file,
         (work / f"rejected-{number}").open("wb") as rejected_file,
+        (work / f"traits-{number}").open("wb") as traits_file,
     ):
         write_change = changes_file.write
+        write_trait = traits_file.write
         write_rejected = rejected_file.write
         dumps = orjson.dumps
 
@@ -157,6 +160,14 @@ def _job(
             else:
                 write_change(b"%d\t1\t%d\t%s\n" % (change.at, line_no, change.to_json()))
 
+        def on_trait(change: TraitChange, line_no: int | None) -> None:
+            if line_no is None:
+                write_trait(
+                    b"%d\t0\t%s\t%s\n" % (change.at, dumps(change.customer_id), change.to_json())
+                )
+            else:
+                write_trait(b"%d\t1\t%d\t%s\n" % (change.at, line_no, change.to_json()))
+
         def on_reject(record: bytes, line_no: int, instant: int | None) -> None:
             if instant is None:
                 write_rejected(b"0\t0\t%d\t%s" % (line_no, record))
@@ -164,9 +175,18 @@ def _job(
                 write_rejected(b"1\t%d\t%d\t%s" % (instant, line_no, record))
 
         result, states = run(
-            _numbered(work / f"input-{number}"), rules, on_change, on_reject, as_of, None, wall
+            _numbered(work / f"input-{number}"),
+            rules,
+            on_change,
+            on_reject,
+            as_of,
+            None,
+            wall,
+            on_trait=on_trait,
         )
     memberships = states.memberships(s.name for s in rules.ruleset.segments)
+    trait_values = states.trait_values(t.name for t in rules.ruleset.traits)
+    (work / f"trait-values-{number}.json").write_bytes(orjson.dumps(trait_values))
     counts = {
         "applied": result.applied,
         "duplicates": result.duplicates,
@@ -212,6 +232,13 @@ def _merge(
                 *(_keyed_changes(work / f"changes-{n}") for n in numbers), key=_KEY
             )
         )
+    with (out_dir / "traits.jsonl").open("wb") as target:
+        target.writelines(
+            body
+            for _, body in heapq.merge(
+                *(_keyed_changes(work / f"traits-{n}") for n in numbers), key=_KEY
+            )
+        )
     with (out_dir / "rejected.jsonl").open("wb") as target:
         target.writelines(
             body
@@ -220,7 +247,10 @@ def _merge(
             )
         )
     memberships: dict[str, list[str]] = {s.name: [] for s in rules.ruleset.segments}
+    trait_values: dict[str, dict[str, str]] = {t.name: {} for t in rules.ruleset.traits}
     for n in numbers:
+        for trait, values in orjson.loads((work / f"trait-values-{n}.json").read_bytes()).items():
+            trait_values[trait].update(values)
         for segment, members in orjson.loads((work / f"memberships-{n}.json").read_bytes()).items():
             memberships[segment].extend(members)
         counts = orjson.loads((work / f"counts-{n}.json").read_bytes())
@@ -235,4 +265,5 @@ def _merge(
     (out_dir / "memberships.json").write_bytes(
         orjson.dumps(memberships, option=orjson.OPT_INDENT_2)
     )
+    write_trait_values(out_dir, trait_values)
     return result

@@ -91,6 +91,16 @@ class Topics:
         return f"{self.prefix}segment-memberships"
 
     @property
+    def trait_changes(self) -> str:
+        """Trait value changes (SPEC section 3, traits), key = customer id."""
+        return f"{self.prefix}trait-changes"
+
+    @property
+    def trait_values(self) -> str:
+        """Compacted last trait change, key = `customer_id|trait`, never a tombstone."""
+        return f"{self.prefix}trait-values"
+
+    @property
     def ticks(self) -> str:
         """Clock ticks that wake each partition's time-driven transitions."""
         return f"{self.prefix}ticks"
@@ -109,6 +119,8 @@ class Topics:
             self.ticks,
             self.segment_changes,
             self.segment_memberships,
+            self.trait_changes,
+            self.trait_values,
             self.purchases_dlq,
         )
 
@@ -237,6 +249,12 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("./.segments-data"), description="RocksDB tables and local state")
     web_host: str = Field("127.0.0.1", description="Address the worker's HTTP server binds")
     web_port: int = Field(6066, ge=1, le=65535, description="Port of the worker's HTTP server")
+    web_advertised_host: str | None = Field(
+        None,
+        description="Host other workers reach this worker's HTTP server at (an explain request"
+        " is forwarded to the worker that owns the customer); unset: SEGMENTS_WEB_HOST, or the"
+        " machine's host name when that is 0.0.0.0 or ::",
+    )
     api_token: SecretStr | None = Field(
         None, description="When set, HTTP requests need `Authorization: Bearer <token>`"
     )

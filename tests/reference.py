@@ -30,7 +30,7 @@ from segments.rules.ast import (
     Number,
     Or,
 )
-from segments.rules.ruleset import RuleSet
+from segments.rules.ruleset import RuleSet, Trait
 
 MICROS_PER_DAY = 86_400_000_000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -329,10 +329,39 @@ def holds(
     raise TypeError(expr)
 
 
+def top_category(history: _History, today: Any, days: int) -> str | None:
+    """The category with the most spend in the counted orders of the last `days` days,
+    ties by name; None when no category has spend above zero."""
+    totals: dict[str, Decimal] = {}
+    for order in history.orders.values():
+        if order.net > 0 and 0 <= (today - order.date).days < days:
+            for category, amount, _ in order.lines:
+                totals[category] = totals.get(category, Decimal(0)) + amount
+    ranked = sorted((-amount, category) for category, amount in totals.items() if amount > 0)
+    return ranked[0][1] if ranked else None
+
+
+def trait_value(
+    trait: Trait, history: _History, today: Any, members: dict[str, tuple[bool, int, int]]
+) -> str | None:
+    """A trait's value: the first case that holds (segments already evaluated), else
+    its default; or its top category."""
+    if trait.top_category_days is not None:
+        return top_category(history, today, trait.top_category_days)
+    for case in trait.cases:
+        if holds(case.when, history, today, members):
+            return case.value
+    return trait.default
+
+
 def reference_replay(
-    events: list[Event], ruleset: RuleSet, as_of: int | None
+    events: list[Event],
+    ruleset: RuleSet,
+    as_of: int | None,
+    trait_changes: list[dict[str, Any]] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
-    """Changes (as dicts without metrics) and memberships, customer by customer."""
+    """Changes (as dicts without metrics) and memberships, customer by customer; the trait
+    changes (as dicts without metrics and change_id) are added to `trait_changes`."""
     zone = ZoneInfo(ruleset.timezone)
     ordered = sorted(enumerate(events), key=lambda pair: (pair[1].occurred_at, pair[0]))
     end = max([e.occurred_at for _, e in ordered] + ([as_of] if as_of is not None else []))
@@ -343,6 +372,7 @@ def reference_replay(
     memberships: dict[str, list[str]] = {s.name: [] for s in ruleset.segments}
     for customer_id, customer_events in by_customer.items():
         state: dict[str, tuple[bool, int, int]] = {}
+        traits: dict[str, tuple[str | None, int]] = {}
         history = _History()
         # (instant, kind, order, payload): checks (kind 0) come before events (kind 1)
         queue: list[tuple[int, int, int, Any]] = []
@@ -362,6 +392,7 @@ def reference_replay(
             state: dict[str, tuple[bool, int, int]] = state,
             history: _History = history,
             queue: list[tuple[int, int, int, Any]] = queue,
+            traits: dict[str, tuple[str | None, int]] = traits,
         ) -> None:
             today = _local_date(at, zone)
             for segment in ruleset.segments:
@@ -395,6 +426,24 @@ def reference_replay(
                         "seq": state[segment.name][1],
                     }
                 )
+            for trait in ruleset.traits:
+                value = trait_value(trait, history, today, state)
+                old, seq = traits.get(trait.name, (None, 0))
+                if value == old:
+                    continue
+                traits[trait.name] = (value, seq + 1)
+                if trait_changes is not None:
+                    trait_changes.append(
+                        {
+                            "customer_id": customer_id,
+                            "trait": trait.name,
+                            "value": value,
+                            "at": at,
+                            "cause": cause,
+                            "event_id": event_id,
+                            "seq": seq + 1,
+                        }
+                    )
 
         while queue:
             at, kind, _, payload = heapq.heappop(queue)

@@ -54,7 +54,7 @@ from segments.rules.ast import (
     String,
     children,
 )
-from segments.rules.ruleset import RuleSet, Segment
+from segments.rules.ruleset import RuleSet, Segment, Trait
 
 Value = int | Decimal | None
 Evaluation = tuple[tuple[bool, ...], tuple[Value, ...]]
@@ -173,6 +173,28 @@ def segment_references(segments: tuple[Segment, ...]) -> frozenset[str]:
     return frozenset(name for s in segments for name in refs(s.when) | refs(s.exit_when))
 
 
+def trait_references(traits: tuple[Trait, ...]) -> frozenset[str]:
+    """The names of the segments the traits' cases read with in_segment(...)."""
+    return segment_references(
+        tuple(Segment(t.name, "", case.when) for t in traits for case in t.cases)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TraitPlan:
+    """How step() works out one trait from an evaluation (membership.py).
+
+    cases: its value is that of the first case whose flag (flags[first + k]) holds, else
+    `default`; top_category (days not None): computed from the state's orders.
+    """
+
+    name: str
+    first: int  # index in the flags of the first case's condition
+    values: tuple[str, ...]  # each case's value
+    default: str | None
+    days: int | None  # top_category's window in days; None: a cases trait
+
+
 @dataclass(frozen=True, slots=True)
 class MetricSpec:
     """A metric call with its filters, without source position: equal calls share one value."""
@@ -264,6 +286,7 @@ class CompiledRules:
     index_prune: Callable[[tuple[Any, ...], int], tuple[Any, ...] | None]
     # per segment: (index, name, has exit_when, min_dwell); the hot loop reads only these
     segment_plan: tuple[tuple[int, str, bool, int | None], ...]
+    trait_plan: tuple[TraitPlan, ...]  # empty: a rule set without traits
     dwell_plan: tuple[tuple[int, str, bool, int], ...]  # the segments with a min_dwell
     source: str  # the generated code, for debugging and docs
     # the distinct flag tuples seen so far, each kept once (membership.py shares them)
@@ -394,6 +417,27 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
         flags.append(emit(segment.exit_when, used) if segment.exit_when is not None else "False")
         conditions.extend((segment.when, segment.exit_when))
         segment_metrics.append(tuple(sorted(used)))
+    # Traits (SPEC section 3, language 2): each case's condition is one more flag after
+    # the segments' own, so assess() also works out the day it can change; a rule set
+    # without traits generates exactly the code it did before.
+    trait_plan: list[TraitPlan] = []
+    for trait in ruleset.traits:
+        if trait.top_category_days is not None:
+            # a hidden spend(within=...) keeps the orders (and their deadlines) in the window
+            spec = MetricSpec("spend", trait.top_category_days, None, None, None)
+            if spec not in index_of:
+                index_of[spec] = len(specs)
+                specs.append(spec)
+            trait_plan.append(TraitPlan(trait.name, len(flags), (), None, trait.top_category_days))
+            continue
+        trait_plan.append(
+            TraitPlan(
+                trait.name, len(flags), tuple(c.value for c in trait.cases), trait.default, None
+            )
+        )
+        for case in trait.cases:
+            flags.append(emit(case.when, set()))
+            conditions.append(case.when)
 
     window_filters = tuple(
         dict.fromkeys(
@@ -416,6 +460,7 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
         lambda m: index_of[MetricSpec.of(m)],
         ruleset.segments,
         dynamic,
+        trait_references(ruleset.traits),
     )
     exec(compile(source, f"<rules {ruleset.source} v{ruleset.version}>", "exec"), namespace)
     evaluate = namespace["evaluate"]
@@ -427,7 +472,9 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
     seen_days = -(-ruleset.max_lateness // MICROS_PER_DAY) + 1
     named = {s.category for s in specs if s.category is not None}
     line_filters = tuple(dict.fromkeys(s.lines for s in specs if isinstance(s.lines, tuple)))
-    keep_all = any(s.name == "distinct_categories" for s in specs)
+    keep_all = any(s.name == "distinct_categories" for s in specs) or any(
+        t.top_category_days is not None for t in ruleset.traits
+    )
     lifetime_keys = tuple(dict.fromkeys(s.key for s in specs if s.within_days is None))
     return CompiledRules(
         ruleset=ruleset,
@@ -463,6 +510,7 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
         index_add=namespace["index_add"],
         index_prune=namespace["index_prune"],
         segment_plan=plan,
+        trait_plan=tuple(trait_plan),
         dwell_plan=tuple((i, n, e, d) for i, n, e, d in plan if d is not None),
         source=source,
     )
@@ -551,6 +599,7 @@ def _generate(
     spec_index: Callable[[Metric], int],
     segments: tuple[Segment, ...] = (),
     dynamic: list[tuple[int, str, Expr]] | None = None,
+    read_by_traits: frozenset[str] = frozenset(),
 ) -> tuple[str, dict[str, Any]]:
     """Source of `build_index`, `index_add`, `index_prune`, `evaluate`, `next_day`, `assess`.
 
@@ -837,7 +886,7 @@ def _generate(
     # assess: evaluate and next_day at one `today` (step() always needs both)
     # assess: evaluate at `today` and the first day on which a flag can change (step()
     # needs both; next_day only when a segment is not settled, see membership.py)
-    referenced = segment_references(segments)
+    referenced = segment_references(segments) | read_by_traits
     position = {segment.name: k for k, segment in enumerate(segments)}
     flip = _FlipDays(
         specs, keys, fields, lows, day_thresholds, namespace, spec_index, position, segments
@@ -848,7 +897,7 @@ def _generate(
             flip_lines.extend(flip.statements(condition, f"f{n}"))
             flip_lines.append(f"    if f{n}_day < flip:")
             flip_lines.append(f"        flip = f{n}_day")
-        if n % 2 and segments and segments[n // 2].name in referenced:
+        if n % 2 and n < 2 * len(segments) and segments[n // 2].name in referenced:
             flip_lines.extend(_membership_after(n // 2, segments[n // 2]))
     flag_names = [f"f{n}" if c is not None else "False" for n, c in enumerate(flag_conditions)]
     assess = ["def assess(state, today, at):", *lines[1:], *flip_lines]

@@ -39,6 +39,25 @@ class Trigger:
 
 
 @dataclass(frozen=True, slots=True)
+class TraitCase:
+    value: str
+    when: Expr
+
+
+@dataclass(frozen=True, slots=True)
+class Trait:
+    """A categorical value per customer (SPEC section 3, language 2): either `cases`
+    (the first whose `when` holds gives the value, else `default`) or `top_category`
+    (the category with the most spend in the last `top_category_days` days)."""
+
+    name: str
+    description: str = ""
+    cases: tuple[TraitCase, ...] = ()
+    default: str | None = None
+    top_category_days: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RuleSet:
     version: int
     base_currency: str
@@ -46,6 +65,7 @@ class RuleSet:
     timezone: str = "UTC"
     rates: dict[str, Decimal] = field(default_factory=dict)  # units of base per unit
     triggers: tuple[Trigger, ...] = ()
+    traits: tuple[Trait, ...] = ()
     max_lateness: int = 30 * MICROS_PER_DAY  # microseconds
     max_future_skew: int = 5 * 60 * 1_000_000  # microseconds, wall-clock mode only
     source: str = "<memory>"
@@ -73,7 +93,11 @@ TOP_LEVEL_KEYS = (
     "triggers",
     "max_lateness",
     "max_future_skew",
+    "traits",
 )
+TRAIT_KEYS = ("name", "description", "cases", "default", "top_category")
+CASE_KEYS = ("value", "when")
+TOP_CATEGORY_KEYS = ("within",)
 SEGMENT_KEYS = ("name", "description", "when", "exit_when", "min_dwell")
 TRIGGER_KEYS = ("name", "segment", "on", "webhook", "cooldown")
 TRIGGER_EVENTS = ("entered", "exited")
@@ -83,6 +107,7 @@ _VERSION = re.compile(r"[1-9][0-9]*")
 _CURRENCY = re.compile(r"[A-Z]{3}")
 _RATE = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 _SEGMENT_NAME = re.compile(r"[a-z][a-z0-9_]*")
+_WITHIN_DAYS = re.compile(r"[1-9][0-9]*d")
 _TRIGGER_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
 _NULL_TAG = "tag:yaml.org,2002:null"
 _NODE_PROPERTIES = re.compile(r"(?:[&!]\S*\s+)*")  # anchors and tags before a scalar
@@ -215,6 +240,7 @@ class _RuleFileReader:
         rates = self.rates(fields["rates"], base_currency) if "rates" in fields else {}
         segments = self.segments(fields["segments"]) if "segments" in fields else ()
         triggers = self.triggers(fields["triggers"]) if "triggers" in fields else ()
+        traits = self.traits(fields["traits"]) if "traits" in fields else ()
         max_lateness = self.duration(fields["max_lateness"]) if "max_lateness" in fields else None
         max_future_skew = (
             self.duration(fields["max_future_skew"]) if "max_future_skew" in fields else None
@@ -228,6 +254,7 @@ class _RuleFileReader:
             timezone=timezone,
             rates=rates,
             triggers=triggers,
+            traits=traits,
             source=self.source_name,
         )
         if max_lateness is not None:
@@ -635,6 +662,154 @@ class _RuleFileReader:
             )
             return None
         return url
+
+    # traits
+
+    def traits(self, node: yaml.Node) -> tuple[Trait, ...]:
+        if isinstance(node, yaml.ScalarNode) and _is_null(node):
+            return ()
+        if not isinstance(node, yaml.SequenceNode):
+            self.error(node, f"expected a list of traits, found {_kind(node)}", "bad-value")
+            return ()
+        traits: list[Trait] = []
+        names: dict[str, yaml.Node] = {}
+        for item in node.value:
+            what = _label(item, "trait")
+            reported = len(self.errors)
+            fields = self.mapping(item, what, TRAIT_KEYS, required=("name",))
+            if fields is None:
+                continue
+            name = self.trait_name(fields["name"], names) if "name" in fields else None
+            description = self.description(fields["description"]) if "description" in fields else ""
+            has_cases, has_top = "cases" in fields, "top_category" in fields
+            if has_cases == has_top:
+                if not has_cases and len(self.errors) > reported:
+                    continue  # most likely a misspelt key, already reported with a hint
+                self.error(
+                    item,
+                    f"{what} needs exactly one of 'cases' (with an optional 'default') and "
+                    f"'top_category', found {'both' if has_cases else 'neither'}",
+                    "bad-trait",
+                )
+                continue
+            if has_top:
+                if "default" in fields:
+                    self.error(
+                        fields["default"],
+                        f"{what}: 'default' goes with 'cases'; top_category is null when "
+                        "nothing was bought in its window",
+                        "bad-trait",
+                    )
+                days = self.top_category(fields["top_category"], what)
+                if name is not None and days is not None:
+                    traits.append(Trait(name, description, top_category_days=days))
+                continue
+            cases = self.cases(fields["cases"], what)
+            default = (
+                self.trait_value(fields["default"], "default") if "default" in fields else None
+            )
+            if name is not None and cases is not None:
+                traits.append(Trait(name, description, cases=cases, default=default))
+        return tuple(traits)
+
+    def trait_name(self, node: yaml.Node, names: dict[str, yaml.Node]) -> str | None:
+        name = self.string(node, "a trait name")
+        if name is None:
+            return None
+        if not _SEGMENT_NAME.fullmatch(name):
+            self.error(
+                node,
+                f"invalid trait name '{name}': expected a lowercase letter, then lowercase "
+                "letters, digits or '_' (e.g. 'lifecycle')",
+                "bad-value",
+            )
+            return None
+        if name in names:
+            first = names[name].start_mark
+            self.error(
+                node,
+                f"duplicate trait name '{name}' (first at {first.line + 1}:{first.column + 1})",
+                "duplicate-name",
+            )
+            return None
+        if name in self.segment_names:
+            self.error(
+                node,
+                f"trait name '{name}' is also a segment name: a trait and a segment need "
+                "different names",
+                "duplicate-name",
+            )
+            return None
+        names[name] = node
+        return name
+
+    def trait_value(self, node: yaml.Node, what: str) -> str | None:
+        if isinstance(node, yaml.ScalarNode) and _is_null(node) and what == "default":
+            return None  # `default: null` or `default:` is the absent default
+        return self.string(node, f"a trait's {what}")
+
+    def cases(self, node: yaml.Node, what: str) -> tuple[TraitCase, ...] | None:
+        if not isinstance(node, yaml.SequenceNode) or not node.value:
+            self.error(
+                node,
+                f"expected a non-empty list of cases ({{value: ..., when: ...}}) for {what}, "
+                f"found {_kind(node)}",
+                "bad-value",
+            )
+            return None
+        cases: list[TraitCase] = []
+        broken = False
+        for item in node.value:
+            fields = self.mapping(item, f"a case of {what}", CASE_KEYS, required=CASE_KEYS)
+            if fields is None:
+                broken = True
+                continue
+            value = self.trait_value(fields["value"], "value") if "value" in fields else None
+            when = self.expression(fields["when"], "when") if "when" in fields else None
+            if when is not None:
+                self.trait_references(when)
+            if value is None or when is None:
+                broken = True
+                continue
+            cases.append(TraitCase(value, when))
+        return None if broken else tuple(cases)
+
+    def trait_references(self, expr: Expr) -> None:
+        """A case may read any segment: every segment is evaluated before the traits."""
+        for ref in _segment_refs(expr):
+            if ref.name in self.segment_names:
+                continue
+            suggestion = closest(ref.name, self.segment_names)
+            hint = (
+                f"; did you mean '{suggestion}'?"
+                if suggestion
+                else f" (segments: {', '.join(self.segment_names) or 'none'})"
+            )
+            self.error_at(
+                ref.line,
+                ref.col,
+                f"unknown segment '{ref.name}' in in_segment{hint}",
+                "bad-segment-reference",
+            )
+
+    def top_category(self, node: yaml.Node, what: str) -> int | None:
+        fields = self.mapping(
+            node, f"top_category of {what}", TOP_CATEGORY_KEYS, required=TOP_CATEGORY_KEYS
+        )
+        if fields is None or "within" not in fields:
+            return None
+        text = self.string(fields["within"], "within")
+        if text is None:
+            return None
+        if not _WITHIN_DAYS.fullmatch(text) or int(text[:-1]) > MAX_DURATION_DAYS:
+            self.error(
+                fields["within"],
+                f"invalid window '{text}' for top_category: expected a whole number of days "
+                f'from 1d to {MAX_DURATION_DAYS}d, e.g. "365d"',
+                "bad-value",
+            )
+            return None
+        return int(text[:-1])
 
 
 def _segment_refs(expr: Expr) -> list[InSegment]:

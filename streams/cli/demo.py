@@ -300,7 +300,8 @@ def _lookup(web_url: str, customer_id: str, token: str | None) -> str:
         return f"{customer_id}: {error}"
     took = (time.perf_counter() - started) * 1000
     names = ", ".join(s["name"] for s in body.get("segments", [])) or "no segment"
-    return f"{customer_id} -> {names} ({took:.1f} ms over HTTP from Redis)"
+    traits = "".join(f"; {name}={value}" for name, value in body.get("traits", {}).items())
+    return f"{customer_id} -> {names}{traits} ({took:.1f} ms over HTTP from Redis)"
 
 
 def _check_against_replay(

@@ -1,4 +1,4 @@
-"""`segments lookup ID`: a customer's segments straight from the Redis cache (one HGETALL)."""
+"""`segments lookup ID`: a customer's segments and traits straight from the Redis cache."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from streams.settings import redacted_url
 @click.command("lookup")
 @click.argument("customer_id")
 def lookup_command(customer_id: str) -> None:
-    """Print the segments CUSTOMER_ID is in now, as JSON, from the Redis cache."""
+    """Print the segments CUSTOMER_ID is in now and its traits, as JSON, from the Redis cache."""
     settings = settings_or_exit()
 
     async def main() -> tuple[dict[str, str], bool]:

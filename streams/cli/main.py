@@ -19,6 +19,8 @@ COMMANDS = {
     "lookup": "streams.cli.lookup:lookup_command",
     "resync-cache": "streams.cli.resync:resync_command",
     "triggers": "streams.cli.triggers:triggers_command",
+    "diff": "streams.cli.diff:diff_command",
+    "explain": "streams.cli.explain:explain_command",
 }
 
 

@@ -1,4 +1,4 @@
-"""`segments resync-cache`: rebuild the Redis cache from the compacted segment-memberships topic."""
+"""`segments resync-cache`: rebuild the Redis cache from the compacted memberships and traits."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from streams.serving.resync import ResyncResult, TopicNotFound, resync_cache
     help="keep existing keys (only newer memberships are written; stale members stay)",
 )
 def resync_command(no_flush: bool) -> None:
-    """Rebuild the Redis cache from the segment-memberships topic."""
+    """Rebuild the Redis cache from the segment-memberships and trait-values topics."""
     settings = settings_or_exit()
     configure_from(settings, quiet_clients=True)
     check_kafka_or_exit(settings, must_answer=True)
@@ -34,6 +34,7 @@ def resync_command(no_flush: bool) -> None:
                 kafka=KafkaConnection.from_settings(settings),
                 topic=settings.topics.segment_memberships,
                 flush=not no_flush,
+                traits_topic=settings.topics.trait_values,
             )
         finally:
             await client.aclose()
@@ -45,5 +46,10 @@ def resync_command(no_flush: bool) -> None:
     click.echo(
         f"resync-cache: read {result.records_read} records, {result.members} members, "
         f"{result.tombstones} exits, {result.skipped} skipped; "
-        f"deleted {result.keys_deleted} keys, wrote {result.applied}"
+        f"deleted {result.keys_deleted} keys, wrote {result.applied}; "
+        + (
+            "no trait-values topic, no traits"
+            if result.traits_topic_missing
+            else f"{result.traits} trait values, wrote {result.traits_applied}"
+        )
     )

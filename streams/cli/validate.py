@@ -36,8 +36,10 @@ def validate_command(rules: str) -> None:
     ruleset = load_ruleset_or_exit(rules)
     segments = len(ruleset.segments)
     triggers = len(ruleset.triggers)
+    traits = len(ruleset.traits)
     click.echo(
         f"OK: {rules} (version {ruleset.version}, "
         f"{segments} segment{'s' if segments != 1 else ''}, "
-        f"{triggers} trigger{'s' if triggers != 1 else ''})"
+        f"{triggers} trigger{'s' if triggers != 1 else ''}"
+        + (f", {traits} trait{'s' if traits != 1 else ''})" if traits else ")")
     )

@@ -32,6 +32,8 @@ def topic_configs(
         names.purchases_dlq: {},
         names.segment_changes: changes,
         names.segment_memberships: {"cleanup.policy": "compact"},
+        names.trait_changes: changes,
+        names.trait_values: {"cleanup.policy": "compact"},
         # Ticks only say "look at the clock now"; an hour of them is plenty.
         names.ticks: {"retention.ms": str(3_600_000)},
     }
@@ -80,6 +82,8 @@ def keyed_by_customer(names: Topics) -> list[str]:
         names.ticks,
         names.segment_changes,
         names.segment_memberships,
+        names.trait_changes,
+        names.trait_values,
     ]
 
 
@@ -95,7 +99,7 @@ def topic_problems(
     """What is wrong with the existing topics (pure; the arguments are what the broker said).
 
     Every topic keyed by customer, and the worker's changelog, must have `partitions`
-    partitions; segment-memberships must be compacted and no other topic may be (a
+    partitions; segment-memberships and trait-values must be compacted and no other topic may be (a
     compacted event or change log keeps only the last record per customer). A topic
     whose min.insync.replicas exceeds its replicas (`replicas`, `min_insync`: by topic)
     refuses every acks=all write, which is every write of the product."""
@@ -108,14 +112,15 @@ def topic_problems(
                 " every topic keyed by customer needs the same count (set SEGMENTS_PARTITIONS"
                 f" to {count}, or use new topics)"
             )
+    must_compact = (names.segment_memberships, names.trait_values)
     for topic, policy in sorted(cleanup_policies.items()):
         compacted = "compact" in policy.replace(" ", "").split(",")
-        if topic == names.segment_memberships and not compacted:
+        if topic in must_compact and not compacted:
             problems.append(
                 f"topic {topic} has cleanup.policy={policy} but must be compacted"
                 " (cleanup.policy=compact): it holds the current membership per key"
             )
-        elif topic != names.segment_memberships and compacted:
+        elif topic not in must_compact and compacted:
             problems.append(
                 f"topic {topic} has cleanup.policy={policy} but must not be compacted:"
                 " compaction would keep only the last record per customer"

@@ -15,12 +15,13 @@ from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 import hiredis
+import orjson
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisClusterException, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from segments.changes import Change, MembershipRecord
+from segments.changes import Change, CodecError, MembershipRecord
 from streams.serving.redis_connection import RedisClient, RedisTarget, connect, is_cluster
 from streams.serving.slot_tags import SLOTS, slot_tags
 
@@ -31,6 +32,10 @@ _LUA = Path(__file__).with_name("lua")
 CUSTOMER_SCRIPT = (_LUA / "customer.lua").read_text()
 MEMBERS_SCRIPT = (_LUA / "members.lua").read_text()
 SENTINELS_SCRIPT = (_LUA / "sentinels.lua").read_text()
+TRAIT_SCRIPT = (_LUA / "trait.lua").read_text()
+# A trait's field in the customer hash: the colon makes it impossible as a segment name
+# ([a-z][a-z0-9_]*), so segments and traits of one customer never collide.
+TRAIT_FIELD_PREFIX = "trait:"
 
 
 def shard_of(customer_id: str) -> int:
@@ -109,6 +114,49 @@ class CacheWrite:
 
 
 @dataclass(frozen=True, slots=True)
+class TraitWrite:
+    """One trait value to apply: the customer's trait is `value` (None: no value) as of seq."""
+
+    customer_id: str
+    trait: str
+    seq: int
+    value: str | None
+
+    @property
+    def field(self) -> str:
+        return TRAIT_FIELD_PREFIX + self.trait
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> TraitWrite:
+        """A trait change (a `trait-changes` value, or a `trait-values` one) -> TraitWrite.
+
+        customer_id, trait, seq and value are what the cache needs; the rest of the change
+        is not read. Raises CodecError when the bytes are not a trait change.
+        """
+        try:
+            data = orjson.loads(raw)
+        except (orjson.JSONDecodeError, TypeError) as error:
+            raise CodecError(f"not JSON: {error}") from None
+        if not isinstance(data, dict):
+            raise CodecError("not a JSON object")
+        customer_id, trait, seq = data.get("customer_id"), data.get("trait"), data.get("seq")
+        for name, text in (("customer_id", customer_id), ("trait", trait)):
+            if not isinstance(text, str) or not text:
+                raise CodecError(
+                    f"missing field {name!r}" if text is None else f"{name} must be text"
+                )
+        if "value" not in data:
+            raise CodecError("missing field 'value'")
+        value = data["value"]
+        if value is not None and not isinstance(value, str):
+            raise CodecError("value must be a JSON string or null")
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+            raise CodecError("seq must be a positive integer")
+        assert isinstance(customer_id, str) and isinstance(trait, str)
+        return cls(customer_id, trait, seq, value)
+
+
+@dataclass(frozen=True, slots=True)
 class Applied:
     """Outcome of one write: whether it was newer, and the customer field it replaced."""
 
@@ -138,6 +186,7 @@ class RedisCache:
         scripts: Any = client
         self._customer_script = scripts.register_script(CUSTOMER_SCRIPT)
         self._members_script = scripts.register_script(MEMBERS_SCRIPT)
+        self._trait_script = scripts.register_script(TRAIT_SCRIPT)
 
     async def apply(self, writes: Sequence[CacheWrite]) -> list[Applied]:
         """Applies writes in one pipeline (two script calls each, no MULTI): at-least-once safe."""
@@ -159,7 +208,7 @@ class RedisCache:
         return results
 
     async def _load_scripts(self) -> None:
-        for script in (CUSTOMER_SCRIPT, MEMBERS_SCRIPT):
+        for script in (CUSTOMER_SCRIPT, MEMBERS_SCRIPT, TRAIT_SCRIPT):
             await self.client.script_load(script)
 
     async def _apply_pipeline(self, writes: Sequence[CacheWrite]) -> list[Any]:
@@ -191,6 +240,38 @@ class RedisCache:
                 write.customer_id,
                 write.seq,
                 member,
+            )
+        replies: list[Any] = await pipe.execute()
+        return replies
+
+    async def apply_traits(self, writes: Sequence[TraitWrite]) -> list[bool]:
+        """Applies trait values in one pipeline, each seq-checked; True where it was newer.
+
+        One script call per write, on the customer's hash alone (one slot on a Cluster).
+        """
+        if not writes:
+            return []
+        try:
+            replies = await self._apply_traits_pipeline(writes)
+        except NoScriptError:  # as in apply(): a node without the script (Cluster)
+            await self._load_scripts()
+            replies = await self._apply_traits_pipeline(writes)
+        return [bool(reply) for reply in replies]
+
+    async def _apply_traits_pipeline(self, writes: Sequence[TraitWrite]) -> list[Any]:
+        pipe: Any = self.client.pipeline(transaction=False)
+        if not self.cluster:
+            pipe.scripts.add(self._trait_script)  # loaded first
+        sha = self._trait_script.sha
+        for write in writes:
+            pipe.execute_command(
+                "EVALSHA",
+                sha,
+                1,
+                self.keys.customer(write.customer_id),
+                write.field,
+                write.seq,
+                orjson.dumps(write.value),  # the field becomes "seq|<JSON string or null>"
             )
         replies: list[Any] = await pipe.execute()
         return replies
@@ -323,11 +404,28 @@ def member_segments(fields: dict[str, str]) -> list[tuple[str, str]]:
     """HGETALL of a customer hash -> [(segment, since)] where member is 1, sorted by name."""
     out = []
     for segment, value in fields.items():
+        if segment.startswith(TRAIT_FIELD_PREFIX):
+            continue
         _seq, member, since = parse_field(value)
         if member:
             out.append((segment, since))
     out.sort()
     return out
+
+
+def customer_traits(fields: dict[str, str]) -> dict[str, str]:
+    """HGETALL of a customer hash -> {trait: value} of the traits that have a value now.
+
+    A trait whose last change set it to null is left out, as is one that never had a
+    value: the answer depends on the customer's current values only, not on its history.
+    """
+    out = {}
+    for name, stored in fields.items():
+        if name.startswith(TRAIT_FIELD_PREFIX):
+            value = orjson.loads(stored.partition("|")[2])
+            if value is not None:
+                out[name[len(TRAIT_FIELD_PREFIX) :]] = value
+    return dict(sorted(out.items()))
 
 
 _CURSOR = re.compile(r"([0-9]{1,2}):([0-9]{1,20})", re.ASCII)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from segments.clock import parse_instant
 from streams.kafka.connection import KafkaConnection
 from streams.kafka.retry import Backoff, wait_or_stop
 from streams.kafka.topics import wait_for_topic
-from streams.serving.cache import Applied, CacheWrite, RedisCache, parse_field
+from streams.serving.cache import Applied, CacheWrite, RedisCache, TraitWrite, parse_field
 from streams.serving.churn import ChurnHistory
 from streams.serving.metrics import CACHE_COMPLETE, REDIS_UP, record_lag
 from streams.serving.resync import resync_cache
@@ -42,7 +43,8 @@ CACHE_WRITE_FAILURES = Counter(
     "segments_cache_write_failures_total", "Batches that Redis did not take (each retried)."
 )
 CACHE_UNDECODABLE = Counter(
-    "segments_cache_undecodable_total", "segment-changes messages skipped as not a change."
+    "segments_cache_undecodable_total",
+    "segment-changes (or trait-changes) messages skipped as not a change.",
 )
 CACHE_REBUILDS = Counter(
     "segments_cache_rebuilds_total",
@@ -60,6 +62,8 @@ class SinkStats:
     batches: int = 0
     changes_applied: int = 0
     changes_ignored: int = 0
+    traits_applied: int = 0
+    traits_ignored: int = 0
     failed_attempts: int = 0
     resyncs: int = 0
     rebuilding: bool = False
@@ -69,7 +73,8 @@ class SinkStats:
 
 
 class CacheSink:
-    """Consumes segment-changes with its own consumer group and applies them to Redis.
+    """Consumes segment-changes (and trait-changes) with its own consumer group and applies
+    them to Redis.
 
     At-least-once: a batch's offsets are committed only after its pipeline succeeded; while
     Redis is down the same batch is retried with backoff (nothing new is read), and a
@@ -89,6 +94,8 @@ class CacheSink:
         churn: ChurnHistory | None = None,
         memberships_topic: str | None = None,
         check_every_s: float = 1.0,
+        traits_topic: str | None = None,
+        trait_values_topic: str | None = None,
     ) -> None:
         self.cache = cache
         self.kafka = kafka
@@ -104,6 +111,12 @@ class CacheSink:
         # memberships topic the sink never sets the sentinel, and lookups answer 503.
         self.memberships_topic = memberships_topic
         self.check_every_s = check_every_s
+        # Trait changes go to the same customer hashes (fields "trait:<name>"), read by the
+        # same consumer; a rebuild reads trait values from the compacted trait_values_topic.
+        # A deployment whose worker does not publish traits yet has neither topic: the
+        # subscription is a pattern, so trait-changes is picked up once it is created.
+        self.traits_topic = traits_topic
+        self.trait_values_topic = trait_values_topic
         self._next_check = 0.0
         self.stats = SinkStats()
         self.consumer: AIOKafkaConsumer | None = None
@@ -112,7 +125,6 @@ class CacheSink:
         if not await wait_for_topic(self.kafka, self.topic, stop):
             return
         consumer = AIOKafkaConsumer(
-            self.topic,
             **self.kafka.aiokafka_args(
                 group_id=self.group_id,
                 enable_auto_commit=False,
@@ -120,11 +132,25 @@ class CacheSink:
                 max_poll_records=self.batch_size,
                 # A long Redis outage holds one batch; stay in the group meanwhile.
                 max_poll_interval_ms=30 * 60 * 1000,
+                # A trait-changes topic created after the start is seen within this long.
+                metadata_max_age_ms=10_000,
             ),
         )
+        if self.traits_topic:
+            # A pattern, not a list: a consumer subscribed to a missing topic waits in
+            # start() without end; trait-changes may not exist yet (an older worker).
+            names = (self.topic, self.traits_topic)
+            consumer.subscribe(pattern="|".join(f"^{re.escape(name)}$" for name in names))
+        else:
+            consumer.subscribe([self.topic])
         self.consumer = consumer
         await consumer.start()
-        log.info("cache_sink_started topic=%s group=%s", self.topic, self.group_id)
+        log.info(
+            "cache_sink_started topic=%s traits_topic=%s group=%s",
+            self.topic,
+            self.traits_topic,
+            self.group_id,
+        )
         try:
             while not stop.is_set():
                 due = self.memberships_topic and time.monotonic() >= self._next_check
@@ -133,13 +159,17 @@ class CacheSink:
                 batches = await consumer.getmany(timeout_ms=200, max_records=self.batch_size)
                 if not batches:
                     continue
-                changes, offsets = self._decode(batches)
-                if not await self._apply_until_done(changes, stop):
+                changes, traits, offsets = self._decode(batches)
+                if not await self._apply_until_done(changes, stop, traits):
                     return  # stopped mid-retry: offsets stay uncommitted, replayed on restart
                 try:
                     await consumer.commit(offsets)
                     self.stats.positions.update(offsets)
-                    record_lag(consumer, self.group_id, offsets)
+                    record_lag(
+                        consumer,
+                        self.group_id,
+                        {tp: o for tp, o in offsets.items() if tp.topic == self.topic},
+                    )
                 except (CommitFailedError, KafkaError) as error:
                     # A rebalance moved the partitions: their new owner re-applies (no-ops).
                     log.warning("cache_sink_commit_failed error=%s", error)
@@ -149,13 +179,18 @@ class CacheSink:
 
     def _decode(
         self, batches: dict[TopicPartition, list[Any]]
-    ) -> tuple[list[Change], dict[TopicPartition, int]]:
+    ) -> tuple[list[Change], list[TraitWrite], dict[TopicPartition, int]]:
         changes: list[Change] = []
+        traits: list[TraitWrite] = []
         offsets: dict[TopicPartition, int] = {}
         for tp, records in batches.items():
+            is_traits = tp.topic != self.topic
             for record in records:
                 try:
-                    changes.append(Change.from_json(record.value))
+                    if is_traits:
+                        traits.append(TraitWrite.from_json(record.value))
+                    else:
+                        changes.append(Change.from_json(record.value))
                 except CodecError as error:
                     CACHE_UNDECODABLE.inc()
                     log.warning(
@@ -166,15 +201,22 @@ class CacheSink:
                         error,
                     )
             offsets[tp] = records[-1].offset + 1
-        return changes, offsets
+        return changes, traits, offsets
 
-    async def _apply_until_done(self, changes: list[Change], stop: asyncio.Event) -> bool:
+    async def _apply_until_done(
+        self, changes: list[Change], stop: asyncio.Event, traits: Sequence[TraitWrite] = ()
+    ) -> bool:
         writes = [CacheWrite.from_change(change) for change in changes]
+        first: list[Applied] | None = None
         while True:
             try:
                 if self.memberships_topic and not await self._complete_cache(stop):
                     return False
                 results = await self.cache.apply(writes)
+                # Applied again after a trait failure (seq-checked: no-ops unless the cache
+                # was lost meanwhile), but counted as the first application found them.
+                first = first or results
+                traits_applied = await self.cache.apply_traits(traits)
             except (RedisError, OSError, RebuildFailed) as error:
                 delay = self.backoff.next_delay()
                 if isinstance(error, RebuildFailed):
@@ -186,10 +228,13 @@ class CacheSink:
                     return False
                 continue
             self._redis_answered()
+            results = first or results
             self.stats.batches += 1
             applied = sum(1 for r in results if r.applied)
             self.stats.changes_applied += applied
             self.stats.changes_ignored += len(results) - applied
+            self.stats.traits_applied += sum(traits_applied)
+            self.stats.traits_ignored += len(traits_applied) - sum(traits_applied)
             record_metrics(results, changes, self.churn)
             return True
 
@@ -232,7 +277,13 @@ class CacheSink:
         assert self.memberships_topic is not None
         started = time.monotonic()
         rebuild = asyncio.ensure_future(
-            resync_cache(self.cache, kafka=self.kafka, topic=self.memberships_topic, flush=False)
+            resync_cache(
+                self.cache,
+                kafka=self.kafka,
+                topic=self.memberships_topic,
+                flush=False,
+                traits_topic=self.trait_values_topic,
+            )
         )
         stopped = asyncio.ensure_future(stop.wait())
         try:
@@ -259,9 +310,10 @@ class CacheSink:
         CACHE_COMPLETE.set(1)
         self._next_check = time.monotonic() + self.check_every_s
         log.info(
-            "cache_sink_resynced members=%d written=%d seconds=%.1f",
+            "cache_sink_resynced members=%d written=%d traits=%d seconds=%.1f",
             result.members,
             result.applied,
+            result.traits,
             time.monotonic() - started,
         )
         return True

@@ -9,7 +9,7 @@ from urllib.parse import unquote_to_bytes
 
 import orjson
 
-from streams.serving.cache import member_segments
+from streams.serving.cache import customer_traits, member_segments
 
 _last_second: list[Any] = [-1, ""]
 
@@ -108,10 +108,12 @@ def lookup_document(customer_id: str, fields: dict[str, str]) -> dict[str, Any]:
     """GET /customers/{id}/segments (SPEC section 6), from the customer's Redis hash.
 
     The one place the document is built: both HTTP ports and `segments lookup` use it.
+    `traits` maps each trait that has a value now to it ({} when none).
     """
     return {
         "customer_id": customer_id,
         "segments": [{"name": name, "since": since} for name, since in member_segments(fields)],
+        "traits": customer_traits(fields),
         "as_of": now_iso(),
     }
 

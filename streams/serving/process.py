@@ -70,6 +70,8 @@ async def run_serving(
             churn=churn,
             memberships_topic=topics.segment_memberships,
             check_every_s=cache_check_s,
+            traits_topic=topics.trait_changes,
+            trait_values_topic=topics.trait_values,
         )
         tasks.append(asyncio.create_task(sink.run(stop), name="cache-sink"))
     if triggers and ruleset.triggers:

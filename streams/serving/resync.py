@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from segments.changes import CodecError, MembershipRecord
 from streams.kafka.connection import KafkaConnection
-from streams.serving.cache import CacheWrite, RedisCache
+from streams.serving.cache import CacheWrite, RedisCache, TraitWrite
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,9 @@ class ResyncResult:
     skipped: int = 0
     keys_deleted: int = 0
     applied: int = 0
+    traits: int = 0  # trait values read from trait-values (each written seq-checked)
+    traits_applied: int = 0
+    traits_topic_missing: bool = False
 
 
 async def read_memberships(
@@ -86,16 +89,64 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
         await asyncio.sleep(0.1)  # the broker needs a moment: do not hammer it meanwhile
 
 
+async def topic_exists(kafka: KafkaConnection, topic: str) -> bool:
+    """Whether the broker lists the topic (one admin request)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(**kafka.aiokafka_args())
+    await admin.start()
+    try:
+        return topic in set(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
+async def read_trait_values(
+    kafka: KafkaConnection, topic: str, result: ResyncResult
+) -> list[TraitWrite]:
+    """Every customer's last trait change from the compacted trait-values topic.
+
+    A deployment whose worker does not publish traits has no such topic: no traits, and
+    one log line (result.traits_topic_missing).
+    """
+    if not await topic_exists(kafka, topic):
+        result.traits_topic_missing = True
+        log.info("resync_traits_skipped topic=%s reason=topic-missing", topic)
+        return []
+    latest, read = await read_memberships(kafka, topic)
+    result.records_read += read
+    writes = []
+    for key, value in latest.items():
+        if value is None:  # never written by the worker (a null trait value is a record)
+            continue
+        try:
+            writes.append(TraitWrite.from_json(value))
+        except CodecError as error:
+            result.skipped += 1
+            log.warning("resync_skip topic=%s key=%r reason=%s", topic, key[:200], error)
+    return writes
+
+
 async def resync_cache(
-    cache: RedisCache, *, kafka: KafkaConnection, topic: str, flush: bool = True, batch: int = 2000
+    cache: RedisCache,
+    *,
+    kafka: KafkaConnection,
+    topic: str,
+    flush: bool = True,
+    batch: int = 2000,
+    traits_topic: str | None = None,
 ) -> ResyncResult:
-    """Rebuilds the cache: optionally deletes this prefix's keys, then writes every member.
+    """Rebuilds the cache: optionally deletes this prefix's keys, then writes every member
+    and, with `traits_topic` (trait-values), every trait value.
 
     Writes are seq-checked, so a cache sink running at the same time cannot be overwritten
-    by an older membership; keys deleted by the flush are re-created from the topic.
+    by an older membership or trait value; keys deleted by the flush are re-created from
+    the topics.
     """
     result = ResyncResult()
     latest, result.records_read = await read_memberships(kafka, topic)
+    traits = await read_trait_values(kafka, traits_topic, result) if traits_topic else []
+    result.traits = len(traits)
     writes = []
     for key, value in latest.items():
         if value is None:
@@ -116,5 +167,7 @@ async def resync_cache(
     for start in range(0, len(writes), batch):
         applied = await cache.apply(writes[start : start + batch])
         result.applied += sum(1 for r in applied if r.applied)
+    for start in range(0, len(traits), batch):
+        result.traits_applied += sum(await cache.apply_traits(traits[start : start + batch]))
     await cache.mark_complete("resynced")
     return result

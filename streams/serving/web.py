@@ -315,6 +315,7 @@ OPENAPI: dict[str, Any] = {
                                 "properties": {"name": _STR, "since": _INSTANT},
                             },
                         },
+                        "traits": {"type": "object", "additionalProperties": _STR},
                         "as_of": _INSTANT,
                     },
                 },

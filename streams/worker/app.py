@@ -82,7 +82,12 @@ def create_app(settings: Settings, min_insync_replicas: int | None = None) -> Se
         broker_session_timeout=10.0,
         broker_heartbeat_interval=2.0,
         stream_buffer_maxsize=1024,
-        **faust_web_settings(settings.web_host, settings.web_port, settings.api_token_value),
+        **faust_web_settings(
+            settings.web_host,
+            settings.web_port,
+            settings.api_token_value,
+            settings.web_advertised_host,
+        ),
     )
     # purchases and ticks share partition numbers: one agent reads both, so a
     # tick for partition p is handled in the same stream, in order, as p's events.

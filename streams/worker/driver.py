@@ -267,3 +267,26 @@ class Driver:
         for members in result.values():
             members.sort()
         return result
+
+    def published_trait_changes(self) -> list[dict[str, Any]]:
+        """Every record of `trait-changes` (SPEC section 3, traits), in publish order."""
+        return [
+            orjson.loads(value)
+            for _, value in self.topics.get(self.names.trait_changes, [])
+            if value is not None
+        ]
+
+    def trait_values(self, traits: Iterable[str]) -> dict[str, dict[str, str]]:
+        """The compacted `trait-values` topic as replay's traits.json: {trait: {customer_id:
+        value}}, customers whose last value is null left out."""
+        latest: dict[bytes, bytes] = {}
+        for key, value in self.topics.get(self.names.trait_values, []):
+            assert key is not None and value is not None  # never a tombstone
+            latest[key] = value
+        result: dict[str, dict[str, str]] = {name: {} for name in traits}
+        for key in sorted(latest):
+            customer_id, _, trait = key.decode().rpartition("|")
+            value = orjson.loads(latest[key])["value"]
+            if trait in result and value is not None:
+                result[trait][customer_id] = value
+        return result

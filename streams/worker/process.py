@@ -14,6 +14,7 @@ from streams.settings import Settings
 from streams.worker.agents import AdapterProcessor, build_processor, register_agents
 from streams.worker.app import SegmentsApp, create_app
 from streams.worker.broker_probe import SILENCE_LIMIT, BrokerProbe, Readiness
+from streams.worker.explain_page import register_explain_page
 from streams.worker.processor import SegmentProcessor
 
 
@@ -29,6 +30,7 @@ def build_worker_app(
     register_agents(segments_app, processor, adapter)
     probe = BrokerProbe(KafkaConnection.from_settings(settings))
     register_pages(segments_app, probe)
+    register_explain_page(segments_app, processor, rules)
     register_metrics(segments_app, processor, adapter, probe)
     return segments_app, processor
 

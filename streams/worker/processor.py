@@ -25,7 +25,7 @@ from segments.aggregates import (
     state_to_bytes,
     stored_rules_version,
 )
-from segments.changes import Change, MembershipRecord, membership_key
+from segments.changes import Change, MembershipRecord, TraitChange, membership_key, trait_value_key
 from segments.engine import Engine
 from segments.events import ClockMark, Purchase, Rejection, Return, decode_event
 from segments.membership import DuplicateEvent
@@ -35,7 +35,8 @@ from streams.settings import Topics
 log = logging.getLogger(__name__)
 
 RECORD_FORMAT = 1
-# A change as the outbox keeps it: its segment-changes JSON object (Change.to_dict()).
+# A change as the outbox keeps it: its segment-changes JSON object (Change.to_dict()), or
+# for a trait change its trait-changes JSON object (TraitChange.to_dict(), with "trait").
 # Kept encoded, not decoded, on every table read: it is only ever sent again as it is.
 EncodedChange = dict[str, Any]
 MAX_ACKED_CUSTOMERS = 100_000  # acknowledged ids remembered per partition until the next save
@@ -163,7 +164,9 @@ class PartitionStates:
         state.due = self.unwritten_due.get(customer_id, record.due)
         return state
 
-    def put(self, state: CustomerState, changes: list[Change], *, due_only: bool) -> None:
+    def put(
+        self, state: CustomerState, changes: list[Change | TraitChange], *, due_only: bool
+    ) -> None:
         customer_id = state.customer_id
         if due_only:
             # Only the deadline moved: no table write (no changelog message). After a
@@ -187,7 +190,7 @@ class PartitionStates:
         self._keep(customer_id, written, state)
         self.persisted_clock = self.clock
         if new:
-            last = {change.segment: change for change in changes}  # the last of each
+            last = {c.segment: c for c in changes if type(c) is Change}  # the last of each
             records = {segment: MembershipRecord.of_change(c) for segment, c in last.items()}
             self._publish(customer_id, new, records)
 
@@ -199,7 +202,7 @@ class PartitionStates:
     ) -> None:
         """Queue an outbox again, with the membership records of the current `state`, so an
         old change sent again never overwrites a newer membership in the compacted topic."""
-        segments = dict.fromkeys(change["segment"] for change in outbox)
+        segments = dict.fromkeys(change["segment"] for change in outbox if "segment" in change)
         records = {segment: MembershipRecord.of_state(state, segment) for segment in segments}
         self._publish(customer_id, outbox, records)
 
@@ -213,15 +216,31 @@ class PartitionStates:
         mark the changes acked."""
         names = self.processor.names
         key = customer_id.encode()
-        messages: list[tuple[str, bytes, bytes | None]] = [
-            (names.segment_changes, key, orjson.dumps(change)) for change in changes
-        ]
-        self.processor.counts["changes"] += len(changes)
+        messages: list[tuple[str, bytes, bytes | None]] = []
+        # a trait's last change in the outbox is its newest (later ones are appended): its
+        # compacted trait-values record, never a tombstone (SPEC section 3, traits)
+        trait_values: dict[str, bytes] = {}
+        trait_changes = 0
+        for change in changes:
+            value = orjson.dumps(change)
+            trait = change.get("trait")
+            if trait is None:
+                messages.append((names.segment_changes, key, value))
+            else:
+                messages.append((names.trait_changes, key, value))
+                trait_values[trait] = value
+                trait_changes += 1
+        counts = self.processor.counts
+        counts["changes"] += len(changes) - trait_changes
         for segment, record in records.items():
-            value = record.to_json() if record is not None else None
+            encoded = record.to_json() if record is not None else None
             messages.append(
-                (names.segment_memberships, membership_key(customer_id, segment), value)
+                (names.segment_memberships, membership_key(customer_id, segment), encoded)
             )
+        if trait_changes:
+            counts["trait_changes"] += trait_changes
+            for trait, value in trait_values.items():
+                messages.append((names.trait_values, trait_value_key(customer_id, trait), value))
         ids = {change["change_id"] for change in changes}
         acked = self.acked
 

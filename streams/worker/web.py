@@ -7,6 +7,7 @@ SEGMENTS_API_TOKEN is set, a bearer token on everything but the health checks.
 from __future__ import annotations
 
 import hmac
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -14,6 +15,7 @@ from aiohttp import web
 
 # Kubernetes probes and load balancers carry no token.
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -38,21 +40,32 @@ def require_bearer_token(token: str) -> Callable[[web.Request, Handler], Awaitab
     return guard
 
 
-def faust_web_settings(host: str, port: int, api_token: str | None) -> dict[str, Any]:
+def advertised_host(host: str, advertised: str | None) -> str:
+    """The host name other workers use to reach this one: a wildcard bind address
+    (0.0.0.0, ::) reaches nobody else, so the machine's host name stands in for it."""
+    if advertised:
+        return advertised
+    return socket.gethostname() if host in WILDCARD_HOSTS else host
+
+
+def faust_web_settings(
+    host: str, port: int, api_token: str | None, advertised: str | None = None
+) -> dict[str, Any]:
     """Faust app settings for its web server.
 
-    `web_bind` is the address the server listens on; `web_host` is only the
-    name Faust advertises to other workers, so both are the configured host.
-    Faust's built-in views are all off: `/table/<name>/<key>/` answers with a
-    customer's stored state (order ids, amounts, memberships) and `/router/`
-    with the cluster's topology; the product routes nothing between workers,
-    so nothing needs them. Only the product's own pages (/healthz, /readyz,
-    /metrics) and Faust's plain status index at `/` remain.
+    `web_bind` is the address the server listens on; `web_host` is the name Faust
+    advertises to the other workers of the group (its canonical URL): an explain
+    request for a customer of another worker's partition is forwarded there
+    (streams/worker/explain_page.py). Faust's built-in views are all off:
+    `/table/<name>/<key>/` answers with a customer's stored state (order ids,
+    amounts, memberships) and `/router/` with the cluster's topology. Only the
+    product's own pages (/healthz, /readyz, /metrics, /customers/{id}/explain)
+    and Faust's plain status index at `/` remain.
     """
     middlewares = [require_bearer_token(api_token)] if api_token else []
     return {
         "web_bind": host,
-        "web_host": host,
+        "web_host": advertised_host(host, advertised),
         "web_port": port,
         "web_in_thread": False,
         "web_tables_enabled": False,

@@ -36,7 +36,7 @@ import redis
 from segments.data import EXAMPLE_RULES
 from streams.kafka.connection import KafkaConnection
 from streams.kafka.topics import ensure_topics
-from streams.serving.cache import SHARDS, Keys, parse_field
+from streams.serving.cache import SHARDS, TRAIT_FIELD_PREFIX, Keys, parse_field
 from streams.settings import Topics
 from tests.faults.proxy import TcpProxy
 from tests.helpers import PrivateRedis, wait_until
@@ -316,6 +316,8 @@ class Product:
         result: dict[str, dict[str, tuple[int, str]]] = {}
         for key in self.redis.scan_iter(match=prefix.replace("*", r"\*") + "*", count=1000):
             for segment, value in self.redis.hgetall(key).items():
+                if segment.startswith(TRAIT_FIELD_PREFIX):
+                    continue
                 seq, member, since = parse_field(value)
                 if member:
                     result.setdefault(key[len(prefix) :], {})[segment] = (int(seq), since)

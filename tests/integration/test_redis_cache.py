@@ -8,9 +8,18 @@ import random
 import time
 import uuid
 
+import orjson
 import pytest
 
-from streams.serving.cache import SHARDS, CacheWrite, RedisCache, connect, shard_of
+from streams.serving.cache import (
+    SHARDS,
+    CacheWrite,
+    RedisCache,
+    TraitWrite,
+    connect,
+    customer_traits,
+    shard_of,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -218,5 +227,57 @@ def test_pipelined_reader_pairs_two_commands_and_fails_the_pair_together():
             assert (await reader.pair_future((b"HGETALL", key), (b"EXISTS", sentinel)))[1] == 1
         finally:
             reader.close()
+
+    run(body)
+
+
+def t(customer, trait, seq, value):
+    return TraitWrite(customer, trait, seq, value)
+
+
+def test_trait_writes_are_seq_checked_beside_the_memberships():
+    async def body(cache):
+        await cache.apply([w("c-1", "vip", 1, True, "2026-01-01T00:00:00Z")])
+        assert await cache.apply_traits([t("c-1", "lifecycle", 2, "loyal")]) == [True]
+        # older and repeated changes are no-ops, in one pipeline or later
+        assert await cache.apply_traits(
+            [t("c-1", "lifecycle", 1, "new"), t("c-1", "lifecycle", 2, "other")]
+        ) == [False, False]
+        key = cache.keys.customer("c-1")
+        assert await cache.client.hget(key, "trait:lifecycle") == '2|"loyal"'
+        # a null value keeps its seq: the older value cannot come back
+        assert await cache.apply_traits(
+            [t("c-1", "lifecycle", 3, None), t("c-1", "lifecycle", 2, "loyal")]
+        ) == [True, False]
+        assert await cache.client.hget(key, "trait:lifecycle") == "3|null"
+        await cache.apply_traits([t("c-1", "top_category", 1, 'a "quoted"|piped')])
+        fields, _complete = await cache.customer_fields("c-1")
+        assert customer_traits(fields) == {"top_category": 'a "quoted"|piped'}
+        # the segment side does not see the trait fields
+        assert await cache.customer_segments("c-1") == [("vip", "2026-01-01T00:00:00Z")]
+        assert await cache.segment_sizes(["vip"]) == {"vip": 1}
+        assert await cache.members_page("vip") == (["c-1"], "0")
+
+    run(body)
+
+
+def test_trait_writes_converge_to_the_newest_seq_in_any_order():
+    async def body(cache):
+        rng = random.Random(13)
+        final: dict[tuple[str, str], tuple[int, str | None]] = {}
+        writes = []
+        for i in range(200):
+            for trait in ("lifecycle", "top_category"):
+                n = rng.randint(1, 6)
+                values = [rng.choice(["a", "b", None]) for _ in range(n)]
+                final[(f"c-{i}", trait)] = (n, values[-1])
+                writes += [t(f"c-{i}", trait, s + 1, v) for s, v in enumerate(values)]
+        writes += rng.sample(writes, len(writes) // 3)
+        rng.shuffle(writes)
+        for start in range(0, len(writes), 101):
+            await cache.apply_traits(writes[start : start + 101])
+        for (customer, trait), (seq, value) in final.items():
+            stored = await cache.client.hget(cache.keys.customer(customer), f"trait:{trait}")
+            assert stored == f"{seq}|{orjson.dumps(value).decode()}"
 
     run(body)

@@ -29,6 +29,7 @@ from streams.serving.redis_connection import RedisTarget
 from streams.serving.triggers import DispatchConfig, TriggerDispatcher
 from tests.helpers import wait_for, wait_until
 from tests.integration.test_cache_rebuild import Serve, World, get
+from tests.integration.test_traits_serving import Publisher, answers, history
 from tests.integration.test_triggers_dispatch import (
     BOOTSTRAP,
     FAST_RETRIES,
@@ -477,3 +478,36 @@ def test_the_completeness_check_sees_any_one_missing_slot_sentinel_both_ways(
         assert sum(keys_per_node(prefix).values()) == 0  # mark_incomplete deleted all of them
     finally:
         delete_prefix([node(port) for port in CLUSTER_PORTS], prefix)
+
+
+def test_traits_on_a_cluster_are_served_on_both_ports_and_restored_by_resync(
+    cluster_env: dict[str, str], kafka_bootstrap: str, create_topics, topics, tmp_path: Path
+) -> None:
+    """Trait fields live in each customer's hash, so on the nodes of its slot: the routed
+    lookup readers answer them, and resync-cache restores them after FLUSHALL everywhere."""
+    compact = {"cleanup.policy": "compact"}
+    create_topics(topics.segment_changes, partitions=2)
+    create_topics(topics.segment_memberships, partitions=2, config=compact)
+    create_topics(topics.trait_changes, partitions=2)
+    create_topics(topics.trait_values, partitions=2, config=compact)
+    publish = Publisher(kafka_bootstrap, topics)
+    try:
+        expected = history(publish)
+        for i in range(30):  # enough customers for every node to hold some
+            publish.trait(f"t-{i}", "lifecycle", 1, f"stage-{i % 4}")
+            expected[f"t-{i}"] = {"segments": [], "traits": {"lifecycle": f"stage-{i % 4}"}}
+        publish.flush()
+    finally:
+        publish.producer.close()
+    prefix = cluster_env["SEGMENTS_REDIS_PREFIX"]
+    assert len({owner(key_slot(f"{prefix}cust:t-{i}".encode())) for i in range(30)}) == 3
+    serve = Serve(cluster_env, tmp_path / "serve.log")
+    try:
+        wait_until(lambda: answers(serve, expected), 60, what="traits on the cluster")
+        for port in CLUSTER_PORTS:
+            with node(port) as client:
+                client.flushall()
+        assert "33 trait values, wrote 33" in resync(cluster_env)
+        wait_until(lambda: answers(serve, expected), 60, what="traits back after resync")
+    finally:
+        serve.stop()

@@ -1,4 +1,5 @@
-"""The demo's checkout lookup sends the bearer token when SEGMENTS_API_TOKEN is set."""
+"""The demo's checkout lookup sends the bearer token when SEGMENTS_API_TOKEN is set, and
+shows the customer's segments and traits."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def lookups(token: str | None) -> str:
 
 
 def test_the_demo_lookup_sends_the_token() -> None:
-    assert lookups("s3cret").startswith("c-1 -> big_spender, vip (")
+    assert lookups("s3cret").startswith("c-1 -> big_spender, vip; lifecycle=loyal (")
 
 
 def test_without_the_token_the_demo_shows_the_refusal() -> None:

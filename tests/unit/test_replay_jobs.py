@@ -19,10 +19,11 @@ from segments.replay_jobs import job_of
 from segments.rules.evaluator import compile_rules
 from segments.rules.ruleset import parse_ruleset
 from tests.property.test_replay_vs_reference import RICH_RULES
+from tests.property.test_traits_vs_reference import TRAIT_RULES
 
 pytestmark = pytest.mark.unit
 
-OUTPUTS = ("changes.jsonl", "memberships.json", "rejected.jsonl")
+OUTPUTS = ("changes.jsonl", "memberships.json", "rejected.jsonl", "traits.jsonl", "traits.json")
 START = datetime(2025, 1, 1, tzinfo=UTC)
 
 
@@ -56,14 +57,17 @@ def _summary(out: Path) -> dict[str, object]:
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
-@pytest.mark.parametrize("rules_name", ["example", "rich"])
+@pytest.mark.parametrize("rules_name", ["example", "rich", "traits"])
 def test_jobs_write_the_same_files_as_one_job(tmp_path: Path, seed: int, rules_name: str) -> None:
-    rules_text = EXAMPLE_RULES.read_text() if rules_name == "example" else RICH_RULES
+    rules_text = {"example": EXAMPLE_RULES.read_text(), "rich": RICH_RULES, "traits": TRAIT_RULES}[
+        rules_name
+    ]
     days = 500
     lines = _input(seed, days)
     one = _run(lines, rules_text, tmp_path / "one", 1, days)
     assert (one / "changes.jsonl").stat().st_size > 0
     assert (one / "rejected.jsonl").stat().st_size > 0
+    assert ((one / "traits.jsonl").stat().st_size > 0) == (rules_name == "traits")
     for jobs in (2, 3):
         many = _run(lines, rules_text, tmp_path / f"jobs-{jobs}", jobs, days)
         for name in OUTPUTS:

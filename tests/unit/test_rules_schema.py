@@ -154,6 +154,10 @@ VALID = {
     "    min_dwell: 7d\n  - {name: b, description: 42, when: units() > 1}\n"
     "  - {name: c, description: true, when: units() > 2}\n"
     "  - {name: d, description:, when: units() > 3}\n",
+    "traits-of-both-kinds": HEADER + SEGMENT + "traits:\n  - name: lifecycle\n    cases:\n"
+    '      - {value: loyal, when: in_segment("vip")}\n      - {value: 1, when: orders() >= 1}\n'
+    "    default: prospect\n  - {name: favourite, top_category: {within: 365d}}\n"
+    "  - {name: no_default, description: x, cases: [{value: a, when: units() > 1}], default:}\n",
     "anchors-and-aliases": HEADER
     + "segments:\n  - {name: a, when: &rule orders() > 1}\n  - {name: b, when: *rule}\n",
 }
@@ -204,6 +208,32 @@ INVALID = {
     "trigger-bad-name": (
         HEADER + SEGMENT + "triggers:\n  - {name: Mail, segment: vip, on: entered, "
         "webhook: 'http://h/'}\n",
+        "bad-value",
+    ),
+    "trait-with-both-kinds": (
+        HEADER + SEGMENT + "traits:\n  - {name: t, top_category: {within: 30d}, "
+        "cases: [{value: a, when: orders() > 1}]}\n",
+        "bad-trait",
+    ),
+    "trait-with-neither-kind": (HEADER + SEGMENT + "traits:\n  - {name: t}\n", "bad-trait"),
+    "trait-default-with-top-category": (
+        HEADER + SEGMENT + "traits:\n  - {name: t, top_category: {within: 30d}, default: x}\n",
+        "bad-trait",
+    ),
+    "trait-window-in-weeks": (
+        HEADER + SEGMENT + "traits:\n  - {name: t, top_category: {within: 2w}}\n",
+        "bad-value",
+    ),
+    "trait-case-without-when": (
+        HEADER + SEGMENT + "traits:\n  - {name: t, cases: [{value: a}]}\n",
+        "missing-key",
+    ),
+    "trait-unknown-key": (
+        HEADER + SEGMENT + "traits:\n  - {name: t, case: [{value: a, when: orders() > 1}]}\n",
+        "unknown-key",
+    ),
+    "trait-bad-name": (
+        HEADER + SEGMENT + "traits:\n  - {name: Top, top_category: {within: 30d}}\n",
         "bad-value",
     ),
     "merge-key": (

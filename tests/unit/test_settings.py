@@ -257,7 +257,9 @@ def test_topic_names_carry_the_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
     assert topics.segment_changes == "test-1.segment-changes"
     assert topics.segment_memberships == "test-1.segment-memberships"
     assert topics.ticks == "test-1.ticks"
-    assert len(set(topics.all())) == 7
+    assert topics.trait_changes == "test-1.trait-changes"
+    assert topics.trait_values == "test-1.trait-values"
+    assert len(set(topics.all())) == 9
     assert all(name.startswith("test-1.") for name in topics.all())
 
 
@@ -269,6 +271,8 @@ def test_unprefixed_topic_names_are_the_spec_names() -> None:
         "ticks",
         "segment-changes",
         "segment-memberships",
+        "trait-changes",
+        "trait-values",
         "purchases.dlq",
     )
 

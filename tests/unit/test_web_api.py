@@ -83,6 +83,7 @@ def make_cache() -> tuple[RedisCache, FakeRedis]:
         "vip": "3|1|2026-11-20T14:03:11.120Z",
         "win_back": "2|0|2026-10-01T00:00:00Z",
         "big_spender": "1|1|2026-01-02T00:00:00Z",
+        "trait:lifecycle": '2|"loyal"',
     }
     for i in range(50):
         customer = f"c-{i}"
@@ -117,6 +118,7 @@ def test_lookup_lists_member_segments_sorted_with_since():
         {"name": "big_spender", "since": "2026-01-02T00:00:00Z"},
         {"name": "vip", "since": "2026-11-20T14:03:11.120Z"},
     ]
+    assert body["traits"] == {"lifecycle": "loyal"}
     assert body["as_of"].endswith("Z")
 
 
@@ -124,7 +126,7 @@ def test_unknown_customer_gets_200_and_an_empty_list():
     cache, _ = make_cache()
     status, body = get_json(create_app(cache), "/customers/nobody/segments")
     assert status == 200
-    assert body["segments"] == []
+    assert body["segments"] == [] and body["traits"] == {}
 
 
 def test_bearer_token_is_required_when_configured():

@@ -25,8 +25,12 @@ _EVENT_ID = attrgetter("event_id")
 _FIRST = itemgetter(0)
 _SCAN_IDS = 8
 
-# (channel, category, season) of an unwindowed metric; None means "any".
-FilterKey = tuple[str | None, str | None, tuple[int, int, int, int] | None]
+# (category, product, sku) of the lines a product= or sku= filter reads (language 2);
+# None means "any". A filter of the category alone stays a plain category name.
+LineFilter = tuple[str | None, str | None, str | None]
+# (channel, lines, season) of a metric's filters, lines being a category name or a
+# LineFilter; None means "any".
+FilterKey = tuple[str | None, str | LineFilter | None, tuple[int, int, int, int] | None]
 # (category, product, sku) of an order's lines: kept only when the rules read SKUs or
 # products (distinct_skus, distinct_products, max_skus_per_product)
 Item = tuple[str, str | None, str]
@@ -53,6 +57,9 @@ class Order:
     # only the categories the rule set needs (None: none kept)
     categories: dict[str, CategoryTotal] | None = None
     items: tuple[Item, ...] | None = None  # distinct line items, when the rules need them
+    # what the order bought per product=/sku= filter the rule set reads (its lines matching
+    # it); None: none kept
+    line_totals: dict[LineFilter, CategoryTotal] | None = None
 
     def __lt__(self, other: Order) -> bool:  # insort keeps records ordered by day
         return self.day < other.day
@@ -142,22 +149,40 @@ class CustomerState:
 
 
 def matches(order: Order, key: FilterKey) -> bool:
-    channel, category, season = key
+    channel, lines, season = key
     if channel is not None and order.channel != channel:
         return False
-    if category is not None and (order.categories is None or category not in order.categories):
+    if lines is not None and lines_total(order, lines) is None:
         return False
     return season is None or in_season(order.day, season)
 
 
+def lines_total(order: Order, lines: str | LineFilter) -> CategoryTotal | None:
+    """What the order bought in the lines a filter selects (None: no line matches)."""
+    if isinstance(lines, str):
+        return None if order.categories is None else order.categories.get(lines)
+    return None if order.line_totals is None else order.line_totals.get(lines)
+
+
+def line_matches(category: str, product: str | None, sku: str, lines: LineFilter) -> bool:
+    """Whether one line has every field a LineFilter names."""
+    want_category, want_product, want_sku = lines
+    return (
+        (want_category is None or category == want_category)
+        and (want_product is None or product == want_product)
+        and (want_sku is None or sku == want_sku)
+    )
+
+
 def order_value(order: Order, key: FilterKey) -> Decimal:
-    """The value of a counted order under a filter key: its net total, or with a category
-    the amount of that category's lines (as avg_order_value and spend count it)."""
-    category = key[1]
-    if category is None:
+    """The value of a counted order under a filter key: its net total, or with a line
+    filter the amount of the lines it selects (as avg_order_value and spend count it)."""
+    lines = key[1]
+    if lines is None:
         return order.net
-    assert order.categories is not None
-    return order.categories[category].amount
+    total = lines_total(order, lines)
+    assert total is not None
+    return total.amount
 
 
 def extreme_order_value(
@@ -173,24 +198,38 @@ def extreme_order_value(
     return max(values) if most else min(values)
 
 
-def _skus_by_product(groups: Iterable[Iterable[Item]], category: str | None) -> set[Item]:
-    return {item for items in groups for item in items if category is None or item[0] == category}
+def _selected(item: Item, lines: str | LineFilter | None) -> bool:
+    if lines is None:
+        return True
+    if isinstance(lines, str):
+        return item[0] == lines
+    return line_matches(item[0], item[1], item[2], lines)
 
 
-def distinct_skus(groups: Iterable[Iterable[Item]], category: str | None) -> int:
-    """How many distinct SKUs the line items of some orders hold (of one category)."""
-    return len({item[2] for item in _skus_by_product(groups, category)})
+def _skus_by_product(groups: Iterable[Iterable[Item]], lines: str | LineFilter | None) -> set[Item]:
+    return {item for items in groups for item in items if _selected(item, lines)}
 
 
-def distinct_products(groups: Iterable[Iterable[Item]], category: str | None) -> int:
+def distinct_item_categories(groups: Iterable[Iterable[Item]], lines: LineFilter) -> int:
+    """distinct_categories() under a product= or sku= filter: the categories of the lines
+    it selects."""
+    return len({item[0] for item in _skus_by_product(groups, lines)})
+
+
+def distinct_skus(groups: Iterable[Iterable[Item]], lines: str | LineFilter | None) -> int:
+    """How many distinct SKUs the line items of some orders hold (of the selected lines)."""
+    return len({item[2] for item in _skus_by_product(groups, lines)})
+
+
+def distinct_products(groups: Iterable[Iterable[Item]], lines: str | LineFilter | None) -> int:
     """How many distinct products; lines without a product count for none."""
-    return len({item[1] for item in _skus_by_product(groups, category) if item[1] is not None})
+    return len({item[1] for item in _skus_by_product(groups, lines) if item[1] is not None})
 
 
-def max_skus_per_product(groups: Iterable[Iterable[Item]], category: str | None) -> int:
+def max_skus_per_product(groups: Iterable[Iterable[Item]], lines: str | LineFilter | None) -> int:
     """The most distinct SKUs bought of any one product (0 with no product)."""
     skus: dict[str, set[str]] = {}
-    for _, product, sku in _skus_by_product(groups, category):
+    for _, product, sku in _skus_by_product(groups, lines):
         if product is not None:
             skus.setdefault(product, set()).add(sku)
     return max(map(len, skus.values()), default=0)
@@ -207,10 +246,10 @@ def in_season(day: int, season: tuple[int, int, int, int]) -> bool:
 
 def _contribute(lifetime: Lifetime, key: FilterKey, order: Order, sign: int) -> None:
     """Add (sign=1) or remove (sign=-1) a counted order's share of one lifetime key."""
-    category = key[1]
-    if category is not None:
-        assert order.categories is not None
-        bucket = order.categories[category]
+    lines = key[1]
+    if lines is not None:
+        bucket = lines_total(order, lines)
+        assert bucket is not None
         lifetime.spend += sign * bucket.amount
         lifetime.units += sign * bucket.units
     else:
@@ -255,22 +294,33 @@ def add_order(state: CustomerState, order: Order) -> None:
                 _contribute(lifetime, key, order, 1)
 
 
+# a returned line: (category, amount in base currency, quantity, product, sku)
+RefundLine = tuple[str, Decimal, int, str | None, str]
+
+
 def refund_order(
-    state: CustomerState, order: Order, amount: Decimal, lines: list[tuple[str, Decimal, int]]
+    state: CustomerState, order: Order, amount: Decimal, lines: list[RefundLine]
 ) -> None:
-    """Lower a known order's net by `amount` (base currency) and its categories by `lines`."""
+    """Lower a known order's net by `amount` (base currency) and its categories and line
+    filter totals by `lines`."""
     state.index = None
     counted_keys = [key for key in state.lifetime if order.net > 0 and matches(order, key)]
     for key in counted_keys:
         _contribute(state.lifetime[key], key, order, -1)
     order.net = max(ZERO, order.net - amount)
-    order.units = max(0, order.units - sum(units for _, _, units in lines))
+    order.units = max(0, order.units - sum(line[2] for line in lines))
     if order.categories:
-        for category, line_amount, line_units in lines:
+        for category, line_amount, line_units, _, _ in lines:
             bucket = order.categories.get(category)
             if bucket is not None:
                 bucket.amount = max(ZERO, bucket.amount - line_amount)
                 bucket.units = max(0, bucket.units - line_units)
+    if order.line_totals:
+        for category, line_amount, line_units, product, sku in lines:
+            for selector, bucket in order.line_totals.items():
+                if line_matches(category, product, sku, selector):
+                    bucket.amount = max(ZERO, bucket.amount - line_amount)
+                    bucket.units = max(0, bucket.units - line_units)
     if order.net > 0:
         for key in counted_keys:
             _contribute(state.lifetime[key], key, order, 1)
@@ -342,10 +392,10 @@ def add_adjustment(state: CustomerState, adjustment: Adjustment) -> None:
 
 
 def adjustment_matches(adjustment: Adjustment, key: FilterKey) -> bool:
-    # An adjustment has no lines, so a category-filtered spend never sees it.
-    channel, category, season = key
+    # An adjustment has no lines, so a spend filtered by lines never sees it.
+    channel, lines, season = key
     return (
-        category is None
+        lines is None
         and (channel is None or channel == adjustment.channel)
         and (season is None or in_season(adjustment.day, season))
     )
@@ -401,13 +451,21 @@ _CHANNELS = ("pos", "online")
 
 
 def _key_text(key: FilterKey) -> str:
-    channel, category, season = key
+    channel, lines, season = key
     season_text = "".join(f"{part:02d}" for part in season) if season is not None else ""
-    return f"{channel or ''}|{season_text}|{category or ''}"
+    if isinstance(lines, tuple):  # a product= or sku= filter: a JSON array of the parts
+        return orjson.dumps([channel, season_text, *lines]).decode()
+    return f"{channel or ''}|{season_text}|{lines or ''}"
 
 
 def _key_of(text: str) -> FilterKey:
-    channel, season_text, category = text.split("|", 2)
+    selector: str | LineFilter | None
+    if text.startswith("["):  # never a channel: version-1 keys start with one or with '|'
+        channel, season_text, category, product, sku = orjson.loads(text)
+        selector = (category, product, sku)
+    else:
+        channel, season_text, category = text.split("|", 2)
+        selector = category or None
     season = None
     if season_text:
         season = (
@@ -416,7 +474,7 @@ def _key_of(text: str) -> FilterKey:
             int(season_text[4:6]),
             int(season_text[6:8]),
         )
-    return (channel or None, category or None, season)
+    return (channel or None, selector, season)
 
 
 def _categories_out(categories: dict[str, CategoryTotal] | None) -> Any:
@@ -454,6 +512,12 @@ def state_to_bytes(state: CustomerState) -> bytes:
                 o.units,
                 _categories_out(o.categories),
                 None if o.items is None else [list(item) for item in o.items],
+                None
+                if o.line_totals is None
+                else [
+                    [*selector, str(total.amount), total.units]
+                    for selector, total in o.line_totals.items()
+                ],
             ]
         )
         for o in state.orders
@@ -510,7 +574,7 @@ def state_from_bytes(customer_id: str, data: bytes) -> CustomerState:
     if fmt != FORMAT:
         raise ValueError(f"customer state format {fmt} is not {FORMAT}")
     state = CustomerState(customer_id=customer_id, rules_version=rules_version, due=due)
-    orders = [_padded(row, 8) for row in orders]
+    orders = [_padded(row, 9) for row in orders]
     lifetime = [_padded(row, 12) for row in lifetime]
     state.orders = [
         Order(
@@ -522,8 +586,11 @@ def state_from_bytes(customer_id: str, data: bytes) -> CustomerState:
             units,
             _categories_in(cats),
             None if items is None else tuple((c, p, s) for c, p, s in items),
+            None
+            if line_totals is None
+            else {(c, p, s): CategoryTotal(Decimal(a), n) for c, p, s, a, n in line_totals},
         )
-        for event_id, day, channel, net, discounted, units, cats, items in orders
+        for event_id, day, channel, net, discounted, units, cats, items, line_totals in orders
     ]
     state.adjustments = [
         Adjustment(event_id, day, _CHANNELS[channel], Decimal(amount))

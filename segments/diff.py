@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from segments.aggregates import CustomerState
+from segments.aggregates import CustomerState, FilterKey
 from segments.changes import Change, TraitChange, format_instant
 from segments.engine import Engine, MemoryStates
 from segments.replay import ReplayResult, run
@@ -293,6 +293,13 @@ def history_warnings(old: CompiledRules, new: CompiledRules) -> list[str]:
             "the new rules read line items (SKUs, products) that the old rules do not keep: "
             "orders before the switch count no items"
         )
+    new_lines = [f for f in new.keep_line_filters if f not in old.keep_line_filters]
+    if new_lines:
+        warnings.append(
+            "the new rules read product=/sku= filters that the old rules do not keep "
+            f"({'; '.join(_filter_text((None, f, None)) for f in new_lines)}): orders "
+            "before the switch match none of them"
+        )
     new_keys = [key for key in new.lifetime_keys if key not in old.lifetime_keys]
     if new_keys:
         warnings.append(
@@ -328,13 +335,17 @@ def _names(names: Iterable[str]) -> str:
     return ", ".join(repr(name) for name in sorted(names))
 
 
-def _filter_text(key: tuple[str | None, str | None, tuple[int, int, int, int] | None]) -> str:
-    channel, category, season = key
+def _filter_text(key: FilterKey) -> str:
+    channel, lines, season = key
     parts = []
     if channel is not None:
         parts.append(f'channel="{channel}"')
-    if category is not None:
-        parts.append(f'category="{category}"')
+    if isinstance(lines, tuple):  # product= / sku=, with or without category=
+        for name, value in zip(("category", "product", "sku"), lines, strict=True):
+            if value is not None:
+                parts.append(f'{name}="{value}"')
+    elif lines is not None:
+        parts.append(f'category="{lines}"')
     if season is not None:
         parts.append('season="{:02d}-{:02d}..{:02d}-{:02d}"'.format(*season))
     return ", ".join(parts) or "no filter"

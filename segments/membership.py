@@ -15,11 +15,14 @@ from segments.aggregates import (
     Adjustment,
     CategoryTotal,
     CustomerState,
+    LineFilter,
     Membership,
     Order,
+    RefundLine,
     add_adjustment,
     add_order,
     ensure_lifetime_keys,
+    line_matches,
     note_return,
     prune,
     refund_order,
@@ -389,6 +392,9 @@ def _order_of(event: Purchase, rules: CompiledRules) -> Order:
             else:
                 bucket.amount += amount
                 bucket.units += line.quantity
+    line_totals: dict[LineFilter, CategoryTotal] | None = None
+    if rules.keep_line_filters and event.lines:
+        line_totals = _line_totals(event, rules)
     items = None
     if rules.keep_items and event.lines:
         items = tuple(
@@ -403,10 +409,31 @@ def _order_of(event: Purchase, rules: CompiledRules) -> Order:
         units=units,
         categories=categories,
         items=items,
+        line_totals=line_totals,
     )
 
 
-Refund = tuple[Decimal, list[tuple[str, Decimal, int]]]  # amount, (category, amount, units)
+def _line_totals(event: Purchase, rules: CompiledRules) -> dict[LineFilter, CategoryTotal] | None:
+    """Per product=/sku= filter of the rules, what the order's lines matching it cost."""
+    ruleset = rules.ruleset
+    totals: dict[LineFilter, CategoryTotal] = {}
+    for line in event.lines:
+        amount: Decimal | None = None
+        for selector in rules.keep_line_filters:
+            if not line_matches(line.category, line.product, line.sku, selector):
+                continue
+            if amount is None:
+                amount = to_base(line.amount, event.currency, ruleset.base_currency, ruleset.rates)
+            bucket = totals.get(selector)
+            if bucket is None:
+                totals[selector] = CategoryTotal(amount, line.quantity)
+            else:
+                bucket.amount += amount
+                bucket.units += line.quantity
+    return totals or None
+
+
+Refund = tuple[Decimal, list[RefundLine]]  # amount, returned lines
 
 
 def _refund_of(event: Return, rules: CompiledRules) -> Refund:
@@ -417,6 +444,8 @@ def _refund_of(event: Return, rules: CompiledRules) -> Refund:
             line.category,
             to_base(line.amount, event.currency, ruleset.base_currency, ruleset.rates),
             line.quantity,
+            line.product,
+            line.sku,
         )
         for line in event.lines
     ]

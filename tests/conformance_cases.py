@@ -1,5 +1,6 @@
-"""Loads the hand-checked conformance cases (tests/conformance/, copied from shared/) and
-checks a replay's outputs against them as the cases' README defines conformance."""
+"""Loads the hand-checked conformance cases (tests/conformance/, copied from shared/, and
+tests/conformance_language2/ for language 2's time rules) and checks a replay's outputs
+against them as the cases' README defines conformance."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from segments.clock import parse_instant
 
 CASES_DIR = Path(__file__).parent / "conformance"
 RULES = CASES_DIR / "rules.yaml"
+LANGUAGE_2_DIR = Path(__file__).parent / "conformance_language2"
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,7 @@ class Case:
     path: Path
     as_of: str
     description: str
+    rules: Path = RULES  # the rule file of the case's folder
 
     @property
     def events(self) -> Path:
@@ -32,12 +35,19 @@ class Case:
         return dict(json.loads((self.path / "expected-memberships.json").read_text()))
 
 
-def all_cases() -> list[Case]:
+def all_cases(directory: Path = CASES_DIR) -> list[Case]:
+    """The cases of one folder (by default the version-1 ones), all on its rules.yaml."""
     cases = []
-    for folder in sorted(p for p in CASES_DIR.iterdir() if (p / "case.json").exists()):
+    for folder in sorted(p for p in directory.iterdir() if (p / "case.json").exists()):
         meta = json.loads((folder / "case.json").read_text())
-        cases.append(Case(folder.name, folder, meta["as_of"], meta["description"]))
+        rules = directory / "rules.yaml"
+        cases.append(Case(folder.name, folder, meta["as_of"], meta["description"], rules))
     return cases
+
+
+def every_case() -> list[Case]:
+    """The version-1 cases and language 2's."""
+    return all_cases() + all_cases(LANGUAGE_2_DIR)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

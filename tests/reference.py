@@ -67,6 +67,9 @@ class _Order:
     units: int
     lines: list[list[Any]]  # [category, amount, units]
     items: set[tuple[str, str | None, str]] = field(default_factory=set)  # category, product, sku
+    # every line as bought and as returned: (category, product, sku, amount, units)
+    bought: list[tuple[str, str | None, str, Decimal, int]] = field(default_factory=list)
+    returned: list[tuple[str, str | None, str, Decimal, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -91,6 +94,7 @@ def _apply(history: _History, event: Event, ruleset: RuleSet, zone: ZoneInfo) ->
                 for line in event.lines
             ),
             {(line.category, line.product, line.sku) for line in event.lines},
+            [_raw(line, event.currency, ruleset) for line in event.lines],
         )
         return
     assert isinstance(event, Return)
@@ -99,6 +103,7 @@ def _apply(history: _History, event: Event, ruleset: RuleSet, zone: ZoneInfo) ->
     if original is None:
         history.adjustments.append((date, event.channel, -amount))
         return
+    original.returned.extend(_raw(line, event.currency, ruleset) for line in event.lines)
     original.net = max(Decimal(0), original.net - amount)
     original.units = max(0, original.units - sum(line.quantity for line in event.lines))
     for line in event.lines:
@@ -107,6 +112,40 @@ def _apply(history: _History, event: Event, ruleset: RuleSet, zone: ZoneInfo) ->
                 entry[1] = max(Decimal(0), entry[1] - _base(line.amount, event.currency, ruleset))
                 entry[2] = max(0, entry[2] - line.quantity)
                 break
+
+
+def _raw(line: Any, currency: str, ruleset: RuleSet) -> tuple[str, str | None, str, Decimal, int]:
+    return (
+        line.category,
+        line.product,
+        line.sku,
+        _base(line.amount, currency, ruleset),
+        line.quantity,
+    )
+
+
+def _selects(metric: Metric, category: str, product: str | None, sku: str) -> bool:
+    """Whether a line has every field a metric's category=, product= and sku= name."""
+    return (
+        (metric.category is None or category == metric.category)
+        and (metric.product is None or product == metric.product)
+        and (metric.sku is None or sku == metric.sku)
+    )
+
+
+def _selected_total(metric: Metric, order: _Order) -> tuple[Decimal, int] | None:
+    """What the order's lines matching a product= or sku= filter cost, and their units,
+    lowered by each returned line that matches (never below 0); None if none matches."""
+    chosen = [line for line in order.bought if _selects(metric, *line[:3])]
+    if not chosen:
+        return None
+    amount = sum((line[3] for line in chosen), Decimal(0))
+    units = sum(line[4] for line in chosen)
+    for line in order.returned:
+        if _selects(metric, *line[:3]):
+            amount = max(Decimal(0), amount - line[3])
+            units = max(0, units - line[4])
+    return amount, units
 
 
 def _merge_lines(lines: Any) -> list[list[Any]]:
@@ -132,16 +171,30 @@ def _metric(metric: Metric, history: _History, today: Any) -> Any:
             return False
         return metric.within_days is None or (today - date).days < metric.within_days
 
+    by_lines = metric.product is not None or metric.sku is not None
     orders = [
         o
         for o in history.orders.values()
         if o.net > 0
         and in_window(o.date)
         and (metric.channel is None or o.channel == metric.channel)
-        and (metric.category is None or any(line[0] == metric.category for line in o.lines))
+        and (
+            _selected_total(metric, o) is not None
+            if by_lines
+            else metric.category is None or any(line[0] == metric.category for line in o.lines)
+        )
         and _in_season(o.date, metric.season)
     ]
-    if metric.category is None:
+    selected: dict[str, tuple[Decimal, int]] = {}
+    if by_lines:
+        for o in orders:
+            total = _selected_total(metric, o)
+            assert total is not None
+            selected[o.event_id] = total
+    if by_lines:
+        spend = sum((selected[o.event_id][0] for o in orders), Decimal(0))
+        units = sum(selected[o.event_id][1] for o in orders)
+    elif metric.category is None:
         spend = sum((o.net for o in orders), Decimal(0))
         spend += sum(
             (
@@ -170,6 +223,8 @@ def _metric(metric: Metric, history: _History, today: Any) -> Any:
     if name == "discounted_orders":
         return sum(1 for o in orders if o.discounted)
     if name == "distinct_categories":
+        if by_lines:
+            return len({c for o in orders for c, p, sku in o.items if _selects(metric, c, p, sku)})
         names = {line[0] for o in orders for line in o.lines}
         if metric.category is not None:
             names &= {metric.category}
@@ -179,7 +234,9 @@ def _metric(metric: Metric, history: _History, today: Any) -> Any:
     if name == "days_since_first_purchase":
         return (today - min(o.date for o in orders)).days if orders else None
     if name in ("min_order_value", "max_order_value"):
-        if metric.category is None:
+        if by_lines:
+            amounts = [selected[o.event_id][0] for o in orders]
+        elif metric.category is None:
             amounts = [o.net for o in orders]
         else:
             amounts = [
@@ -190,12 +247,7 @@ def _metric(metric: Metric, history: _History, today: Any) -> Any:
             return None
         return min(amounts) if name == "min_order_value" else max(amounts)
     if name in ("distinct_skus", "distinct_products", "max_skus_per_product"):
-        items = {
-            item
-            for o in orders
-            for item in o.items
-            if metric.category is None or item[0] == metric.category
-        }
+        items = {item for o in orders for item in o.items if _selects(metric, *item)}
         if name == "distinct_skus":
             return len({sku for _, _, sku in items})
         if name == "distinct_products":

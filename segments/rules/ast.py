@@ -28,8 +28,9 @@ class Metric:
     """A validated metric call such as orders(within="182d", channel="pos").
 
     name is one of: orders, spend, avg_order_value, units, discounted_orders,
-    distinct_categories, days_since_last_purchase, days_since_first_purchase.
-    season is (from_month, from_day, to_month, to_day), inclusive, may wrap the year.
+    distinct_categories, days_since_last_purchase, days_since_first_purchase, and
+    language 2's (parser.METRICS). season is (from_month, from_day, to_month, to_day),
+    inclusive, may wrap the year.
     """
 
     name: str
@@ -39,6 +40,9 @@ class Metric:
     season: tuple[int, int, int, int] | None
     line: int
     col: int
+    # language 2: only the lines of that product / SKU (like category, SPEC section 3)
+    product: str | None = None
+    sku: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,9 @@ from typing import Any
 from segments.aggregates import (
     CustomerState,
     FilterKey,
+    LineFilter,
     Order,
+    distinct_item_categories,
     distinct_products,
     distinct_skus,
     extreme_order_value,
@@ -202,14 +204,32 @@ class MetricSpec:
     channel: str | None
     category: str | None
     season: tuple[int, int, int, int] | None
+    product: str | None = None
+    sku: str | None = None
 
     @classmethod
     def of(cls, metric: Metric) -> MetricSpec:
-        return cls(metric.name, metric.within_days, metric.channel, metric.category, metric.season)
+        return cls(
+            metric.name,
+            metric.within_days,
+            metric.channel,
+            metric.category,
+            metric.season,
+            metric.product,
+            metric.sku,
+        )
+
+    @property
+    def lines(self) -> str | LineFilter | None:
+        """The lines the metric reads: all (None), a category's (its name, as in version 1)
+        or, with product= or sku=, those matching (category, product, sku)."""
+        if self.product is None and self.sku is None:
+            return self.category
+        return (self.category, self.product, self.sku)
 
     @property
     def key(self) -> FilterKey:
-        return (self.channel, self.category, self.season)
+        return (self.channel, self.lines, self.season)
 
     @property
     def label(self) -> str:
@@ -220,11 +240,19 @@ class MetricSpec:
         if self.channel is not None:
             parts.append(self.channel)
         if self.category is not None:
-            parts.append("".join(c if c.isalnum() else "_" for c in self.category.lower()))
+            parts.append(_slug(self.category))
+        if self.product is not None:
+            parts.append(f"product_{_slug(self.product)}")
+        if self.sku is not None:
+            parts.append(f"sku_{_slug(self.sku)}")
         if self.season is not None:
             start_month, start_day, end_month, end_day = self.season
             parts.append(f"{start_month:02d}{start_day:02d}_{end_month:02d}{end_day:02d}")
         return "_".join(parts)
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text.lower())
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +293,8 @@ class CompiledRules:
     flag_sets: dict[tuple[bool, ...], tuple[bool, ...]] = dataclasses.field(
         default_factory=dict, compare=False, repr=False
     )
+    # the product=/sku= filters the rules read: orders keep their lines' totals per filter
+    keep_line_filters: tuple[LineFilter, ...] = ()
 
     def metrics_of(self, segment_index: int, values: tuple[Value, ...]) -> dict[str, Any]:
         result: dict[str, Any] = {}
@@ -414,7 +444,7 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
             (
                 s.within_days,
                 s.key,
-                s.name in ("spend", "avg_order_value") and s.category is None,
+                s.name in ("spend", "avg_order_value") and s.lines is None,
             )
             for s in specs
             if s.within_days is not None
@@ -441,6 +471,7 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
     windows = tuple(sorted({s.within_days for s in specs if s.within_days is not None}))
     seen_days = -(-ruleset.max_lateness // MICROS_PER_DAY) + 1
     named = {s.category for s in specs if s.category is not None}
+    line_filters = tuple(dict.fromkeys(s.lines for s in specs if isinstance(s.lines, tuple)))
     keep_all = any(s.name == "distinct_categories" for s in specs) or any(
         t.top_category_days is not None for t in ruleset.traits
     )
@@ -458,8 +489,13 @@ def compile_rules(ruleset: RuleSet) -> CompiledRules:
             s.name in ("min_order_value", "max_order_value") and s.within_days is None
             for s in specs
         ),
-        keep_items=any(s.name in ITEM_METRICS for s in specs),
-        lifetime_items=any(s.name in ITEM_METRICS and s.within_days is None for s in specs),
+        # product= and sku= filters read the line items too (distinct_categories under one)
+        keep_items=bool(line_filters) or any(s.name in ITEM_METRICS for s in specs),
+        lifetime_items=any(
+            (s.name in ITEM_METRICS or isinstance(s.lines, tuple)) and s.within_days is None
+            for s in specs
+        ),
+        keep_line_filters=line_filters,
         windows=windows,
         window_filters=window_filters,
         horizon_days=max((*windows, seen_days)),
@@ -533,12 +569,14 @@ def _literal(value: Decimal) -> str:
 def _order_conditions(key: FilterKey, day: str) -> list[str]:
     """Generated tests that an order `o` (whose local day is the expression `day`)
     matches a filter key's channel, category and season; empty: every order does."""
-    channel, category, season = key
+    channel, lines, season = key
     conditions = []
     if channel is not None:
         conditions.append(f"o.channel == {channel!r}")
-    if category is not None:
-        conditions.append(f"o.categories is not None and {category!r} in o.categories")
+    if isinstance(lines, tuple):
+        conditions.append(f"o.line_totals is not None and {lines!r} in o.line_totals")
+    elif lines is not None:
+        conditions.append(f"o.categories is not None and {lines!r} in o.categories")
     if season is not None:
         conditions.append(_season_test(season).replace("md", f"month_day({day})"))
     return conditions
@@ -597,6 +635,7 @@ def _generate(
         "DISTINCT_SKUS": distinct_skus,
         "DISTINCT_PRODUCTS": distinct_products,
         "MAX_SKUS_PER_PRODUCT": max_skus_per_product,
+        "DISTINCT_CATEGORIES": distinct_item_categories,
         "FLIPS": flip_values,
     }
     windowed = [s for s in specs if s.within_days is not None]
@@ -608,7 +647,13 @@ def _generate(
             "avg_order_value": "amount",
             "units": "units",
             "discounted_orders": "discounted",
-            "distinct_categories": "categories" if spec.category is None else None,
+            "distinct_categories": (
+                "categories"
+                if spec.lines is None
+                else "items"
+                if isinstance(spec.lines, tuple)
+                else None
+            ),
             "min_order_value": "amount",
             "max_order_value": "amount",
             "distinct_skus": "items",
@@ -627,7 +672,7 @@ def _generate(
         "    counted = list(map(DAY, counted_orders))",
     ]
     for j, key in enumerate(keys):
-        category = key[1]
+        total = _lines_total(key[1], "o")
         conditions = _order_conditions(key, "o.day")
         if conditions:
             build.append(f"    x{j} = [o for o in counted_orders if {' and '.join(conditions)}]")
@@ -638,13 +683,13 @@ def _generate(
         for field in fields[key][1:]:
             value = {
                 "amount": (
-                    f"[o.categories[{category!r}].amount for o in x{j}]"
-                    if category is not None
+                    f"[{total}.amount for o in x{j}]"
+                    if total is not None
                     else f"list(map(NET, x{j}))"
                 ),
                 "units": (
-                    f"[o.categories[{category!r}].units for o in x{j}]"
-                    if category is not None
+                    f"[{total}.units for o in x{j}]"
+                    if total is not None
                     else f"list(map(UNITS, x{j}))"
                 ),
                 "discounted": f"list(map(DISCOUNTED, x{j}))",
@@ -678,11 +723,11 @@ def _generate(
         "        del counted[:cut]",
     ]
     for j, key in enumerate(keys):
-        category = key[1]
+        total = _lines_total(key[1], "o")
         conditions = _order_conditions(key, "day")
         inserted = {
-            "amount": f"o.categories[{category!r}].amount" if category is not None else "o.net",
-            "units": f"o.categories[{category!r}].units" if category is not None else "o.units",
+            "amount": f"{total}.amount" if total is not None else "o.net",
+            "units": f"{total}.units" if total is not None else "o.units",
             "discounted": "o.discounted",
             "categories": "o.categories or ()",
             "items": "o.items or ()",
@@ -691,17 +736,21 @@ def _generate(
             grow.extend(
                 f"    x{j}_{field}.insert(at, {inserted[field]})" for field in fields[key][1:]
             )
-            trim.extend(f"        del x{j}_{field}[:cut]" for field in fields[key][1:])
+            if len(fields[key]) > 1:
+                trim.append("    if cut:")
+                trim.extend(f"        del x{j}_{field}[:cut]" for field in fields[key][1:])
             continue
+        # at{j} and cut{j}, not at and cut: the keys without conditions, which may come
+        # later, use the positions in `counted`
         grow.append(f"    if {' and '.join(conditions)}:")
-        grow.append(f"        at = bisect_right(x{j}_days, day)")
-        grow.append(f"        x{j}_days.insert(at, day)")
+        grow.append(f"        at{j} = bisect_right(x{j}_days, day)")
+        grow.append(f"        x{j}_days.insert(at{j}, day)")
         grow.extend(
-            f"        x{j}_{field}.insert(at, {inserted[field]})" for field in fields[key][1:]
+            f"        x{j}_{field}.insert(at{j}, {inserted[field]})" for field in fields[key][1:]
         )
-        trim.append(f"    cut = bisect_left(x{j}_days, oldest)")
-        trim.append("    if cut:")
-        trim.extend(f"        del x{j}_{field}[:cut]" for field in fields[key])
+        trim.append(f"    cut{j} = bisect_left(x{j}_days, oldest)")
+        trim.append(f"    if cut{j}:")
+        trim.extend(f"        del x{j}_{field}[:cut{j}]" for field in fields[key])
     grow.append("    return index")
     trim.append("    return index")
     unpack = [
@@ -724,7 +773,7 @@ def _generate(
         if spec.within_days is None:
             namespace[f"K{i}"] = spec.key
             lines.append(f"    L{i} = lifetime[K{i}]")
-            lines.append(f"    v{i} = {_lifetime_value(i, name, spec.category)}")
+            lines.append(f"    v{i} = {_lifetime_value(i, name, spec.lines)}")
             continue
         j = keys.index(spec.key)
         window = spec.within_days
@@ -732,13 +781,13 @@ def _generate(
         if low is None:
             low = lows[(j, window)] = f"b{j}_{window}"
             lines.append(f"    {low} = bisect_left(x{j}_days, today - {window - 1})")
-        value = f"    v{i} = {_window_value(i, name, j, low, spec.category)}"
+        value = f"    v{i} = {_window_value(i, name, j, low, spec.lines)}"
         if name not in ("spend", "avg_order_value"):
             lines.append(value)
             continue
         lines.append(f"    s{i} = sum(x{j}_amount[{low}:h{j}], ZERO)")
         sums.append(value)
-        if spec.category is None:
+        if spec.lines is None:
             conditions = [f"age < {window}"]
             if spec.channel is not None:
                 conditions.append(f"a.channel == {spec.channel!r}")
@@ -824,7 +873,7 @@ def _generate(
                 defined.add(k)
                 namespace[f"K{k}"] = specs[k].key
                 out.append(f"    L{k} = state.lifetime[K{k}]")
-                out.append(f"    v{k} = {_lifetime_value(k, specs[k].name, specs[k].category)}")
+                out.append(f"    v{k} = {_lifetime_value(k, specs[k].name, specs[k].lines)}")
             out.append(f"    t = {value}")
             out.append("    if t is not None:")
             out.extend(
@@ -891,7 +940,16 @@ def _membership_after(k: int, segment: Segment) -> list[str]:
     ]
 
 
-def _window_value(i: int, name: str, j: int, low: str, category: str | None) -> str:
+def _lines_total(lines: str | LineFilter | None, order: str) -> str | None:
+    """Source of the CategoryTotal of `order`'s lines a filter selects (None: all lines)."""
+    if lines is None:
+        return None
+    if isinstance(lines, tuple):
+        return f"{order}.line_totals[{lines!r}]"
+    return f"{order}.categories[{lines!r}]"
+
+
+def _window_value(i: int, name: str, j: int, low: str, category: str | LineFilter | None) -> str:
     count = f"(h{j} - {low})"
     return {
         "orders": count,
@@ -900,7 +958,9 @@ def _window_value(i: int, name: str, j: int, low: str, category: str | None) -> 
         "units": f"sum(x{j}_units[{low}:h{j}])",
         "discounted_orders": f"sum(x{j}_discounted[{low}:h{j}])",
         "distinct_categories": (
-            f"(1 if h{j} > {low} else 0)"
+            f"DISTINCT_CATEGORIES(x{j}_items[{low}:h{j}], {category!r})"
+            if isinstance(category, tuple)
+            else f"(1 if h{j} > {low} else 0)"
             if category is not None
             else f"len(set().union(*x{j}_categories[{low}:h{j}]))"
         ),
@@ -917,7 +977,13 @@ def _window_value(i: int, name: str, j: int, low: str, category: str | None) -> 
     }[name]
 
 
-def _lifetime_value(i: int, name: str, category: str | None) -> str:
+def _lifetime_value(i: int, name: str, category: str | LineFilter | None) -> str:
+    if name == "distinct_categories" and isinstance(category, tuple):
+        return f"DISTINCT_CATEGORIES((L{i}.items,), {category!r})"
+    if name == "distinct_categories" and category is not None:
+        # the categories of that category's lines: 1 once such an order counts (the
+        # accumulator's category set holds every category of those orders)
+        return f"(1 if L{i}.orders else 0)"
     return {
         "distinct_skus": f"DISTINCT_SKUS((L{i}.items,), {category!r})",
         "distinct_products": f"DISTINCT_PRODUCTS((L{i}.items,), {category!r})",
@@ -1242,7 +1308,7 @@ class _FlipDays:
         exact = [f"h{j} == len({days})"]  # no order dated after today (it would enter later)
         summed = spec.name in ("spend", "avg_order_value")
         if summed:
-            if spec.category is None:
+            if spec.lines is None:
                 exact.append("not state.adjustments")  # unknown-order returns also leave
             # Below 1e16, every partial sum of amounts with at most 12 places fits Decimal's
             # 28 digits, so subtracting the leaving amounts one by one is exact.
@@ -1342,7 +1408,7 @@ class _FlipDays:
             low = self.lows[(j, window)]
             out.append(f"    if {low} < len(x{j}_days) and x{j}_days[{low}] + {window} < {target}:")
             out.append(f"        {target} = x{j}_days[{low}] + {window}")
-            if spec.name in ("spend", "avg_order_value") and spec.category is None:
+            if spec.name in ("spend", "avg_order_value") and spec.lines is None:
                 channel, _, season = spec.key
                 conditions = ["day > today"]
                 if channel is not None:

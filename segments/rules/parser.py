@@ -62,7 +62,7 @@ METRICS: tuple[str, ...] = (
 )
 IN_SEGMENT = "in_segment"
 DAYS_SINCE_METRICS = frozenset({"days_since_last_purchase", "days_since_first_purchase"})
-FILTERS: tuple[str, ...] = ("within", "channel", "category", "season")
+FILTERS: tuple[str, ...] = ("within", "channel", "category", "season", "product", "sku")
 CHANNELS: tuple[str, ...] = ("pos", "online")
 COMPARE_OPS: tuple[str, ...] = ("<", "<=", ">", ">=", "==", "!=")
 ARITHMETIC_OPS: tuple[str, ...] = ("+", "-", "*", "/")
@@ -711,7 +711,21 @@ class _Parser:
                 )
         if "season" in filters:
             season = self.season(filters["season"])
-        return Metric(name.text, within_days, channel, category, season, name.line, name.col)
+        product = self.line_field(filters, "product")
+        sku = self.line_field(filters, "sku")
+        return Metric(
+            name.text, within_days, channel, category, season, name.line, name.col, product, sku
+        )
+
+    def line_field(self, filters: dict[str, _Token], name: str) -> str | None:
+        """product= or sku=: any non-blank text, matched as written (like category=)."""
+        token = filters.get(name)
+        if token is None:
+            return None
+        if token.value.strip():
+            return token.value
+        self.problem(token.line, token.col, f"{name} must not be empty", "bad-filter-value")
+        return None
 
     def window(self, token: _Token) -> int | None:
         match = _WITHIN.fullmatch(token.value)
@@ -974,6 +988,10 @@ def _format_metric(metric: Metric) -> str:
         filters.append(f"channel={_quote(metric.channel)}")
     if metric.category is not None:
         filters.append(f"category={_quote(metric.category)}")
+    if metric.product is not None:
+        filters.append(f"product={_quote(metric.product)}")
+    if metric.sku is not None:
+        filters.append(f"sku={_quote(metric.sku)}")
     if metric.season is not None:
         from_month, from_day, to_month, to_day = metric.season
         filters.append(f'season="{from_month:02d}-{from_day:02d}..{to_month:02d}-{to_day:02d}"')

@@ -119,6 +119,48 @@ segments:
       or distinct_skus(channel="online", category="Books") - distinct_products() >= 2
 """
 
+# Language 2's product= and sku= filters on every metric that takes filters, alone and
+# combined with each other and with within=, channel=, category= and season=; days-since
+# under them, against numbers and against values time does not change.
+PRODUCT_RULES = """
+version: 5
+base_currency: USD
+rates: {EUR: "1.10"}
+segments:
+  - name: p1_buyer
+    when: orders(product="P1", within="120d") >= 1 and spend(product="P1") >= 20
+  - name: sku_a_units
+    when: units(sku="A", within="90d") >= 2 or units(sku="B", category="Music") > 3
+  - name: p2_value
+    when: >
+      avg_order_value(product="P2", within="365d") > 30
+      or min_order_value(sku="C") < 10 or max_order_value(product="P1", sku="A") >= 50
+  - name: p1_lapsed
+    when: days_since_last_purchase(product="P1") > 45 and orders(product="P1") >= 2
+  - name: p2_rhythm
+    when: >
+      days_since_last_purchase(product="P2", channel="online")
+      > 2 * avg_days_between_orders(product="P2")
+  - name: p1_fresh
+    when: days_since_first_purchase(sku="A", within="200d") <= 20
+  - name: p1_mix
+    when: >
+      distinct_categories(product="P1") >= 2
+      or distinct_categories(sku="B", within="60d") == 1 and discounted_orders(sku="B") >= 1
+      or distinct_categories(category="Music") >= 2
+  - name: p1_variants
+    when: >
+      distinct_skus(product="P1", within="90d") >= 2
+      or distinct_products(sku="C") >= 2
+      or max_skus_per_product(category="Books", product="P2") >= 2
+  - name: p_share
+    when: >
+      spend(product="P1", channel="pos", within="365d") - spend(sku="A", within="200d") >= 10
+      and orders(product="P2", season="12-01..02-28", within="365d") == 0
+  - name: p_ratio
+    when: spend(product="P1", channel="pos", within="365d") / spend(within="365d") >= 0.3
+"""
+
 START = to_micros(datetime(1997, 1, 1, tzinfo=UTC))
 SPAN_DAYS = 540
 CATEGORIES = ("Music", "Running Shoes", "Books")
@@ -153,13 +195,14 @@ def histories(draw: st.DrawFn) -> tuple[list[Event], int]:
                 original_id = f"unknown-{n}"
             lines = tuple(
                 Line(
-                    "sku",
+                    draw(st.sampled_from(SKUS)),
                     draw(st.sampled_from(CATEGORIES)),
                     draw(st.integers(1, 2)),
                     Decimal(draw(st.sampled_from(["5.00", "20.00"]))),
                     Decimal(0),
+                    draw(st.sampled_from(PRODUCTS)),
                 )
-                for _ in range(draw(st.integers(0, 1)))
+                for _ in range(draw(st.integers(0, 2)))
             )
             events.append(
                 Return(
@@ -245,6 +288,7 @@ def _check(events: list[Event], ruleset: RuleSet, as_of: int) -> None:
 CONFORMANCE = replace(parse_ruleset(RULES.read_text(), str(RULES)), rates={"EUR": Decimal("1.10")})
 RICH = parse_ruleset(RICH_RULES, "rich.yaml")
 LANGUAGE_2 = parse_ruleset(LANGUAGE_2_RULES, "language2.yaml")
+PRODUCTS_AND_SKUS = parse_ruleset(PRODUCT_RULES, "products.yaml")
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -268,12 +312,18 @@ def test_language_2_rules_agree_with_reference(history: tuple[list[Event], int])
 
 @SETTINGS
 @given(histories())
+def test_product_and_sku_filters_agree_with_reference(history: tuple[list[Event], int]) -> None:
+    _check(history[0], PRODUCTS_AND_SKUS, history[1])
+
+
+@SETTINGS
+@given(histories())
 def test_the_order_index_and_seen_ids_step_keeps_equal_fresh_ones(
     history: tuple[list[Event], int],
 ) -> None:
     # step() updates a customer's order index in place for added and pruned orders
     # (the evaluator's index_add / index_prune) instead of building it again.
-    for ruleset in (RICH, LANGUAGE_2):
+    for ruleset in (RICH, LANGUAGE_2, PRODUCTS_AND_SKUS):
         _check_index(history[0], ruleset)
 
 

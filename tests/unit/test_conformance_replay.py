@@ -9,18 +9,26 @@ from pathlib import Path
 
 import pytest
 
-from tests.conformance_cases import RULES, Case, all_cases, assert_conforms, read_jsonl
+from tests.conformance_cases import (
+    LANGUAGE_2_DIR,
+    Case,
+    all_cases,
+    assert_conforms,
+    every_case,
+    read_jsonl,
+)
 
 pytestmark = pytest.mark.unit
 
-CASES = all_cases()
+CASES = every_case()
 
 
 def test_every_case_is_found() -> None:
-    assert len(CASES) == 15
+    assert len(all_cases()) == 15
+    assert len(all_cases(LANGUAGE_2_DIR)) == 4
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+@pytest.mark.parametrize("case", CASES, ids=[f"{c.path.parent.name}/{c.name}" for c in CASES])
 def test_replay_conforms(case: Case, tmp_path: Path) -> None:
     out = tmp_path / "out"
     completed = subprocess.run(
@@ -30,7 +38,7 @@ def test_replay_conforms(case: Case, tmp_path: Path) -> None:
             "streams",
             "replay",
             "--rules",
-            str(RULES),
+            str(case.rules),
             "--input",
             str(case.events),
             "--as-of",

@@ -235,7 +235,10 @@ def test_unknown_filter_suggests_the_closest() -> None:
 
 def test_unknown_filter_without_a_close_name_lists_them() -> None:
     error = only_error('orders(store="s1") >= 1')
-    assert error.message == "unknown filter 'store' (filters: within, channel, category, season)"
+    assert (
+        error.message
+        == "unknown filter 'store' (filters: within, channel, category, season, product, sku)"
+    )
 
 
 def test_duplicate_filter() -> None:
@@ -573,19 +576,19 @@ def metrics(draw: st.DrawFn, names: tuple[str, ...] = METRICS) -> Metric:
         st.none()
         | st.tuples(st.integers(1, 12), st.integers(1, 28), st.integers(1, 12), st.integers(1, 28))
     )
+    line_text = st.none() | st.text(min_size=1, max_size=12).filter(
+        lambda s: s.strip() != ""
+    ).filter(lambda s: not any(c in s for c in "\n\r\x85\u2028\u2029"))
     return Metric(
         draw(st.sampled_from(names)),
         draw(st.none() | st.integers(1, 36500)),
         draw(st.none() | st.sampled_from(["pos", "online"])),
-        draw(
-            st.none()
-            | st.text(min_size=1, max_size=12)
-            .filter(lambda s: s.strip() != "")
-            .filter(lambda s: not any(c in s for c in "\n\r\x85\u2028\u2029"))
-        ),
+        draw(line_text),
         season,
         0,
         0,
+        draw(line_text),  # product=
+        draw(line_text),  # sku=
     )
 
 
@@ -617,7 +620,7 @@ conditions = st.recursive(
 
 def categories(expr: Expr) -> list[str]:
     if isinstance(expr, Metric):
-        return [expr.category] if expr.category is not None else []
+        return [text for text in (expr.category, expr.product, expr.sku) if text is not None]
     found: list[str] = []
     for field in dataclasses.fields(expr):
         value = getattr(expr, field.name)

@@ -22,12 +22,12 @@ from segments.replay import replay
 from segments.rules.evaluator import CompiledRules, compile_rules
 from segments.rules.ruleset import load_ruleset, parse_ruleset
 from streams.worker.driver import Driver
-from tests.conformance_cases import RULES, Case, all_cases, assert_conforms
+from tests.conformance_cases import Case, assert_conforms, every_case
 from tests.integration.worker_harness import synthetic_events
 
 pytestmark = pytest.mark.unit
 
-CASES = all_cases()
+CASES = every_case()
 EXAMPLE = compile_rules(load_ruleset(EXAMPLE_RULES))
 AS_OF = "2026-09-01T00:00:00Z"
 
@@ -84,9 +84,9 @@ def feed(driver: Driver, lines: list[bytes], as_of: str | None = AS_OF) -> None:
         driver.send_clock_marks(as_of)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+@pytest.mark.parametrize("case", CASES, ids=[f"{c.path.parent.name}/{c.name}" for c in CASES])
 def test_conformance_case_through_the_driver(case: Case) -> None:
-    rules = compile_rules(load_ruleset(RULES))
+    rules = compile_rules(load_ruleset(case.rules))
     driver = Driver(rules, partitions=1)
     # `segments produce` sends events in occurred_at order (case l gives them unordered)
     feed(driver, time_ordered(case.events.read_bytes().splitlines()), case.as_of)

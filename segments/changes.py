@@ -80,6 +80,27 @@ def _seq(value: Any) -> int:
     return value
 
 
+def _shared_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """The fields a segment change and a trait change share, checked and normalised:
+    customer_id, at and seq are required; cause, event_id, rules_version and metrics
+    are taken when present."""
+    if "at" not in data:
+        raise CodecError("missing field 'at'")
+    if "seq" not in data:
+        raise CodecError("missing field 'seq'")
+    cause, event_id = data.get("cause"), data.get("event_id")
+    rules_version, metrics = data.get("rules_version"), data.get("metrics")
+    return {
+        "customer_id": _text(data, "customer_id"),
+        "at": _instant(data["at"], "at"),
+        "cause": cause if isinstance(cause, str) else "",
+        "event_id": event_id if isinstance(event_id, str) else None,
+        "rules_version": rules_version if isinstance(rules_version, int) else 0,
+        "seq": _seq(data["seq"]),
+        "metrics": metrics if isinstance(metrics, dict) else {},
+    }
+
+
 def _json_object(raw: bytes) -> dict[str, Any]:
     try:
         data = orjson.loads(raw)
@@ -150,23 +171,7 @@ class Change:
         segment = _text(data, "segment")
         if "|" in segment:
             raise CodecError("segment must not contain '|'")
-        if "at" not in data:
-            raise CodecError("missing field 'at'")
-        if "seq" not in data:
-            raise CodecError("missing field 'seq'")
-        cause, event_id = data.get("cause"), data.get("event_id")
-        rules_version, metrics = data.get("rules_version"), data.get("metrics")
-        return cls(
-            customer_id=_text(data, "customer_id"),
-            segment=segment,
-            change=kind,
-            at=_instant(data["at"], "at"),
-            cause=cause if isinstance(cause, str) else "",
-            event_id=event_id if isinstance(event_id, str) else None,
-            rules_version=rules_version if isinstance(rules_version, int) else 0,
-            seq=_seq(data["seq"]),
-            metrics=metrics if isinstance(metrics, dict) else {},
-        )
+        return cls(segment=segment, change=kind, **_shared_fields(data))
 
     @classmethod
     def from_json(cls, raw: bytes) -> Change:
@@ -232,23 +237,7 @@ class TraitChange:
         value = data["value"]
         if value is not None and not isinstance(value, str):
             raise CodecError("value must be a JSON string or null")
-        if "at" not in data:
-            raise CodecError("missing field 'at'")
-        if "seq" not in data:
-            raise CodecError("missing field 'seq'")
-        cause, event_id = data.get("cause"), data.get("event_id")
-        rules_version, metrics = data.get("rules_version"), data.get("metrics")
-        return cls(
-            customer_id=_text(data, "customer_id"),
-            trait=trait,
-            value=value,
-            at=_instant(data["at"], "at"),
-            cause=cause if isinstance(cause, str) else "",
-            event_id=event_id if isinstance(event_id, str) else None,
-            rules_version=rules_version if isinstance(rules_version, int) else 0,
-            seq=_seq(data["seq"]),
-            metrics=metrics if isinstance(metrics, dict) else {},
-        )
+        return cls(trait=trait, value=value, **_shared_fields(data))
 
     @classmethod
     def from_json(cls, raw: bytes) -> TraitChange:

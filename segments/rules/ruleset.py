@@ -492,25 +492,41 @@ class _RuleFileReader:
             if name is not None:
                 earlier.append(name)
 
-    def segment_name(self, node: yaml.Node, names: dict[str, yaml.Node]) -> str | None:
-        name = self.string(node, "a segment name")
+    def new_name(
+        self,
+        node: yaml.Node,
+        names: dict[str, yaml.Node],
+        kind: str,
+        pattern: re.Pattern[str],
+        expected: str,
+    ) -> str | None:
+        """A `kind` name (segment, trait, trigger) that matches `pattern` and is not in
+        `names` yet; None after reporting what is wrong. The caller records it."""
+        name = self.string(node, f"a {kind} name")
         if name is None:
             return None
-        if not _SEGMENT_NAME.fullmatch(name):
-            self.error(
-                node,
-                f"invalid segment name '{name}': expected a lowercase letter, then lowercase "
-                "letters, digits or '_' (e.g. 'win_back')",
-                "bad-value",
-            )
+        if not pattern.fullmatch(name):
+            self.error(node, f"invalid {kind} name '{name}': expected {expected}", "bad-value")
             return None
         if name in names:
             first = names[name].start_mark
             self.error(
                 node,
-                f"duplicate segment name '{name}' (first at {first.line + 1}:{first.column + 1})",
+                f"duplicate {kind} name '{name}' (first at {first.line + 1}:{first.column + 1})",
                 "duplicate-name",
             )
+            return None
+        return name
+
+    def segment_name(self, node: yaml.Node, names: dict[str, yaml.Node]) -> str | None:
+        name = self.new_name(
+            node,
+            names,
+            "segment",
+            _SEGMENT_NAME,
+            "a lowercase letter, then lowercase letters, digits or '_' (e.g. 'win_back')",
+        )
+        if name is None:
             return None
         names[name] = node
         self.segment_names.append(name)
@@ -596,24 +612,14 @@ class _RuleFileReader:
         return tuple(triggers)
 
     def trigger_name(self, node: yaml.Node, names: dict[str, yaml.Node]) -> str | None:
-        name = self.string(node, "a trigger name")
+        name = self.new_name(
+            node,
+            names,
+            "trigger",
+            _TRIGGER_NAME,
+            "lowercase letters, digits, '_' or '-' (e.g. 'winback-email')",
+        )
         if name is None:
-            return None
-        if not _TRIGGER_NAME.fullmatch(name):
-            self.error(
-                node,
-                f"invalid trigger name '{name}': expected lowercase letters, digits, '_' or '-' "
-                "(e.g. 'winback-email')",
-                "bad-value",
-            )
-            return None
-        if name in names:
-            first = names[name].start_mark
-            self.error(
-                node,
-                f"duplicate trigger name '{name}' (first at {first.line + 1}:{first.column + 1})",
-                "duplicate-name",
-            )
             return None
         names[name] = node
         return name
@@ -713,24 +719,14 @@ class _RuleFileReader:
         return tuple(traits)
 
     def trait_name(self, node: yaml.Node, names: dict[str, yaml.Node]) -> str | None:
-        name = self.string(node, "a trait name")
+        name = self.new_name(
+            node,
+            names,
+            "trait",
+            _SEGMENT_NAME,
+            "a lowercase letter, then lowercase letters, digits or '_' (e.g. 'lifecycle')",
+        )
         if name is None:
-            return None
-        if not _SEGMENT_NAME.fullmatch(name):
-            self.error(
-                node,
-                f"invalid trait name '{name}': expected a lowercase letter, then lowercase "
-                "letters, digits or '_' (e.g. 'lifecycle')",
-                "bad-value",
-            )
-            return None
-        if name in names:
-            first = names[name].start_mark
-            self.error(
-                node,
-                f"duplicate trait name '{name}' (first at {first.line + 1}:{first.column + 1})",
-                "duplicate-name",
-            )
             return None
         if name in self.segment_names:
             self.error(

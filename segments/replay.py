@@ -31,10 +31,8 @@ class ReplayResult:
     changes: Counter[tuple[str, str]] = field(default_factory=Counter)
     seconds: float = 0.0
 
-    def summary(self) -> dict[str, Any]:
-        by_segment: dict[str, dict[str, int]] = {}
-        for (segment, kind), count in sorted(self.changes.items()):
-            by_segment.setdefault(segment, {})[kind] = count
+    def input_counts(self) -> dict[str, Any]:
+        """What became of the input (summary.json's first keys; `segments diff` shows them)."""
         return {
             "events_read": self.events_read,
             "applied": self.applied,
@@ -42,6 +40,14 @@ class ReplayResult:
             "clock_marks": self.clock_marks,
             "rejected": sum(self.rejected.values()),
             "rejected_by_reason": dict(sorted(self.rejected.items())),
+        }
+
+    def summary(self) -> dict[str, Any]:
+        by_segment: dict[str, dict[str, int]] = {}
+        for (segment, kind), count in sorted(self.changes.items()):
+            by_segment.setdefault(segment, {})[kind] = count
+        return {
+            **self.input_counts(),
             "changes": sum(self.changes.values()),
             "changes_by_segment": by_segment,
             "seconds": round(self.seconds, 3),

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-deps deploy-tools demo test test-faults test-unit lint typecheck services-up services-down services-status bench clean
+.PHONY: setup system-deps deploy-tools demo test test-faults test-unit lint typecheck services-up services-down services-status bench bench-peer bench-setup clean
 
 # Creates .venv and installs the locked dependencies plus the project (editable).
 # Idempotent: only re-runs when pyproject.toml or requirements.lock changed.
@@ -58,6 +58,21 @@ typecheck: setup
 
 bench: setup
 	$(PY) benchmarks/replay_bench.py
+
+# .venv-bench: the main dependencies plus the `bench` extra (Quix Streams, confluent-kafka,
+# py-spy) from requirements-bench.lock; apart from .venv, whose sync would remove them.
+BENCH_STAMP := .venv-bench/.installed
+
+bench-setup: $(BENCH_STAMP)
+
+$(BENCH_STAMP): pyproject.toml requirements-bench.lock scripts/setup-bench-venv.sh
+	bash scripts/setup-bench-venv.sh
+	touch $(BENCH_STAMP)
+
+# The product worker beside bare Faust, a Quix Streams job and a raw confluent-kafka loop
+# (benchmarks/peer_bench.py; about 10 minutes; holds the shared-services lock if there is one).
+bench-peer: setup bench-setup services-up
+	.venv-bench/bin/python benchmarks/peer_bench.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .segments-data

@@ -218,19 +218,24 @@ def wait_ready(port: int, process: subprocess.Popen[bytes], timeout: float = 90)
 
 def read_changes(topic: str, starts: dict[int, int], ends: dict[int, int]) -> list[str]:
     """The change ids of the records of `topic` between two sets of end offsets."""
+    return [orjson.loads(value)["change_id"] for value in read_values(topic, starts, ends)]
+
+
+def read_values(topic: str, starts: dict[int, int], ends: dict[int, int]) -> list[bytes]:
+    """The values of the records of `topic` between two sets of end offsets."""
     consumer = KafkaConsumer(
         bootstrap_servers=BOOTSTRAP,
         enable_auto_commit=False,
         fetch_max_bytes=1 << 20,
         max_partition_fetch_bytes=256 << 10,
     )
-    ids: list[str] = []
+    values: list[bytes] = []
     try:
         remaining = {
             TopicPartition(topic, p): end for p, end in ends.items() if end > starts.get(p, 0)
         }
         if not remaining:
-            return ids
+            return values
         consumer.assign(list(remaining))
         for tp in remaining:
             consumer.seek(tp, starts.get(tp.partition, 0))
@@ -242,15 +247,13 @@ def read_changes(topic: str, starts: dict[int, int], ends: dict[int, int]) -> li
                 end = remaining.get(tp)
                 if end is None:
                     continue
-                ids.extend(
-                    orjson.loads(m.value or b"{}")["change_id"] for m in messages if m.offset < end
-                )
+                values.extend(m.value or b"{}" for m in messages if m.offset < end)
                 if consumer.position(tp) >= end:
                     del remaining[tp]
                     consumer.pause(tp)
     finally:
         consumer.close()
-    return ids
+    return values
 
 
 def percentile(values: list[float], q: float) -> float:

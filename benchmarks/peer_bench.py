@@ -521,7 +521,7 @@ def main() -> None:
             latencies.append(
                 worker_bench.measure_latency(product, prefix, run.base_env, run.work, args)
             )
-        loads.append(worker_bench._load())
+            loads.append(worker_bench._load())
     finally:
         delete_run(run_id)
     report(contenders, rounds, latencies, loads, backlog, len(run.reference))
@@ -577,7 +577,8 @@ def report(
     print(
         f"Machine: {machine()}; Kafka on 127.0.0.1 (same host), {PARTITIONS} partitions;"
         f" backlog {backlog:,} messages; replay: {expected:,} changes; load average"
-        f" (1/5/15 min) {loads[0]} before, {' then '.join(loads[1:])} after."
+        f" (1/5/15 min) {loads[0]} before the rounds, {loads[1]} after them"
+        + (f", {loads[2]} after the latency run." if len(loads) > 2 else ".")
     )
     print()
     print("Each cell: messages/s, the process's CPU time per message, and the check against")

@@ -70,7 +70,7 @@ $(BENCH_STAMP): pyproject.toml requirements-bench.lock scripts/setup-bench-venv.
 	touch $(BENCH_STAMP)
 
 # The product worker beside bare Faust, a Quix Streams job and a raw confluent-kafka loop
-# (benchmarks/peer_bench.py; about 10 minutes; holds the shared-services lock if there is one).
+# (benchmarks/peer_bench.py, about 10 minutes; ARGS="--rounds 5 --product-checkout ../other").
 bench-peer: setup bench-setup services-up
 	.venv-bench/bin/python benchmarks/peer_bench.py $(ARGS)
 

@@ -342,6 +342,53 @@ def rotations(count: int, rounds: int) -> list[list[int]]:
     return [[(i + shift) % count for i in range(count)] for shift in range(rounds)]
 
 
+# Where a sample's innermost frame is decides its share: the first of these path parts
+# found in the frame's file names it (py-spy's raw format: "frame;frame;... count").
+PROFILE_PARTS = (
+    ("segments/", "the core (segments/)"),
+    ("streams/", "the worker shell (streams/)"),
+    ("rocksdict", "RocksDB (rocksdict)"),
+    ("aiokafka/", "aiokafka"),
+    ("kafka/", "kafka-python"),
+    ("faust/", "Faust"),
+    ("mode/", "mode (Faust's services)"),
+    ("orjson", "orjson"),
+    ("asyncio/", "asyncio loop"),
+    ("uvloop", "asyncio loop"),
+)
+
+
+def profile_shares(collapsed: Iterable[str]) -> dict[str, float]:
+    """Fraction of samples by where their innermost frame is (self time), largest first."""
+    counts: Counter[str] = Counter()
+    for line in collapsed:
+        stack, _, count = line.rstrip().rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        leaf = stack.rsplit(";", 1)[-1]
+        where = next((name for part, name in PROFILE_PARTS if part in leaf), "other")
+        counts[where] += int(count)
+    total = sum(counts.values()) or 1
+    return {name: count / total for name, count in counts.most_common()}
+
+
+def profile_inclusive(collapsed: Iterable[str], names: Iterable[str]) -> dict[str, float]:
+    """Fraction of samples with a frame whose function name is one of `names` (inclusive)."""
+    wanted = list(names)
+    counts: Counter[str] = Counter()
+    total = 0
+    for line in collapsed:
+        stack, _, count = line.rstrip().rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        total += int(count)
+        frames = {frame.split(" (", 1)[0] for frame in stack.split(";")}
+        for name in wanted:
+            if name in frames:
+                counts[name] += int(count)
+    return {name: counts[name] / (total or 1) for name in wanted}
+
+
 # --- the run --------------------------------------------------------------------------------
 
 
@@ -433,6 +480,54 @@ def measure(entrant: Entrant, round_: int, run: Run) -> Round:
     return result
 
 
+def profile(entrant: Entrant, run: Run) -> Path:
+    """One drain by the product under py-spy (sampling, not pausing it); the collapsed stacks."""
+    contender = entrant.contender
+    group = f"{run.prefix}profile"
+    env = {
+        **run.base_env,
+        "SEGMENTS_APP_ID": group,
+        "SEGMENTS_DATA_DIR": str(run.work / "profile-data"),
+        "SEGMENTS_WEB_PORT": str(free_port()),
+        "SEGMENTS_RULES": str(contender.rules),
+    }
+    worker_bench._commit_at_end(group, run.topics.ticks)
+    out = run.work / "profile.collapsed"
+    process = start(contender.command, env, run.work / "profile.log", contender.checkout)
+    spy = start(
+        (str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(process.pid),
+         "--format", "raw", "--rate", "100", "--nonblocking", "-o", str(out)),
+        {}, run.work / "py-spy.log",
+    )  # fmt: skip
+    try:
+        drain = drain_rate(group, run.topics.purchases, process.pid)
+    finally:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(60)
+        stop(process)
+    print(f"profile: {drain.rate:,.0f} msg/s under py-spy; {out}", flush=True)
+    return out
+
+
+def report_profile(collapsed: Path) -> None:
+    lines = collapsed.read_text().splitlines()
+    samples = sum(
+        int(line.rpartition(" ")[2]) for line in lines if line.rpartition(" ")[2].isdigit()
+    )
+    print()
+    print(f"Profile of the product (py-spy, {samples:,} samples, self time by innermost frame):")
+    print()
+    for name, share in profile_shares(lines).items():
+        print(f"- {name}: {share:.1%}")
+    print()
+    print("Inclusive time of the processor's steps:")
+    print()
+    steps = ("message", "apply", "advance", "step", "put", "decode_event", "state_to_bytes",
+             "state_from_bytes", "_publish", "set", "send_soon", "send")  # fmt: skip
+    for name, share in profile_inclusive(lines, steps).items():
+        print(f"- `{name}`: {share:.1%}")
+
+
 def replay_reference(run: Run) -> list[bytes]:
     """`segments replay` of the backlog's input, to the same as-of instant as the marks."""
     out = run.work / "replay"
@@ -462,6 +557,11 @@ def main() -> None:
     parser.add_argument("--latency-events", type=int, default=3_000)
     parser.add_argument("--latency-rate", type=float, default=200.0, help="events per second")
     parser.add_argument("--no-latency", action="store_true", help="throughput only")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="only a drain by the (last) product under py-spy, and where its time goes",
+    )
     for mode in ("--quix-worker", "--raw-worker"):
         parser.add_argument(mode, action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -508,6 +608,13 @@ def main() -> None:
         f" changes; load {loads[0]}",
         flush=True,
     )
+    if args.profile:
+        try:
+            collapsed = profile([e for e in contenders if e.kind == "product"][-1], run)
+        finally:
+            delete_run(run_id)
+        report_profile(collapsed)
+        return
     rounds: list[Round] = []
     try:
         for index, order in enumerate(rotations(len(contenders), args.rounds), start=1):

@@ -343,49 +343,66 @@ def rotations(count: int, rounds: int) -> list[list[int]]:
 
 
 # Where a sample's innermost frame is decides its share: the first of these path parts
-# found in the frame's file names it (py-spy's raw format: "frame;frame;... count").
+# found in the frame names it (py-spy's raw format: "frame;frame;... count", a frame
+# "function (file:line)"; the compiled rules' file is "<rules NAME vN>").
 PROFILE_PARTS = (
-    ("segments/", "the core (segments/)"),
+    ("segments/", "the core (segments/, compiled rules)"),
+    ("<rules ", "the core (segments/, compiled rules)"),
     ("streams/", "the worker shell (streams/)"),
-    ("rocksdict", "RocksDB (rocksdict)"),
-    ("aiokafka/", "aiokafka"),
-    ("kafka/", "kafka-python"),
+    ("faust/stores/", "Faust's RocksDB store"),
+    ("rocksdict", "Faust's RocksDB store"),
     ("faust/", "Faust"),
     ("mode/", "mode (Faust's services)"),
-    ("orjson", "orjson"),
-    ("asyncio/", "asyncio loop"),
-    ("uvloop", "asyncio loop"),
+    ("aiokafka/", "aiokafka"),
+    ("selector_events.py", "socket writes and reads (asyncio transports)"),
+    ("asyncio/", "the asyncio loop"),
+    ("selectors.py", "the asyncio loop"),
 )
+START_UP = "_find_and_load"  # a frame of an import: the process starting, not draining
+PROFILE_STEPS = (
+    "SegmentProcessor.message",
+    "decode_event",
+    "Engine.apply",
+    "Engine.advance",
+    "PartitionStates.put",
+    "state_to_bytes",
+    "FaustCustomerTable.set",
+    "send_all",
+    "AIOKafkaProducer.send",
+    "Sender._send_produce_req",
+    "Fetcher._fetcher",
+)
+
+
+def _samples(collapsed: Iterable[str]) -> Iterable[tuple[list[str], int]]:
+    """(frames, count) of each collapsed stack, start-up imports left out."""
+    for line in collapsed:
+        stack, _, count = line.rstrip().rpartition(" ")
+        if stack and count.isdigit() and START_UP not in stack:
+            yield stack.split(";"), int(count)
 
 
 def profile_shares(collapsed: Iterable[str]) -> dict[str, float]:
     """Fraction of samples by where their innermost frame is (self time), largest first."""
     counts: Counter[str] = Counter()
-    for line in collapsed:
-        stack, _, count = line.rstrip().rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        leaf = stack.rsplit(";", 1)[-1]
-        where = next((name for part, name in PROFILE_PARTS if part in leaf), "other")
-        counts[where] += int(count)
+    for frames, count in _samples(collapsed):
+        leaf = frames[-1]
+        counts[next((name for part, name in PROFILE_PARTS if part in leaf), "other")] += count
     total = sum(counts.values()) or 1
     return {name: count / total for name, count in counts.most_common()}
 
 
 def profile_inclusive(collapsed: Iterable[str], names: Iterable[str]) -> dict[str, float]:
-    """Fraction of samples with a frame whose function name is one of `names` (inclusive)."""
+    """Fraction of samples with a frame of each named function (inclusive time)."""
     wanted = list(names)
     counts: Counter[str] = Counter()
     total = 0
-    for line in collapsed:
-        stack, _, count = line.rstrip().rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        total += int(count)
-        frames = {frame.split(" (", 1)[0] for frame in stack.split(";")}
+    for frames, count in _samples(collapsed):
+        total += count
+        functions = {frame.split(" (", 1)[0] for frame in frames}
         for name in wanted:
-            if name in frames:
-                counts[name] += int(count)
+            if name in functions:
+                counts[name] += count
     return {name: counts[name] / (total or 1) for name in wanted}
 
 
@@ -511,20 +528,17 @@ def profile(entrant: Entrant, run: Run) -> Path:
 
 def report_profile(collapsed: Path) -> None:
     lines = collapsed.read_text().splitlines()
-    samples = sum(
-        int(line.rpartition(" ")[2]) for line in lines if line.rpartition(" ")[2].isdigit()
-    )
+    samples = sum(count for _, count in _samples(lines))
     print()
-    print(f"Profile of the product (py-spy, {samples:,} samples, self time by innermost frame):")
+    print(f"Profile of the product (py-spy, {samples:,} samples after start-up),")
+    print("self time by where the innermost frame is:")
     print()
     for name, share in profile_shares(lines).items():
         print(f"- {name}: {share:.1%}")
     print()
-    print("Inclusive time of the processor's steps:")
+    print("Inclusive time of some steps:")
     print()
-    steps = ("message", "apply", "advance", "step", "put", "decode_event", "state_to_bytes",
-             "state_from_bytes", "_publish", "set", "send_soon", "send")  # fmt: skip
-    for name, share in profile_inclusive(lines, steps).items():
+    for name, share in profile_inclusive(lines, PROFILE_STEPS).items():
         print(f"- `{name}`: {share:.1%}")
 
 

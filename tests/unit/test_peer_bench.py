@@ -49,9 +49,7 @@ def test_the_peers_job_on_one_partition_gives_replays_changes() -> None:
     )
     job = peer_bench.PeerJob(rules)
     received = [
-        change.to_json()
-        for value in [*lines, clock_mark(as_of)]
-        for change in job.handle(0, value)
+        change.to_json() for value in [*lines, clock_mark(as_of)] for change in job.handle(0, value)
     ]
     written = [state.customer_id for state in job.take_dirty()]
     check = peer_bench.check_changes(expected, received)
@@ -77,3 +75,22 @@ def test_medians_per_label_and_rotating_orders() -> None:
     ]
     assert peer_bench.medians(rounds) == {"x": (200.0, 8.0), "y": (50.0, 1.0)}
     assert peer_bench.rotations(3, 4) == [[0, 1, 2], [1, 2, 0], [2, 0, 1], [0, 1, 2]]
+
+
+def test_profile_shares_by_innermost_frame_without_start_up() -> None:
+    collapsed = [
+        "main (streams/__main__.py:5);step (segments/membership.py:9) 3",
+        "main (streams/__main__.py:5);assess (<rules example v1>:2) 1",
+        "main (streams/__main__.py:5);Store._set (faust/stores/rocksdb.py:1) 2",
+        "main (streams/__main__.py:5);_find_and_load (<frozen importlib>:1);x (faust/a.py:1) 9",
+        "main (streams/__main__.py:5);write (asyncio/selector_events.py:1) 4",
+        "not a sample line",
+    ]
+    shares = peer_bench.profile_shares(collapsed)
+    assert shares == {
+        "the core (segments/, compiled rules)": 0.4,
+        "socket writes and reads (asyncio transports)": 0.4,
+        "Faust's RocksDB store": 0.2,
+    }
+    inclusive = peer_bench.profile_inclusive(collapsed, ["main", "step", "x"])
+    assert inclusive == {"main": 1.0, "step": 0.3, "x": 0.0}

@@ -344,10 +344,11 @@ def rotations(count: int, rounds: int) -> list[list[int]]:
 
 # Where a sample's innermost frame is decides its share: the first of these path parts
 # found in the frame names it (py-spy's raw format: "frame;frame;... count", a frame
-# "function (file:line)"; the compiled rules' file is "<rules NAME vN>").
+# "function (file:line)"; the compiled rules' file "<rules PATH vN>" shows as "NAME vN>").
 PROFILE_PARTS = (
     ("segments/", "the core (segments/, compiled rules)"),
-    ("<rules ", "the core (segments/, compiled rules)"),
+    (".yaml v", "the core (segments/, compiled rules)"),
+    (".yml v", "the core (segments/, compiled rules)"),
     ("streams/", "the worker shell (streams/)"),
     ("faust/stores/", "Faust's RocksDB store"),
     ("rocksdict", "Faust's RocksDB store"),

@@ -80,7 +80,7 @@ def test_medians_per_label_and_rotating_orders() -> None:
 def test_profile_shares_by_innermost_frame_without_start_up() -> None:
     collapsed = [
         "main (streams/__main__.py:5);step (segments/membership.py:9) 3",
-        "main (streams/__main__.py:5);assess (<rules example v1>:2) 1",
+        "main (streams/__main__.py:5);assess (example.yaml v1>:2) 1",
         "main (streams/__main__.py:5);Store._set (faust/stores/rocksdb.py:1) 2",
         "main (streams/__main__.py:5);_find_and_load (<frozen importlib>:1);x (faust/a.py:1) 9",
         "main (streams/__main__.py:5);write (asyncio/selector_events.py:1) 4",

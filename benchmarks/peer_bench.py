@@ -20,9 +20,9 @@ group, in interleaved rounds whose order rotates:
 Throughput and CPU are worker_bench's: messages / time from the group's first
 offset commit to its last, and the process's CPU time over the same span. Every
 job contender's changes are read back and compared, line for line, with
-`segments replay` of the same input. Latency of the product, as worker_bench
-measures it: events produced at a steady rate, broker append time of each
-change minus that of its purchase.
+`segments replay` of the same input. Latency of the product (and with
+`--quix-latency` of the Quix job), as worker_bench measures it: events produced
+at a steady rate, broker append time of each change minus that of its purchase.
 
 The peers keep decoded states in memory and do not rebuild their deadline
 queues from their stores after a restart or a rebalance: enough for a drain from
@@ -572,6 +572,7 @@ def main() -> None:
     parser.add_argument("--latency-events", type=int, default=3_000)
     parser.add_argument("--latency-rate", type=float, default=200.0, help="events per second")
     parser.add_argument("--no-latency", action="store_true", help="throughput only")
+    parser.add_argument("--quix-latency", action="store_true", help="the Quix job's latency too")
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -643,11 +644,49 @@ def main() -> None:
             latencies.append(
                 worker_bench.measure_latency(product, prefix, run.base_env, run.work, args)
             )
+            if args.quix_latency:
+                latencies.append(quix_latency(contenders, run, args))
             loads.append(worker_bench._load())
     finally:
         delete_run(run_id)
     report(contenders, rounds, latencies, loads, backlog, len(run.reference))
     print(f"\n(work dir {work}; logs there)")
+
+
+def quix_latency(contenders: list[Entrant], run: Run, args: Any) -> dict[str, Any]:
+    """worker_bench's latency run for the Quix job: its output topic is the sandbox's
+    `segment-changes`, and it is ready when its consumer group is stable."""
+    quix = next(e.contender for e in contenders if e.kind == "quix")
+    prefix = f"{run.prefix}latency-quix."
+    env = {**run.base_env, "PEER_OUTPUT_TOPIC": Topics(prefix).segment_changes}
+    rules = Path(run.base_env["SEGMENTS_RULES"])
+    contender = Contender(quix.label, quix.command, quix.checkout, rules=rules)
+    group = f"{prefix}product"  # the group measure_latency names and waits on
+
+    def stable(port: int, process: subprocess.Popen[bytes]) -> None:
+        wait_group_stable(group, process)
+
+    return worker_bench.measure_latency(contender, prefix, env, run.work, args, stable)
+
+
+def wait_group_stable(group: str, process: subprocess.Popen[bytes], timeout: float = 90) -> None:
+    """Until `group` is Stable with a member (its partitions assigned)."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError("worker exited")
+            with contextlib.suppress(Exception):
+                (description,) = admin.describe_consumer_groups([group])
+                if description.state == "Stable" and description.members:
+                    return
+            time.sleep(0.2)
+    finally:
+        admin.close()
+    raise TimeoutError(f"group {group} not stable")
 
 
 def delete_run(run_id: str) -> None:

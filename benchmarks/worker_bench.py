@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -401,9 +402,17 @@ def measure(
 
 
 def measure_latency(
-    product: Contender, prefix: str, base_env: dict[str, str], work: Path, args: Any
+    product: Contender,
+    prefix: str,
+    base_env: dict[str, str],
+    work: Path,
+    args: Any,
+    ready: Callable[[int, subprocess.Popen[bytes]], None] | None = None,
 ) -> dict[str, Any]:
-    """A fresh prefix, the product worker ready, events produced at a steady rate."""
+    """A fresh prefix, the product worker ready, events produced at a steady rate.
+
+    `ready(web port, process)` waits until the worker consumes (default: its /readyz).
+    """
     latency_topics = Topics(prefix)
     port = free_port()
     env = {
@@ -423,7 +432,7 @@ def measure_latency(
     ensure_topics(KafkaConnection(BOOTSTRAP), latency_topics, PARTITIONS)
     process = start(product.command, env, work / "latency.log", product.checkout)
     try:
-        wait_ready(port, process)
+        (ready or wait_ready)(port, process)
         fresh = [orjson.loads(line) for line in generate_events(args.customers, args.days, seed=4)][
             : args.latency_events
         ]

@@ -490,6 +490,8 @@ def measure(entrant: Entrant, round_: int, run: Run) -> Round:
         lines = read_values(output, {}, end_offsets(BOOTSTRAP, output))
         result.check = check_changes(run.reference, lines)
     shown = f"; {result.check.describe()}" if result.check else ""
+    if not drain.messages:
+        shown += "; drained before its first commit: no rate (use a larger --customers)"
     print(
         f"round {round_} {contender.label}: {drain.rate:,.0f} msg/s ({drain.messages} in"
         f" {drain.seconds:.1f} s), {cpu_us:,.0f} µs CPU/msg{shown}; load {load:.2f}",

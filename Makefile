@@ -75,4 +75,4 @@ bench-peer: setup bench-setup services-up
 	.venv-bench/bin/python benchmarks/peer_bench.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) .segments-data
+	rm -rf $(VENV) .venv-bench .segments-data

@@ -250,11 +250,18 @@ def _contribute(lifetime: Lifetime, key: FilterKey, order: Order, sign: int) -> 
     if lines is not None:
         bucket = lines_total(order, lines)
         assert bucket is not None
-        lifetime.spend += sign * bucket.amount
-        lifetime.units += sign * bucket.units
+        amount = bucket.amount
+        units = bucket.units
     else:
-        lifetime.spend += sign * order.net
-        lifetime.units += sign * order.units
+        amount = order.net
+        units = order.units
+    # add or subtract: the same Decimal as adding sign * amount, without the product
+    if sign > 0:
+        lifetime.spend += amount
+        lifetime.units += units
+    else:
+        lifetime.spend -= amount
+        lifetime.units -= units
     lifetime.orders += sign
     if order.discounted:
         lifetime.discounted += sign
@@ -288,7 +295,7 @@ def add_order(state: CustomerState, order: Order) -> None:
         insort(orders, order)
     if state.seen_ids is not None:
         state.seen_ids.add(order.event_id)
-    if order.net > 0:
+    if order.net > ZERO:
         for key, lifetime in state.lifetime.items():
             if matches(order, key):
                 _contribute(lifetime, key, order, 1)
@@ -304,7 +311,7 @@ def refund_order(
     """Lower a known order's net by `amount` (base currency) and its categories and line
     filter totals by `lines`."""
     state.index = None
-    counted_keys = [key for key in state.lifetime if order.net > 0 and matches(order, key)]
+    counted_keys = [key for key in state.lifetime if order.net > ZERO and matches(order, key)]
     for key in counted_keys:
         _contribute(state.lifetime[key], key, order, -1)
     order.net = max(ZERO, order.net - amount)
@@ -321,7 +328,7 @@ def refund_order(
                 if line_matches(category, product, sku, selector):
                     bucket.amount = max(ZERO, bucket.amount - line_amount)
                     bucket.units = max(0, bucket.units - line_units)
-    if order.net > 0:
+    if order.net > ZERO:
         for key in counted_keys:
             _contribute(state.lifetime[key], key, order, 1)
     else:
@@ -338,7 +345,7 @@ def _recompute_first_last(state: CustomerState, key: FilterKey, refunded_day: in
     if lifetime.orders == 0:
         lifetime.first_day = lifetime.last_day = None
         return
-    days = [o.day for o in state.orders if o.net > 0 and matches(o, key)]
+    days = [o.day for o in state.orders if o.net > ZERO and matches(o, key)]
     if lifetime.last_day == refunded_day:
         candidates = days if lifetime.pruned_last_day is None else [*days, lifetime.pruned_last_day]
         lifetime.last_day = max(candidates) if candidates else None
@@ -360,7 +367,7 @@ def ensure_lifetime_keys(
                 # a new rule version reads line items: count those of the retained orders
                 existing.items = {}
                 for order in state.orders:
-                    if order.net > 0 and order.items and matches(order, key):
+                    if order.net > ZERO and order.items and matches(order, key):
                         for item in order.items:
                             existing.items[item] = existing.items.get(item, 0) + 1
             continue
@@ -368,7 +375,7 @@ def ensure_lifetime_keys(
             categories={} if with_categories else None, items={} if with_items else None
         )
         for order in state.orders:
-            if order.net > 0 and matches(order, key):
+            if order.net > ZERO and matches(order, key):
                 _contribute(lifetime, key, order, 1)
         for adjustment in state.adjustments:
             if adjustment_matches(adjustment, key):
@@ -413,7 +420,7 @@ def prune(
         for order in state.orders:
             if order.day >= oldest_order_day:
                 break
-            if order.net > 0:
+            if order.net > ZERO:
                 for key, lifetime in state.lifetime.items():
                     if not matches(order, key):
                         continue
@@ -500,28 +507,25 @@ def _padded(row: list[Any], size: int) -> list[Any]:
     return row + [None] * (size - len(row))
 
 
-def state_to_bytes(state: CustomerState) -> bytes:
-    orders = [
-        _trimmed(
-            [
-                o.event_id,
-                o.day,
-                _CHANNEL_CODE[o.channel],
-                str(o.net),
-                int(o.discounted),
-                o.units,
-                _categories_out(o.categories),
-                None if o.items is None else [list(item) for item in o.items],
-                None
-                if o.line_totals is None
-                else [
-                    [*selector, str(total.amount), total.units]
-                    for selector, total in o.line_totals.items()
-                ],
+def _order_row(o: Order) -> list[Any]:
+    row = [o.event_id, o.day, _CHANNEL_CODE[o.channel], str(o.net), int(o.discounted), o.units]
+    if o.categories or o.items is not None or o.line_totals is not None:
+        row.append(_categories_out(o.categories))
+        row.append(None if o.items is None else [list(item) for item in o.items])
+        row.append(
+            None
+            if o.line_totals is None
+            else [
+                [*selector, str(total.amount), total.units]
+                for selector, total in o.line_totals.items()
             ]
         )
-        for o in state.orders
-    ]
+        _trimmed(row)
+    return row  # `units` is never None: six fields at least, as _trimmed leaves them
+
+
+def state_to_bytes(state: CustomerState) -> bytes:
+    orders = list(map(_order_row, state.orders))
     adjustments = [
         [a.event_id, a.day, _CHANNEL_CODE[a.channel], str(a.amount)] for a in state.adjustments
     ]
@@ -567,6 +571,26 @@ def stored_rules_version(data: bytes) -> int:
     return int(data[start : data.index(b",", start)])
 
 
+def _order_of_row(row: list[Any]) -> Order:
+    if len(row) == 6:  # the usual order: no categories, items or line totals kept
+        event_id, day, channel, net, discounted, units = row
+        return Order(event_id, day, _CHANNELS[channel], Decimal(net), bool(discounted), units)
+    event_id, day, channel, net, discounted, units, cats, items, line_totals = _padded(row, 9)
+    return Order(
+        event_id,
+        day,
+        _CHANNELS[channel],
+        Decimal(net),
+        bool(discounted),
+        units,
+        _categories_in(cats),
+        None if items is None else tuple((c, p, s) for c, p, s in items),
+        None
+        if line_totals is None
+        else {(c, p, s): CategoryTotal(Decimal(a), n) for c, p, s, a, n in line_totals},
+    )
+
+
 def state_from_bytes(customer_id: str, data: bytes) -> CustomerState:
     fields = orjson.loads(data)
     (fmt, rules_version, due, orders, adjustments, returns_seen, lifetime, memberships) = fields[:8]
@@ -574,24 +598,8 @@ def state_from_bytes(customer_id: str, data: bytes) -> CustomerState:
     if fmt != FORMAT:
         raise ValueError(f"customer state format {fmt} is not {FORMAT}")
     state = CustomerState(customer_id=customer_id, rules_version=rules_version, due=due)
-    orders = [_padded(row, 9) for row in orders]
     lifetime = [_padded(row, 12) for row in lifetime]
-    state.orders = [
-        Order(
-            event_id,
-            day,
-            _CHANNELS[channel],
-            Decimal(net),
-            bool(discounted),
-            units,
-            _categories_in(cats),
-            None if items is None else tuple((c, p, s) for c, p, s in items),
-            None
-            if line_totals is None
-            else {(c, p, s): CategoryTotal(Decimal(a), n) for c, p, s, a, n in line_totals},
-        )
-        for event_id, day, channel, net, discounted, units, cats, items, line_totals in orders
-    ]
+    state.orders = list(map(_order_of_row, orders))
     state.adjustments = [
         Adjustment(event_id, day, _CHANNELS[channel], Decimal(amount))
         for event_id, day, channel, amount in adjustments

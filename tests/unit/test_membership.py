@@ -343,6 +343,45 @@ def test_state_round_trips_through_bytes() -> None:
     assert next_deadline(again, EXAMPLE, now) == next_deadline(state, EXAMPLE, now)  # type: ignore[arg-type]
 
 
+# A state as the worker's table stores it (format 1, written by the code before the
+# encoder's fast path for plain orders): orders with and without categories, items and
+# line totals, a trimmed lifetime row, memberships and a trait.
+STORED_FORMAT_1 = (
+    b'[1,3,1718236800000000,[["e1",19800,0,"54.99",1,2,{"Running Shoes":["49.99",1]}],'
+    b'["e2",19810,1,"10.1200",0,1],["e3",19811,1,"7",0,1,null,[["Tees","tee-1","tee-1-red"]],'
+    b'[[null,"tee-1",null,"7.00",1]]]],[["r9",19805,0,"-3.5000"]],[["r9",19805]],'
+    b'[["||",3,"72.11",4,1,19700,19811,19700,null,"1.5","99.99"],'
+    b'["online||",2,"17.12",2,0,19810,19811]],'
+    b'{"vip":[1,1,1710000000000000],"win_back":[0,2,1711000000000000]},'
+    b'{"lifecycle":["active",2]}]'
+)
+
+
+def test_a_stored_format_1_state_decodes_and_encodes_to_the_same_bytes() -> None:
+    state = state_from_bytes("c1", STORED_FORMAT_1)
+    first, plain, with_lines = state.orders
+    assert (plain.event_id, plain.day, plain.channel, plain.net) == (
+        "e2",
+        19810,
+        "online",
+        Decimal("10.1200"),
+    )
+    assert str(plain.net) == "10.1200"  # the exponent survives: outputs print it
+    assert plain.categories is None and plain.items is None and plain.line_totals is None
+    assert first.discounted and first.categories is not None
+    assert first.categories["Running Shoes"].amount == Decimal("49.99")
+    assert with_lines.items == (("Tees", "tee-1", "tee-1-red"),)
+    assert with_lines.line_totals is not None
+    assert with_lines.line_totals[(None, "tee-1", None)].amount == Decimal("7.00")
+    lifetime = state.lifetime[(None, None, None)]
+    assert (lifetime.pruned_least, lifetime.pruned_most) == (Decimal("1.5"), Decimal("99.99"))
+    assert state.lifetime[("online", None, None)].pruned_least is None
+    assert state.adjustments[0].amount == Decimal("-3.5000")
+    assert state.memberships["vip"].member and not state.memberships["win_back"].member
+    assert state.traits == {"lifecycle": ("active", 2)}
+    assert state_to_bytes(state) == STORED_FORMAT_1
+
+
 def test_five_order_customer_fits_in_512_bytes_under_the_example_rules() -> None:
     state, _ = _five_order_customer()
     size = len(state_to_bytes(state))  # type: ignore[arg-type]

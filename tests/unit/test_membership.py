@@ -487,3 +487,25 @@ def test_an_or_of_two_false_sides_changes_with_the_first_that_turns() -> None:
         ("x", "entered", "2024-01-12T00:00:00Z", "time"),
         ("y", "entered", "2024-01-12T00:00:00Z", "time"),
     ]
+
+
+def test_a_customer_with_many_records_finds_duplicates_in_its_sorted_ids() -> None:
+    rules = rules_of('  - name: recent\n    when: orders(within="30d") >= 1\n')
+    state = None
+    ids = [f"e{n:02d}" for n in (7, 3, 11, 1, 9, 5, 12, 2, 10, 4, 8, 6)]  # ids not in time order
+    for day, event_id in enumerate(ids, start=1):
+        event = buy(event_id, f"2024-01-{day:02d}T12:00:00Z")
+        state, _ = step(state, event, rules, event.occurred_at)
+    state, _ = step(
+        state, refund("r1", "2024-01-13T12:00:00Z", "1.00", "e03"), rules, t("2024-01-13T12:00:00Z")
+    )
+    assert state.seen_ids == sorted([*ids, "r1"])  # built past 8 records, kept up to date
+    for event_id in ("e03", "e06", "r1"):
+        with pytest.raises(DuplicateEvent):
+            step(state, buy(event_id, "2024-01-14T12:00:00Z"), rules, t("2024-01-14T12:00:00Z"))
+    # 40 days later the first orders are pruned (a 30-day horizon): their ids go too
+    later = buy("e99", "2024-02-22T12:00:00Z")
+    state, _ = step(state, later, rules, later.occurred_at)
+    kept = {o.event_id for o in state.orders} | {r[0] for r in state.returns_seen}
+    assert len(kept) < len(ids) + 2
+    assert state.seen_ids == sorted(kept)

@@ -153,7 +153,21 @@ class Change:
         }
 
     def to_json(self) -> bytes:
-        return orjson.dumps(self.to_dict())
+        # to_dict() written out: about one change is encoded per replayed event
+        return orjson.dumps(
+            {
+                "change_id": f"{self.customer_id}:{self.segment}:{self.seq}",
+                "customer_id": self.customer_id,
+                "segment": self.segment,
+                "change": self.change,
+                "at": format_instant(self.at),
+                "cause": self.cause,
+                "event_id": self.event_id,
+                "rules_version": self.rules_version,
+                "seq": self.seq,
+                "metrics": self.metrics,
+            }
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Change:

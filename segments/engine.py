@@ -83,8 +83,8 @@ class Engine:
     Time-driven changes of every customer come out of one queue in `at` order,
     ties by customer id, before any input at or after them (SPEC sections 2
     and 4). The queue may hold stale entries (a customer's `due` moved after the
-    entry was pushed): a popped entry that is not the customer's current `due`
-    is skipped, so a tick costs O(due customers * log n), never a scan.
+    entry was pushed): an entry that is not the customer's current `due` is
+    skipped, so a tick costs O(due customers + log instants), never a scan.
 
     `wall_clock`: the clock is the wall clock given with each input (a worker's
     `clock: wall`); otherwise it is the largest event time seen (event time).
@@ -104,12 +104,22 @@ class Engine:
         self.wall_clock = wall_clock
         self.on_due = on_due
         self.clock: int | None = None
-        self._deadlines: list[tuple[int, str]] = []
+        # The queue: a heap of the distinct instants and, per instant, the customers due
+        # then (in push order, sorted when the instant comes). Deadlines are mostly local
+        # midnights shared by many customers: one heap entry per instant instead of one
+        # per customer keeps the heap small and its entries plain ints.
+        self._instants: list[int] = []
+        self._due_at: dict[int, list[str]] = {}
 
     def schedule(self, customer_id: str, due: int | None) -> None:
         """Queue the customer's deadline (also used to rebuild the queue from a store)."""
         if due is not None:
-            heapq.heappush(self._deadlines, (due, customer_id))
+            customers = self._due_at.get(due)
+            if customers is None:
+                self._due_at[due] = [customer_id]
+                heapq.heappush(self._instants, due)
+            else:
+                customers.append(customer_id)
 
     def restore_clock(self, clock: int | None) -> None:
         """Move the clock to a persisted value; it never goes back."""
@@ -121,24 +131,30 @@ class Engine:
 
         Returns the number of deadlines evaluated.
         """
-        deadlines = self._deadlines
+        instants = self._instants
+        due_at = self._due_at
         rules = self.rules
         states = self.states
         evaluated = 0
-        while deadlines and deadlines[0][0] <= to:
-            due, customer_id = heapq.heappop(deadlines)
-            state = states.get(customer_id)
-            if state is None or state.due != due:
-                continue  # superseded: the customer's deadline moved after this entry
-            if self.clock is None or due > self.clock:
-                self.clock = due
-            if self.on_due is not None:
-                self.on_due(due)
-            evaluated += 1
-            version = state.rules_version
-            state, changes = step(state, Tick(due), rules, due)
-            states.put(state, changes, due_only=not changes and state.rules_version == version)
-            self.schedule(customer_id, state.due)
+        while instants and instants[0] <= to:
+            due = heapq.heappop(instants)
+            customers = due_at.pop(due)
+            customers.sort()  # ties in customer id order
+            for customer_id in customers:
+                state = states.get(customer_id)
+                if state is None or state.due != due:
+                    continue  # superseded (or queued twice): the deadline moved since
+                if self.clock is None or due > self.clock:
+                    self.clock = due
+                if self.on_due is not None:
+                    self.on_due(due)
+                evaluated += 1
+                version = state.rules_version
+                state, changes = step(state, Tick(due), rules, due)
+                states.put(state, changes, due_only=not changes and state.rules_version == version)
+                # always after `due` (step applies every deadline up to it), so never
+                # into the list being walked
+                self.schedule(customer_id, state.due)
         self.restore_clock(to)
         return evaluated
 

@@ -220,12 +220,14 @@ def _evaluate(
     # reference (8 bytes) instead of its own tuple, and identity means same rules too.
     flag_sets = rules.flag_sets
     flags = flag_sets.setdefault(flags, flags)
-    if state.settled is flags:
+    settled = state.settled
+    if settled is flags:
         return _deadline(state, rules, at, flip)  # the memberships agree with these flags
+    plan = rules.segment_plan if settled is None else _changed_segments(rules, settled, flags)
     memberships = state.memberships
     get = memberships.get
     stable = True
-    for index, name, has_exit_rule, min_dwell in rules.segment_plan:
+    for index, name, has_exit_rule, min_dwell in plan:
         current = get(name)
         if current is None or not current.member:
             if not flags[2 * index]:
@@ -265,11 +267,43 @@ def _evaluate(
     if stable:
         if len(flag_sets) > _MAX_FLAG_SETS:  # a bound for rule sets with very many segments
             flag_sets.clear()  # settled states then no longer match and are evaluated in full
+            rules.flag_changes.clear()
             flag_sets[flags] = flags
         state.settled = flags
         return _deadline(state, rules, at, flip)
     state.settled = None
     return _deadline(state, rules, at, rules.next_day(state, today))
+
+
+def _changed_segments(
+    rules: CompiledRules, settled: tuple[bool, ...], flags: tuple[bool, ...]
+) -> tuple[tuple[int, str, bool, int | None], ...]:
+    """The segments whose flags differ between `settled` and `flags`, from segment_plan.
+
+    The memberships agree with the settled flags (nothing would change, at any later
+    instant), so a segment whose enter and exit flags are the same in both changes
+    nothing now either: only the others need a look. One entry per pair of flag tuples
+    seen, both shared tuples of these rules (flag_sets); an entry keeps both, so the
+    identity checks hold only for the very tuples it was made for. A `settled` from
+    other rules (a state evaluated before a rule reload) gets the whole plan.
+    """
+    changes = rules.flag_changes
+    key = (settled, flags)
+    entry = changes.get(key)
+    if entry is not None and entry[0] is settled and entry[1] is flags:
+        return entry[2]
+    if rules.flag_sets.get(settled) is not settled:
+        return rules.segment_plan
+    plan = tuple(
+        segment
+        for segment in rules.segment_plan
+        if settled[2 * segment[0]] != flags[2 * segment[0]]
+        or settled[2 * segment[0] + 1] != flags[2 * segment[0] + 1]
+    )
+    if len(changes) > _MAX_FLAG_SETS:
+        changes.clear()
+    changes[key] = (settled, flags, plan)
+    return plan
 
 
 def _apply_traits(

@@ -293,6 +293,11 @@ class CompiledRules:
     flag_sets: dict[tuple[bool, ...], tuple[bool, ...]] = dataclasses.field(
         default_factory=dict, compare=False, repr=False
     )
+    # (settled flags, flags) -> (the same, the segments whose flags differ); membership.py
+    flag_changes: dict[
+        tuple[tuple[bool, ...], tuple[bool, ...]],
+        tuple[tuple[bool, ...], tuple[bool, ...], tuple[tuple[int, str, bool, int | None], ...]],
+    ] = dataclasses.field(default_factory=dict, compare=False, repr=False)
     # the product=/sku= filters the rules read: orders keep their lines' totals per filter
     keep_line_filters: tuple[LineFilter, ...] = ()
 

@@ -339,7 +339,7 @@ def _check_index(events: list[Event], ruleset: RuleSet) -> None:
         for state in states.states.values():
             if state.seen_ids is not None:  # kept up to date like the index
                 fresh = {o.event_id for o in state.orders} | {r[0] for r in state.returns_seen}
-                assert state.seen_ids == fresh
+                assert state.seen_ids == sorted(fresh)
             kept = state.index
             if kept is None:
                 continue

@@ -24,6 +24,7 @@ def test_a_change_survives_its_wire_format_byte_for_byte() -> None:
     assert Change.from_json(change.to_json()).to_json() == change.to_json()
     assert change.to_dict()["change_id"] == change.change_id == change_id("c-1", "vip", 3)
     assert change.to_dict()["at"] == change.at_iso == "2026-11-20T14:03:11.120Z"
+    assert change.to_json() == orjson.dumps(change.to_dict())  # to_json writes to_dict out
 
 
 def test_a_change_id_on_the_wire_is_derived_not_trusted() -> None:

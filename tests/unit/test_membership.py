@@ -343,6 +343,45 @@ def test_state_round_trips_through_bytes() -> None:
     assert next_deadline(again, EXAMPLE, now) == next_deadline(state, EXAMPLE, now)  # type: ignore[arg-type]
 
 
+# A state as the worker's table stores it (format 1, written by the code before the
+# encoder's fast path for plain orders): orders with and without categories, items and
+# line totals, a trimmed lifetime row, memberships and a trait.
+STORED_FORMAT_1 = (
+    b'[1,3,1718236800000000,[["e1",19800,0,"54.99",1,2,{"Running Shoes":["49.99",1]}],'
+    b'["e2",19810,1,"10.1200",0,1],["e3",19811,1,"7",0,1,null,[["Tees","tee-1","tee-1-red"]],'
+    b'[[null,"tee-1",null,"7.00",1]]]],[["r9",19805,0,"-3.5000"]],[["r9",19805]],'
+    b'[["||",3,"72.11",4,1,19700,19811,19700,null,"1.5","99.99"],'
+    b'["online||",2,"17.12",2,0,19810,19811]],'
+    b'{"vip":[1,1,1710000000000000],"win_back":[0,2,1711000000000000]},'
+    b'{"lifecycle":["active",2]}]'
+)
+
+
+def test_a_stored_format_1_state_decodes_and_encodes_to_the_same_bytes() -> None:
+    state = state_from_bytes("c1", STORED_FORMAT_1)
+    first, plain, with_lines = state.orders
+    assert (plain.event_id, plain.day, plain.channel, plain.net) == (
+        "e2",
+        19810,
+        "online",
+        Decimal("10.1200"),
+    )
+    assert str(plain.net) == "10.1200"  # the exponent survives: outputs print it
+    assert plain.categories is None and plain.items is None and plain.line_totals is None
+    assert first.discounted and first.categories is not None
+    assert first.categories["Running Shoes"].amount == Decimal("49.99")
+    assert with_lines.items == (("Tees", "tee-1", "tee-1-red"),)
+    assert with_lines.line_totals is not None
+    assert with_lines.line_totals[(None, "tee-1", None)].amount == Decimal("7.00")
+    lifetime = state.lifetime[(None, None, None)]
+    assert (lifetime.pruned_least, lifetime.pruned_most) == (Decimal("1.5"), Decimal("99.99"))
+    assert state.lifetime[("online", None, None)].pruned_least is None
+    assert state.adjustments[0].amount == Decimal("-3.5000")
+    assert state.memberships["vip"].member and not state.memberships["win_back"].member
+    assert state.traits == {"lifecycle": ("active", 2)}
+    assert state_to_bytes(state) == STORED_FORMAT_1
+
+
 def test_five_order_customer_fits_in_512_bytes_under_the_example_rules() -> None:
     state, _ = _five_order_customer()
     size = len(state_to_bytes(state))  # type: ignore[arg-type]
@@ -448,3 +487,25 @@ def test_an_or_of_two_false_sides_changes_with_the_first_that_turns() -> None:
         ("x", "entered", "2024-01-12T00:00:00Z", "time"),
         ("y", "entered", "2024-01-12T00:00:00Z", "time"),
     ]
+
+
+def test_a_customer_with_many_records_finds_duplicates_in_its_sorted_ids() -> None:
+    rules = rules_of('  - name: recent\n    when: orders(within="30d") >= 1\n')
+    state = None
+    ids = [f"e{n:02d}" for n in (7, 3, 11, 1, 9, 5, 12, 2, 10, 4, 8, 6)]  # ids not in time order
+    for day, event_id in enumerate(ids, start=1):
+        event = buy(event_id, f"2024-01-{day:02d}T12:00:00Z")
+        state, _ = step(state, event, rules, event.occurred_at)
+    state, _ = step(
+        state, refund("r1", "2024-01-13T12:00:00Z", "1.00", "e03"), rules, t("2024-01-13T12:00:00Z")
+    )
+    assert state.seen_ids == sorted([*ids, "r1"])  # built past 8 records, kept up to date
+    for event_id in ("e03", "e06", "r1"):
+        with pytest.raises(DuplicateEvent):
+            step(state, buy(event_id, "2024-01-14T12:00:00Z"), rules, t("2024-01-14T12:00:00Z"))
+    # 40 days later the first orders are pruned (a 30-day horizon): their ids go too
+    later = buy("e99", "2024-02-22T12:00:00Z")
+    state, _ = step(state, later, rules, later.occurred_at)
+    kept = {o.event_id for o in state.orders} | {r[0] for r in state.returns_seen}
+    assert len(kept) < len(ids) + 2
+    assert state.seen_ids == sorted(kept)

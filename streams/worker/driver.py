@@ -10,8 +10,10 @@ Kafka and Faust do around it, so delivery rules are tested in milliseconds:
 - every send (a table changelog record, a change, a membership record, a dead
   letter) is pending until a flush makes it durable; a Publish is acked once
   all its messages are durable;
+- the agent flushes the processor when its queue runs empty: so do `run()` and
+  `tick()` once they have handled what they were given;
 - `flush()` flushes the processor, then makes pending sends durable (all, or a
-  prefix: a commit that got part of its sends out before it stopped);
+  prefix: a flush that got part of its sends out before a crash);
 - `commit()` flushes the processor and every pending send, then commits the
   consumed offsets (Faust flushes the producer before it commits);
 - `crash()` loses what was not flushed (or, given a random generator, keeps a
@@ -158,6 +160,8 @@ class Driver:
             self._queue(partition, self.processor.message(partition, offset, key, value, self.wall))
             self.position[partition] = offset + 1
             handled += 1
+        if handled:
+            self._queue(0, [self.processor.flush()])  # the agent's queue is empty: it flushes
         return handled
 
     def seek(self, partition: int, offset: int) -> None:
@@ -173,6 +177,7 @@ class Driver:
         for partition in range(self.partitions):
             self.table.partition = partition
             self._queue(partition, self.processor.tick(partition, self.wall))
+        self._queue(0, [self.processor.flush()])
 
     def _queue(self, partition: int, outgoing: Sequence[Outgoing | None]) -> None:
         for item in outgoing:

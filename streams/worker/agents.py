@@ -45,8 +45,11 @@ def build_processor(segments_app: SegmentsApp, rules: CompiledRules) -> SegmentP
     )
 
 
-#: Dirty customers above which the agent flushes without waiting for an idle queue or a
-#: commit: bounds the memory of a long backlog between two commits.
+#: Seconds between flushes of the processor outside commits: bounds how long a change
+#: waits in memory (the producer's linger comes on top); each flush still covers every
+#: event handled since the one before.
+FLUSH_INTERVAL_S = 0.05
+#: Dirty customers above which the agent flushes at once: bounds the memory they take.
 MAX_DIRTY = 20_000
 
 
@@ -203,7 +206,6 @@ def register_agents(
 
     @app.agent(segments_app.events, concurrency=1, name="segments")
     async def segment_agent(stream: Any) -> None:
-        queue = stream.channel.queue
         async for event in stream.events():
             message = event.message
             if message.topic == names.ticks:
@@ -215,15 +217,18 @@ def register_agents(
             try:
                 if outgoing:
                     await flusher.send(outgoing)
-                # Idle (nothing queued behind this message): flush now, so a change is out
-                # within milliseconds; under a backlog states collect until the commit.
-                if queue.empty() or processor.dirty_count() >= MAX_DIRTY:
+                if processor.dirty_count() >= MAX_DIRTY:
                     await flusher.flush()
             except Exception:
                 # The changes stay in their customers' outboxes: reopening the
                 # partition from the table republishes them.
                 log.exception("send_failed partition=%d", message.partition)
                 processor.forget_partition(message.partition)
+
+    @app.timer(interval=FLUSH_INTERVAL_S)  # type: ignore[untyped-decorator]  # faust: untyped
+    async def flush_states() -> None:
+        # Outside any event: a flush writes each table partition explicitly.
+        await flusher.flush()
 
     @app.agent(segments_app.native, concurrency=1, name="adapter")
     async def adapter_agent(stream: Any) -> None:

@@ -10,8 +10,8 @@ Kafka and Faust do around it, so delivery rules are tested in milliseconds:
 - every send (a table changelog record, a change, a membership record, a dead
   letter) is pending until a flush makes it durable; a Publish is acked once
   all its messages are durable;
-- the agent flushes the processor when its queue runs empty: so do `run()` and
-  `tick()` once they have handled what they were given;
+- the worker also flushes the processor on a timer, between any two messages:
+  `run()` and `tick()` flush once they have handled what they were given;
 - `flush()` flushes the processor, then makes pending sends durable (all, or a
   prefix: a flush that got part of its sends out before a crash);
 - `commit()` flushes the processor and every pending send, then commits the
@@ -161,7 +161,7 @@ class Driver:
             self.position[partition] = offset + 1
             handled += 1
         if handled:
-            self._queue(0, [self.processor.flush()])  # the agent's queue is empty: it flushes
+            self._queue(0, [self.processor.flush()])  # as the worker's flush timer does
         return handled
 
     def seek(self, partition: int, offset: int) -> None:

@@ -48,7 +48,7 @@ def build_processor(segments_app: SegmentsApp, rules: CompiledRules) -> SegmentP
 #: Seconds between flushes of the processor outside commits: bounds how long a change
 #: waits in memory (the producer's linger comes on top); each flush still covers every
 #: event handled since the one before.
-FLUSH_INTERVAL_S = 0.05
+FLUSH_INTERVAL_S = 0.02
 #: Dirty customers above which the agent flushes at once: bounds the memory they take.
 MAX_DIRTY = 20_000
 

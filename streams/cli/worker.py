@@ -13,7 +13,13 @@ from streams.kafka.connection import KafkaConnection
 from streams.kafka.topics import TopicsError, ensure_topics, topics_error_text
 from streams.logs import configure_from
 from streams.worker.app import changelog_topic
-from streams.worker.process import RUNNING_MARKER, build_worker_app, prepare_data_dir, worker_class
+from streams.worker.process import (
+    RUNNING_MARKER,
+    build_worker_app,
+    prepare_data_dir,
+    use_uvloop,
+    worker_class,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +47,15 @@ def worker_command() -> None:
     if prepare_data_dir(settings.data_dir):
         log.warning("unclean_stop_detected local_state=discarded restore=changelog")
     rules = compile_rules(load_ruleset_or_exit(settings.rules))
+    uvloop = use_uvloop()
     segments_app, _ = build_worker_app(settings, rules, ready.min_insync_replicas)
     log.info(
-        "worker_starting app_id=%s clock=%s partitions=%d prefix=%r",
+        "worker_starting app_id=%s clock=%s partitions=%d prefix=%r uvloop=%s",
         settings.app_id,
         settings.clock,
         settings.partitions,
         settings.topic_prefix,
+        uvloop,
     )
     # faust.Worker installs SIGTERM/SIGINT handlers that stop the app cleanly
     # (commit offsets, flush the producer, close RocksDB).

@@ -20,7 +20,7 @@ from streams.worker.app import SegmentsApp
 from streams.worker.dlq import dead_letter
 from streams.worker.faust_store import FaustCustomerTable, committed_offsets
 from streams.worker.metrics import DEADLINE_LATENESS
-from streams.worker.processor import DeadLetter, Outgoing, Publish, SegmentProcessor
+from streams.worker.processor import DeadLetter, Flush, Outgoing, Publish, SegmentProcessor
 from streams.worker.timers import TICK, wall_now
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,17 @@ def build_processor(segments_app: SegmentsApp, rules: CompiledRules) -> SegmentP
     )
 
 
-async def send_all(producer: Any, dlq_topic: str, outgoing: Iterable[Outgoing]) -> None:
+#: Seconds between flushes of the processor outside commits: bounds how long a change
+#: waits in memory (the producer's linger comes on top); each flush still covers every
+#: event handled since the one before.
+FLUSH_INTERVAL_S = 0.02
+#: Dirty customers above which the agent flushes at once: bounds the memory they take.
+MAX_DIRTY = 20_000
+
+
+async def send_all(
+    producer: Any, dlq_topic: str, table: FaustCustomerTable, outgoing: Iterable[Outgoing]
+) -> None:
     """Queue every send; a Publish is marked acked once Kafka has all its messages.
 
     Faust flushes the producer before it commits an offset, so nothing here is
@@ -56,12 +66,40 @@ async def send_all(producer: Any, dlq_topic: str, outgoing: Iterable[Outgoing]) 
             await dead_letter(
                 producer, dlq_topic, item.key, item.value, item.reason, item.message, item.source
             )
-            continue
-        futures = [
-            await producer.send(topic, key, value, None, None, None)
-            for topic, key, value in item.messages
-        ]
-        asyncio.gather(*futures).add_done_callback(_on_sent(item))
+        elif isinstance(item, Flush):
+            await send_flush(producer, table, item)
+        else:
+            await _publish(producer, item)
+
+
+async def send_flush(producer: Any, table: FaustCustomerTable, flush: Flush) -> None:
+    """A flush's changelog records (their values are in the local table already), then its
+    changes and membership records. Once the last changelog record of a partition is in
+    Kafka its offset is recorded as persisted, as Faust does after each changelog send."""
+    changelog = table.changelog_topic
+    last: dict[int, Any] = {}
+    for partition, key, value in flush.writes:
+        last[partition] = await producer.send(changelog, key, value, partition, None, None)
+    for partition, future in last.items():
+        future.add_done_callback(_on_changelog_sent(table, partition))
+    if flush.publish is not None:
+        await _publish(producer, flush.publish)
+
+
+async def _publish(producer: Any, item: Publish) -> None:
+    futures = [
+        await producer.send(topic, key, value, None, None, None)
+        for topic, key, value in item.messages
+    ]
+    asyncio.gather(*futures).add_done_callback(_on_sent(item))
+
+
+def _on_changelog_sent(table: FaustCustomerTable, partition: int) -> Any:
+    def done(result: asyncio.Future[Any]) -> None:
+        if not result.cancelled() and result.exception() is None:
+            table.persisted(partition, result.result().offset)
+
+    return done
 
 
 def _on_sent(item: Publish) -> Any:
@@ -72,6 +110,44 @@ def _on_sent(item: Publish) -> Any:
         item.acked()
 
     return done
+
+
+class Flusher:
+    """Flushes the processor and sends what it wrote, one flush at a time (a later flush's
+    records of a customer never overtake an earlier one's)."""
+
+    def __init__(self, segments_app: SegmentsApp, processor: SegmentProcessor) -> None:
+        self.segments_app = segments_app
+        self.processor = processor
+        table = processor.table
+        assert isinstance(table, FaustCustomerTable)
+        self.table = table
+        self.lock = asyncio.Lock()
+
+    async def flush(self) -> bool:
+        """False when the sends failed: the offsets must then not be committed."""
+        async with self.lock:
+            flush = self.processor.flush()
+            if flush is None:
+                return True
+            try:
+                await send_flush(self.segments_app.app.producer, self.table, flush)
+            except Exception:
+                # The values are in the local table with their changes in the outbox:
+                # reopening the partitions republishes them. Nothing is committed now.
+                log.exception("flush_send_failed writes=%d", len(flush.writes))
+                self.processor.forget_partitions()
+                return False
+            return True
+
+    async def send(self, outgoing: list[Outgoing]) -> None:
+        async with self.lock:
+            await send_all(
+                self.segments_app.app.producer,
+                self.segments_app.names.purchases_dlq,
+                self.table,
+                outgoing,
+            )
 
 
 class AdapterProcessor:
@@ -123,6 +199,11 @@ def register_agents(
     app = segments_app.app
     names = segments_app.names
 
+    flusher = Flusher(segments_app, processor)
+    # Every offsets commit flushes the processor after computing its offsets
+    # (streams.worker.faust_fixes.FlushingConsumer, decision 0014).
+    app.flush_before_commit = flusher.flush  # type: ignore[attr-defined]
+
     @app.agent(segments_app.events, concurrency=1, name="segments")
     async def segment_agent(stream: Any) -> None:
         async for event in stream.events():
@@ -134,12 +215,20 @@ def register_agents(
                     message.partition, message.offset, event.key, event.value, wall_now()
                 )
             try:
-                await send_all(app.producer, names.purchases_dlq, outgoing)
+                if outgoing:
+                    await flusher.send(outgoing)
+                if processor.dirty_count() >= MAX_DIRTY:
+                    await flusher.flush()
             except Exception:
                 # The changes stay in their customers' outboxes: reopening the
                 # partition from the table republishes them.
                 log.exception("send_failed partition=%d", message.partition)
                 processor.forget_partition(message.partition)
+
+    @app.timer(interval=FLUSH_INTERVAL_S)  # type: ignore[untyped-decorator]  # faust: untyped
+    async def flush_states() -> None:
+        # Outside any event: a flush writes each table partition explicitly.
+        await flusher.flush()
 
     @app.agent(segments_app.native, concurrency=1, name="adapter")
     async def adapter_agent(stream: Any) -> None:
@@ -169,3 +258,12 @@ def register_agents(
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(app_: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         processor.forget_partitions()
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def on_revoked(app_: Any, revoked: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+        # Faust committed (and so flushed) before this signal: what a revoked partition
+        # still holds was handled after its last commit and is handled again by its next
+        # owner. Dropping it keeps a later flush off the partition's closed database.
+        for tp in revoked:
+            if tp.topic == names.purchases:
+                processor.forget_partition(tp.partition)

@@ -3,11 +3,19 @@
 It runs the real `SegmentProcessor` over in-memory topics and models what
 Kafka and Faust do around it, so delivery rules are tested in milliseconds:
 
+- customer states stay in the processor's memory until a flush of the processor
+  (`SegmentProcessor.flush()`), which writes the local table and returns the
+  changelog records, changes and membership records to send; the worker
+  flushes the processor before every offsets commit (decision 0014);
 - every send (a table changelog record, a change, a membership record, a dead
   letter) is pending until a flush makes it durable; a Publish is acked once
   all its messages are durable;
-- `commit()` flushes every pending send, then commits the consumed offsets
-  (Faust flushes the producer before it commits);
+- the worker also flushes the processor on a timer, between any two messages:
+  `run()` and `tick()` flush once they have handled what they were given;
+- `flush()` flushes the processor, then makes pending sends durable (all, or a
+  prefix: a flush that got part of its sends out before a crash);
+- `commit()` flushes the processor and every pending send, then commits the
+  consumed offsets (Faust flushes the producer before it commits);
 - `crash()` loses what was not flushed (or, given a random generator, keeps a
   random prefix of each topic partition's pending sends, as a producer that
   got some batches out would), then restarts: the table is restored from its
@@ -20,7 +28,7 @@ from __future__ import annotations
 
 import random
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +36,7 @@ import orjson
 
 from segments.rules.evaluator import CompiledRules
 from streams.settings import Topics
-from streams.worker.processor import DeadLetter, Outgoing, SegmentProcessor
+from streams.worker.processor import DeadLetter, Flush, Outgoing, SegmentProcessor
 from streams.worker.timers import wall_now
 
 CHANGELOG = "customers-changelog"
@@ -58,7 +66,8 @@ class _Send:
 
 
 class _DriverTable:
-    """The processor's CustomerTable: local partitions, each write also a pending changelog send."""
+    """The processor's CustomerTable: local partitions (a Flush's writes are then sent to
+    the changelog)."""
 
     def __init__(self, driver: Driver) -> None:
         self.driver = driver
@@ -67,9 +76,8 @@ class _DriverTable:
     def get(self, key: bytes) -> bytes | None:
         return self.driver.local[self.partition].get(key)
 
-    def set(self, key: bytes, value: bytes) -> None:
-        self.driver.local[self.partition][key] = value
-        self.driver.pending.append(_Send(CHANGELOG, self.partition, key, value))
+    def write(self, partition: int, key: bytes, value: bytes) -> None:
+        self.driver.local[partition][key] = value
 
     def partition_items(self, partition: int) -> Iterable[tuple[bytes, bytes]]:
         return list(self.driver.local[partition].items())
@@ -152,6 +160,8 @@ class Driver:
             self._queue(partition, self.processor.message(partition, offset, key, value, self.wall))
             self.position[partition] = offset + 1
             handled += 1
+        if handled:
+            self._queue(0, [self.processor.flush()])  # as the worker's flush timer does
         return handled
 
     def seek(self, partition: int, offset: int) -> None:
@@ -167,9 +177,18 @@ class Driver:
         for partition in range(self.partitions):
             self.table.partition = partition
             self._queue(partition, self.processor.tick(partition, self.wall))
+        self._queue(0, [self.processor.flush()])
 
-    def _queue(self, partition: int, outgoing: list[Outgoing]) -> None:
+    def _queue(self, partition: int, outgoing: Sequence[Outgoing | None]) -> None:
         for item in outgoing:
+            if item is None:
+                continue
+            if isinstance(item, Flush):
+                for table_partition, table_key, table_value in item.writes:
+                    self.pending.append(_Send(CHANGELOG, table_partition, table_key, table_value))
+                if item.publish is not None:
+                    self._queue(partition, [item.publish])
+                continue
             if isinstance(item, DeadLetter):
                 self.pending.append(
                     _Send(
@@ -189,7 +208,9 @@ class Driver:
     # delivery
 
     def flush(self, count: int | None = None) -> None:
-        """Make the first `count` pending sends durable (all by default), firing acks."""
+        """Flush the processor's dirty states, then make the first `count` pending sends
+        durable (all by default), firing acks."""
+        self._queue(0, [self.processor.flush()])
         count = len(self.pending) if count is None else count
         durable, self.pending = self.pending[:count], self.pending[count:]
         for sent in durable:
@@ -211,13 +232,15 @@ class Driver:
                 group.acked()
 
     def commit(self) -> None:
-        """Flush every pending send, then commit the handled offsets."""
+        """Flush the processor and every pending send, then commit the handled offsets (the
+        worker computes the offsets first; here nothing is handled in between)."""
         self.flush()
         self.committed = list(self.position)
 
     def crash(self, rng: random.Random | None = None) -> None:
-        """Kill the worker: unflushed sends are lost (with `rng`, a random prefix of each
-        topic partition's survives), then restart from the changelog and committed offsets."""
+        """Kill the worker: states not flushed and unflushed sends are lost (with `rng`, a
+        random prefix of each topic partition's sends survives), then restart from the
+        changelog and committed offsets."""
         if rng is not None:
             streams: dict[tuple[str, int], list[_Send]] = {}
             for sent in self.pending:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
+from faust.exceptions import ProducerSendError
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.transport.drivers.aiokafka import Producer as AIOKafkaProducer
 from faust.transport.drivers.aiokafka import ensure_aiokafka_TP
@@ -128,7 +129,37 @@ class HeadGapWatch:
         return min(self.grace * 2.0**seeks, self.max_backoff)
 
 
-class DedupingAcksConsumer(AIOKafkaConsumer):
+class FlushingConsumer(AIOKafkaConsumer):
+    """Faust's consumer that lets the app flush its state between computing the offsets
+    to commit and committing them (decision 0014).
+
+    Every commit, periodic, on a rebalance or at stop, goes through `_commit_tps`.
+    The offsets are computed first: a stream acknowledges an event only after the
+    agent has handled it, so each acknowledged event is then in the app's state.
+    `app.flush_before_commit()` (when set) then writes that state and queues its
+    sends; Faust's `_commit_offsets` flushes the producer before the commit, so the
+    commit never overtakes them. A flush whose sends failed commits nothing.
+    """
+
+    async def _commit_tps(self, tps: Iterable[TP], start_new_transaction: bool) -> bool:
+        commit_offsets = self._filter_committable_offsets(tps)
+        flush = getattr(self.app, "flush_before_commit", None)
+        if flush is not None and not await flush():
+            return False
+        if not commit_offsets:
+            return False
+        try:
+            await self._handle_attached(commit_offsets)
+        except ProducerSendError as exc:
+            await self.crash(exc)
+            return False
+        did_commit: bool = await self._commit_offsets(
+            commit_offsets, start_new_transaction=start_new_transaction
+        )
+        return did_commit
+
+
+class DedupingAcksConsumer(FlushingConsumer):
     """Faust's consumer with commit offsets computed from distinct acked offsets.
 
     faust-streaming#596: after a restart, recovery resumes the fetcher before it

@@ -23,8 +23,23 @@ class FaustCustomerTable:
         value: bytes | None = self.table.get(key)
         return value
 
-    def set(self, key: bytes, value: bytes) -> None:
-        self.table[key] = value
+    def write(self, partition: int, key: bytes, value: bytes) -> None:
+        # A flush runs outside any event (at a commit), where Faust's table would not
+        # know the partition: the value goes to the partition's database directly, and
+        # the shell sends its changelog record (streams.worker.agents.send_flush).
+        store = self.table.data
+        store._key_index[key] = partition
+        store._db_for_partition(partition).put(key, value)
+
+    def persisted(self, partition: int, offset: int) -> None:
+        """The changelog has the table's records up to `offset` of `partition` (what Faust
+        records after each changelog send, so recovery starts after it)."""
+        self.table.data.set_persisted_offset(TP(self.changelog_topic, partition), offset)
+
+    @property
+    def changelog_topic(self) -> str:
+        name: str = self.table.changelog_topic.get_topic_name()
+        return name
 
     def partition_items(self, partition: int) -> Iterable[tuple[bytes, bytes]]:
         # Faust's RocksDB store keeps one database per partition, but lists keys

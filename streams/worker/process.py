@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from pathlib import Path
@@ -108,6 +109,23 @@ def prepare_data_dir(data_dir: Path) -> bool:
                 child.unlink()
     marker.write_text(f"{os.getpid()}\n")
     return unclean
+
+
+def use_uvloop() -> bool:
+    """Make uvloop the event loop of every loop created from now on (the worker's, and
+    the one of Faust's consumer thread), when it is installed; True when it is.
+
+    Called before the app is built: Faust's services take the loop of the policy.
+    aiokafka on uvloop needs the fix that the serving process uses too."""
+    try:
+        import uvloop
+    except ImportError:
+        return False
+    from streams.kafka.aiokafka_fixes import closed_transports_raise_connection_errors
+
+    closed_transports_raise_connection_errors()
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
 
 
 def worker_class() -> type[Any]:

@@ -3,9 +3,14 @@
 The processor is synchronous and knows no broker: it reads and writes
 customer records through a `CustomerTable`, asks a `committed_offset`
 function what Kafka has committed, and returns what must be sent (`Publish`,
-`DeadLetter`). The Faust agent (streams.worker.agents) sends them; the broker-free
-driver (streams.worker.driver) keeps them in lists. Delivery works like an outbox:
-the table value carries the customer's unacknowledged changes, so a crash
+`DeadLetter`, `Flush`). The Faust shell (streams.worker.agents, streams.worker.faust_fixes)
+sends them; the broker-free driver (streams.worker.driver) keeps them in lists.
+
+A customer's state changed by an event stays in memory (dirty) until `flush()`,
+which writes each dirty customer's table value once and returns its changes and
+last membership records in one `Flush`; the shell flushes before every offsets
+commit, after computing the offsets (decision 0014). Delivery works like an
+outbox: the table value carries the customer's unacknowledged changes, so a crash
 between the table write and the publish re-publishes the same changes.
 """
 
@@ -34,11 +39,16 @@ from streams.settings import Topics
 
 log = logging.getLogger(__name__)
 
-RECORD_FORMAT = 1
+# 2: written by a flush; its clock is the partition clock of the flush, which restores the
+# partition clock only through the clock key written after it (decision 0014). 1: written
+# per event; its clock restores the partition clock.
+RECORD_FORMAT = 2
+RECORD_FORMATS = (1, 2)
 # A change as the outbox keeps it: its segment-changes JSON object (Change.to_dict()), or
 # for a trait change its trait-changes JSON object (TraitChange.to_dict(), with "trait").
 # Kept encoded, not decoded, on every table read: it is only ever sent again as it is.
 EncodedChange = dict[str, Any]
+Messages = list[tuple[str, bytes, bytes | None]]  # (topic, key, value)
 MAX_ACKED_CUSTOMERS = 100_000  # acknowledged ids remembered per partition until the next save
 CLOCK_KEY = b"\x00clock:"  # + partition number; never a customer id (ids are text)
 # Decoded customer states kept per partition between their events and ticks: each
@@ -51,7 +61,9 @@ class CustomerTable(Protocol):
 
     def get(self, key: bytes) -> bytes | None: ...
 
-    def set(self, key: bytes, value: bytes) -> None: ...
+    def write(self, partition: int, key: bytes, value: bytes) -> None:
+        """Write the local copy only: the shell sends the changelog record (`Flush.writes`)."""
+        ...
 
     def partition_items(self, partition: int) -> Iterable[tuple[bytes, bytes]]: ...
 
@@ -61,9 +73,12 @@ class CustomerRecord:
     """The table value: header [format, clock, due, offset, outbox] newline CustomerState.
 
     `due` is copied out of the state so the deadline queue is rebuilt without
-    decoding states; `clock` is the partition clock and `offset` the `purchases`
-    offset being handled when it was written: the largest of each restore the
-    partition's event clock and tell re-delivered messages from new ones.
+    decoding states; `offset` is the largest `purchases` offset handled in the
+    partition when it was written: the largest tells re-delivered messages from
+    new ones. `clock` is the partition clock when it was written. In format 2
+    (a flush's) it is the customer's own clock, which tells a re-delivered event
+    it has already seen from a late one; the partition clock is restored from
+    the clock key written after the flush's values (decision 0014).
     """
 
     clock: int | None
@@ -71,25 +86,26 @@ class CustomerRecord:
     offset: int
     outbox: list[EncodedChange]  # changes not yet acknowledged by Kafka
     state: bytes
+    format: int = RECORD_FORMAT
 
     def to_bytes(self) -> bytes:
-        header = orjson.dumps([RECORD_FORMAT, self.clock, self.due, self.offset, self.outbox])
+        header = orjson.dumps([self.format, self.clock, self.due, self.offset, self.outbox])
         return header + b"\n" + self.state
 
     @classmethod
     def from_bytes(cls, data: bytes) -> CustomerRecord:
         header, _, state = data.partition(b"\n")
         fmt, clock, due, offset, outbox = orjson.loads(header)
-        if fmt != RECORD_FORMAT:
-            raise ValueError(f"customer record format {fmt} is not {RECORD_FORMAT}")
-        return cls(clock, due, offset, outbox, state)
+        if fmt not in RECORD_FORMATS:
+            raise ValueError(f"customer record format {fmt} is not one of {RECORD_FORMATS}")
+        return cls(clock, due, offset, outbox, state, fmt)
 
 
 @dataclass(frozen=True, slots=True)
 class Publish:
-    """One customer's changes and membership records; `acked` runs once Kafka has them all."""
+    """Changes and membership records; `acked` runs once Kafka has them all."""
 
-    messages: list[tuple[str, bytes, bytes | None]]  # (topic, key, value)
+    messages: Messages
     acked: Callable[[], None]
 
 
@@ -102,17 +118,37 @@ class DeadLetter:
     source: tuple[str, int, int]  # topic, partition, offset
 
 
-Outgoing = Publish | DeadLetter
+@dataclass(frozen=True, slots=True)
+class Flush:
+    """What a flush wrote to the local table (partition, key, value), for the shell to
+    send to the changelog in this order, and the changes and membership records to publish."""
+
+    writes: list[tuple[int, bytes, bytes]]
+    publish: Publish | None
+
+
+Outgoing = Publish | DeadLetter | Flush
+
+
+@dataclass(slots=True)
+class _Dirty:
+    """A customer changed since the last flush: its last written value (for the outbox),
+    its state, and the messages applied to it (its changes are in `PartitionStates.log`)."""
+
+    record: CustomerRecord | None
+    state: CustomerState
+    messages: list[tuple[int, bytes | None, bytes | None]]  # (offset, key, value)
 
 
 class PartitionStates:
     """The engine's `States` over one table partition, with decoded states kept in memory.
 
-    The processor is the only writer of its partitions' table values, so a
-    kept state is what the table holds, but for the due of an unwritten tick
-    (`unwritten_due`). step() updates a kept state in place; every path that
-    does not then write it either leaves it untouched (a duplicate, a
-    rejection) or drops the whole partition (an unexpected error).
+    The processor is the only writer of its partitions' table values. A state
+    changed since the last flush is `dirty` (never evicted); a `kept` state is
+    what the table holds, but for the due of an unwritten tick
+    (`unwritten_due`). step() updates a state in place; every path that does
+    not then put it either leaves it untouched (a duplicate, a rejection) or
+    reverts the customer to its table value (an unexpected error, `revert`).
     """
 
     def __init__(self, processor: SegmentProcessor, partition: int) -> None:
@@ -133,6 +169,15 @@ class PartitionStates:
         self.unwritten_due: dict[str, int | None] = {}
         # customer -> (table value, decoded state), oldest first, at most MAX_KEPT_STATES
         self.kept: dict[str, tuple[CustomerRecord, CustomerState]] = {}
+        # customers changed since the last flush, in the order they first changed
+        self.dirty: dict[str, _Dirty] = {}
+        # their changes in the order they were made, over all customers: published in
+        # that order, so `at` never decreases on a partition of segment-changes
+        self.log: list[tuple[str, Change | TraitChange]] = []
+        self.stepping: str | None = None  # the customer last handed to the engine
+        # the message being applied: (customer, offset, key, value)
+        self.message: tuple[str, int, bytes | None, bytes | None] | None = None
+        self.persisted_offset = -1  # the offset in the last clock key written
         self.outgoing: list[Outgoing] = []
 
     @property
@@ -154,6 +199,10 @@ class PartitionStates:
         return (CustomerRecord.from_bytes(data), None) if data is not None else (None, None)
 
     def get(self, customer_id: str) -> CustomerState | None:
+        self.stepping = customer_id
+        dirty = self.dirty.get(customer_id)
+        if dirty is not None:
+            return dirty.state  # its due is current
         record, state = self._record(customer_id)
         if record is None:
             return None
@@ -168,31 +217,123 @@ class PartitionStates:
         self, state: CustomerState, changes: list[Change | TraitChange], *, due_only: bool
     ) -> None:
         customer_id = state.customer_id
-        if due_only:
-            # Only the deadline moved: no table write (no changelog message). After a
-            # restart the stored, older deadline is evaluated again and changes nothing.
-            self.processor.counts["ticks_unwritten"] += 1
-            self.unwritten_due[customer_id] = state.due
-            return
+        dirty = self.dirty.get(customer_id)
+        if dirty is None:
+            if due_only:
+                # Only the deadline moved: no table write (no changelog message). After a
+                # restart the stored, older deadline is evaluated again and changes nothing.
+                self.processor.counts["ticks_unwritten"] += 1
+                self.unwritten_due[customer_id] = state.due
+                return
+            kept = self.kept.pop(customer_id, None)
+            record = kept[0] if kept is not None else self._record(customer_id)[0]
+            self.unwritten_due.pop(customer_id, None)  # the flush writes the due
+            dirty = self.dirty[customer_id] = _Dirty(record, state, [])
+        else:
+            dirty.state = state
+        if changes:
+            self.log.extend((customer_id, change) for change in changes)
+        message = self.message
+        if message is not None and message[0] == customer_id and not due_only:
+            dirty.messages.append(message[1:])
+
+    def flush(
+        self, writes: list[tuple[int, bytes, bytes]], messages: Messages
+    ) -> dict[str, set[str]]:
+        """Write every dirty customer's value once, then the clock key; add the changelog
+        records to `writes` and the changes and last membership records to `messages`.
+        Returns the change ids published per customer."""
+        partition = self.partition
+        table = self.processor.table
+        flushed_before = self.processor.flushed_before(self)
+        published: dict[str, set[str]] = {}
+        dirty, self.dirty = self.dirty, {}
+        log, self.log = self.log, []
+        names = self.processor.names
+        counts = self.processor.counts
+        new: dict[str, list[EncodedChange]] = {}
+        last: dict[str, dict[str, Change]] = {}  # customer -> segment -> its last change
+        trait_values: dict[tuple[str, str], bytes] = {}  # the last value of each trait
+        for customer_id, change in log:
+            encoded = change.to_dict()
+            new.setdefault(customer_id, []).append(encoded)
+            value = orjson.dumps(encoded)
+            if type(change) is Change:
+                messages.append((names.segment_changes, customer_id.encode(), value))
+                last.setdefault(customer_id, {})[change.segment] = change
+                counts["changes"] += 1
+            else:
+                messages.append((names.trait_changes, customer_id.encode(), value))
+                trait_values[customer_id, encoded["trait"]] = value
+                counts["trait_changes"] += 1
+        for customer_id, item in dirty.items():
+            record = item.record
+            outbox = record.outbox if record is not None else []
+            acked = self.acked.pop(customer_id, None)
+            if outbox and record is not None and record.offset < flushed_before:
+                outbox = []  # written before the last commit, so flushed to Kafka
+            elif acked:
+                outbox = [change for change in outbox if change["change_id"] not in acked]
+            changes = new.get(customer_id, [])
+            written = CustomerRecord(
+                self.clock,
+                item.state.due,
+                self.offset,
+                outbox + changes,
+                state_to_bytes(item.state),
+            )
+            key = customer_id.encode()
+            value = written.to_bytes()
+            table.write(partition, key, value)
+            writes.append((partition, key, value))
+            self._keep(customer_id, written, item.state)
+            if changes:
+                published[customer_id] = {change["change_id"] for change in changes}
+        for customer_id, segments in last.items():
+            for segment, change in segments.items():
+                membership = MembershipRecord.of_change(change)  # None: a tombstone
+                encoded_record = membership.to_json() if membership is not None else None
+                key = membership_key(customer_id, segment)
+                messages.append((names.segment_memberships, key, encoded_record))
+        for (customer_id, trait), value in trait_values.items():
+            messages.append((names.trait_values, trait_value_key(customer_id, trait), value))
+        clock = self.clock
+        if clock is not None and (
+            clock != self.persisted_clock or self.offset != self.persisted_offset
+        ):
+            # After the customers' values: a restart restores the clock of the last
+            # flush whose every value reached the changelog (decision 0014).
+            key = CLOCK_KEY + str(partition).encode()
+            value = orjson.dumps([clock, self.offset])
+            table.write(partition, key, value)
+            writes.append((partition, key, value))
+            self.persisted_clock = clock
+            self.persisted_offset = self.offset
+        return published
+
+    def seen_by_record(self, customer_id: str, occurred_at: int) -> bool:
+        """Whether a re-delivered event is older than max_lateness behind its customer's
+        flushed clock: applied before (its id may be forgotten by now), never a late one.
+
+        The partition clock restored after a flush that reached the changelog only in
+        part is that of the flush before, behind the customers whose values did reach it.
+        """
+        if customer_id in self.dirty:
+            return False  # its state is in memory, and the partition clock with it
         record, _ = self._record(customer_id)
-        outbox = record.outbox if record is not None else []
-        acked = self.acked.pop(customer_id, None)
-        self.unwritten_due.pop(customer_id, None)  # the record written now holds the due
-        if outbox and record is not None and record.offset < self.processor.flushed_before(self):
-            outbox = []  # written before the last commit, so flushed to Kafka
-        elif acked:
-            outbox = [change for change in outbox if change["change_id"] not in acked]
-        new = [change.to_dict() for change in changes]
-        written = CustomerRecord(
-            self.clock, state.due, self.offset, outbox + new, state_to_bytes(state)
-        )
-        self.processor.table.set(customer_id.encode(), written.to_bytes())
-        self._keep(customer_id, written, state)
-        self.persisted_clock = self.clock
-        if new:
-            last = {c.segment: c for c in changes if type(c) is Change}  # the last of each
-            records = {segment: MembershipRecord.of_change(c) for segment, c in last.items()}
-            self._publish(customer_id, new, records)
+        if record is None or record.format == 1 or record.clock is None:
+            return False
+        return occurred_at < record.clock - self.processor.rules.ruleset.max_lateness
+
+    def revert(self, customer_id: str) -> list[tuple[int, bytes | None, bytes | None]]:
+        """Drop the customer's unflushed state (step() may have left it half updated): it
+        is read again from the table. Returns the messages applied to it since its last
+        flush, which that state no longer holds."""
+        self.kept.pop(customer_id, None)
+        self.unwritten_due.pop(customer_id, None)
+        dirty = self.dirty.pop(customer_id, None)
+        self.log = [entry for entry in self.log if entry[0] != customer_id]
+        return dirty.messages if dirty is not None else []
 
     def forget(self, customer_id: str) -> None:
         self.kept.pop(customer_id, None)
@@ -214,9 +355,20 @@ class PartitionStates:
     ) -> None:
         """Queue changes and membership records (None: a tombstone); once Kafka has all,
         mark the changes acked."""
+        messages: Messages = []
+        self._messages(customer_id, changes, records, messages)
+        ids = {change["change_id"] for change in changes}
+        self.outgoing.append(Publish(messages, self.acker({customer_id: ids})))
+
+    def _messages(
+        self,
+        customer_id: str,
+        changes: list[EncodedChange],
+        records: dict[str, MembershipRecord | None],
+        messages: Messages,
+    ) -> None:
         names = self.processor.names
         key = customer_id.encode()
-        messages: list[tuple[str, bytes, bytes | None]] = []
         # a trait's last change in the outbox is its newest (later ones are appended): its
         # compacted trait-values record, never a tombstone (SPEC section 3, traits)
         trait_values: dict[str, bytes] = {}
@@ -241,24 +393,19 @@ class PartitionStates:
             counts["trait_changes"] += trait_changes
             for trait, value in trait_values.items():
                 messages.append((names.trait_values, trait_value_key(customer_id, trait), value))
-        ids = {change["change_id"] for change in changes}
+
+    def acker(self, published: dict[str, set[str]]) -> Callable[[], None]:
+        """Marks `published` (change ids per customer) acked: the next write of each
+        customer's value leaves them out of its outbox."""
         acked = self.acked
 
         def on_acked() -> None:
             if len(acked) >= MAX_ACKED_CUSTOMERS:
-                acked.clear()  # only an optimisation: the next save keeps more
-            acked.setdefault(customer_id, set()).update(ids)
+                acked.clear()  # only an optimisation: the next write keeps more
+            for customer_id, ids in published.items():
+                acked.setdefault(customer_id, set()).update(ids)
 
-        self.outgoing.append(Publish(messages, on_acked))
-
-    def persist_clock(self) -> None:
-        """Write the clock when no customer record carried it (a mark, a duplicate)."""
-        clock = self.clock
-        if clock is not None and clock != self.persisted_clock:
-            self.processor.table.set(
-                CLOCK_KEY + str(self.partition).encode(), orjson.dumps([clock, self.offset])
-            )
-            self.persisted_clock = clock
+        return on_acked
 
     def take_outgoing(self) -> list[Outgoing]:
         outgoing, self.outgoing = self.outgoing, []
@@ -306,6 +453,10 @@ class SegmentProcessor:
     def forget_partition(self, partition: int) -> None:
         self.partitions.pop(partition, None)
 
+    def dirty_count(self) -> int:
+        """Customers changed since the last flush."""
+        return sum(len(part.dirty) for part in self.partitions.values())
+
     def flushed_before(self, part: PartitionStates) -> int:
         """Records written at an offset below this one have every change in Kafka.
 
@@ -318,17 +469,20 @@ class SegmentProcessor:
     def message(
         self, partition: int, offset: int, key: bytes | None, value: bytes | None, wall: int
     ) -> list[Outgoing]:
-        """A `purchases` message; an unexpected error dead-letters it (processing_error)
-        and reopens the partition from the table, so the partition never blocks."""
+        """A `purchases` message; an unexpected error dead-letters it (processing_error),
+        so the partition never blocks. The customer being stepped is reverted to its table
+        value and the messages applied to it since its last flush are dead-lettered with
+        it; every other dirty customer is flushed, and the partition is reopened from the
+        table (decision 0014)."""
         try:
             return self._message(partition, offset, key, value, wall)
         except Exception as error:
             log.exception("processing_error partition=%d offset=%d", partition, offset)
-            self.partitions.pop(partition, None)  # reopened from the table next time
-            self.counts["rejected.processing_error"] += 1
-            source = (self.names.purchases, partition, offset)
+            outgoing = self._recover(partition)
             message = f"{type(error).__name__}: {error}"
-            return [DeadLetter(key, value, "processing_error", message, source)]
+            source = (self.names.purchases, partition, offset)
+            outgoing.append(self._processing_error(key, value, message, source))
+            return outgoing
 
     def tick(self, partition: int, wall: int) -> list[Outgoing]:
         """A tick of an owned partition: opens it (and rolls out a new rule version), and
@@ -337,12 +491,70 @@ class SegmentProcessor:
         try:
             part = self._partition(partition, wall)
             if not self.event_clock:
+                part.stepping = None
                 part.engine.advance(wall)
             return part.take_outgoing()
         except Exception:
             log.exception("processing_error partition=%d tick", partition)
-            self.partitions.pop(partition, None)
+            return self._recover(partition)
+
+    def flush(self) -> Flush | None:
+        """Write every dirty customer's table value (once each) and return the changelog
+        records and the changes and membership records to send; None when nothing changed.
+
+        The shell calls it before every offsets commit, after computing the offsets:
+        every message acknowledged by then is in the processor's state."""
+        writes: list[tuple[int, bytes, bytes]] = []
+        messages: Messages = []
+        ackers: list[Callable[[], None]] = []
+        for part in self.partitions.values():
+            published = part.flush(writes, messages)
+            if published:
+                ackers.append(part.acker(published))
+        if not writes and not messages:
+            return None
+        self.counts["flushes"] += 1
+        self.counts["table_writes"] += len(writes)
+
+        def acked() -> None:
+            for acker in ackers:
+                acker()
+
+        return Flush(writes, Publish(messages, acked) if messages else None)
+
+    def _recover(self, partition: int) -> list[Outgoing]:
+        """After an unexpected error: revert the customer being stepped, flush the rest of
+        the partition and reopen it from the table."""
+        part = self.partitions.pop(partition, None)
+        if part is None:
             return []
+        outgoing = part.take_outgoing()
+        failed = part.stepping
+        reverted = part.revert(failed) if failed is not None else []
+        current = part.message
+        for offset, key, value in reverted:
+            if current is not None and offset == current[1]:
+                continue  # the failing message itself is dead-lettered by the caller
+            source = (self.names.purchases, partition, offset)
+            why = "a later event of the same customer failed before its state was flushed"
+            outgoing.append(self._processing_error(key, value, why, source))
+        writes: list[tuple[int, bytes, bytes]] = []
+        messages: Messages = []
+        published = part.flush(writes, messages)
+        if writes or messages:
+            publish = Publish(messages, part.acker(published)) if messages else None
+            outgoing.append(Flush(writes, publish))
+        return outgoing
+
+    def _processing_error(
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        message: str,
+        source: tuple[str, int, int],
+    ) -> DeadLetter:
+        self.counts["rejected.processing_error"] += 1
+        return DeadLetter(key, value, "processing_error", message, source)
 
     def _message(
         self, partition: int, offset: int, key: bytes | None, value: bytes | None, wall: int
@@ -361,13 +573,18 @@ class SegmentProcessor:
         except Rejection as rejection:
             return [*part.take_outgoing(), self._dead_letter(key, value, rejection, source)]
         engine = part.engine
+        part.stepping = None
         if isinstance(item, ClockMark):
             self.counts["clock_marks"] += 1
+            part.message = None
             if self.event_clock:
                 engine.advance(item.at)
-                part.persist_clock()
             return part.take_outgoing()
         outgoing: list[Outgoing] = []
+        if redelivered and part.seen_by_record(item.customer_id, item.occurred_at):
+            self.counts["duplicates"] += 1
+            return part.take_outgoing()
+        part.message = (item.customer_id, offset, key, value)
         try:
             engine.apply(item, wall)
             self.counts["applied"] += 1
@@ -381,8 +598,7 @@ class SegmentProcessor:
                 self.counts["duplicates"] += 1
             else:
                 outgoing.append(self._dead_letter(key, value, rejection, source))
-        if self.event_clock:
-            part.persist_clock()
+        part.message = None
         return [*part.take_outgoing(), *outgoing]
 
     def _dead_letter(
@@ -421,14 +637,15 @@ class SegmentProcessor:
             customer_id = key.decode()
             customers += 1
             engine.schedule(customer_id, record.due)
-            engine.restore_clock(record.clock)
+            if record.format == 1:
+                engine.restore_clock(record.clock)
             part.handled_offset = max(part.handled_offset, record.offset)
             if record.outbox and record.offset >= unsure_from:
                 pending.append((customer_id, record))
             if stored_rules_version(record.state) != version:
                 stale.append(customer_id)
         part.persisted_clock = engine.clock
-        part.offset = part.handled_offset
+        part.offset = part.persisted_offset = part.handled_offset
         self.partitions[partition] = part
         log.info(
             "partition_opened partition=%d customers=%d clock=%s republish=%d rollout=%d",

@@ -225,10 +225,14 @@ def register_agents(
                 log.exception("send_failed partition=%d", message.partition)
                 processor.forget_partition(message.partition)
 
-    @app.timer(interval=FLUSH_INTERVAL_S)  # type: ignore[untyped-decorator]  # faust: untyped
+    @app.task  # type: ignore[untyped-decorator]  # faust: untyped
     async def flush_states() -> None:
-        # Outside any event: a flush writes each table partition explicitly.
-        await flusher.flush()
+        # Outside any event: a flush writes each table partition explicitly. A loop rather
+        # than app.timer: mode's timer logs a warning each time a run outlasts its interval,
+        # which under a backlog is most flushes.
+        while not app.should_stop:
+            await app.sleep(FLUSH_INTERVAL_S)
+            await flusher.flush()
 
     @app.agent(segments_app.native, concurrency=1, name="adapter")
     async def adapter_agent(stream: Any) -> None:

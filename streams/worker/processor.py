@@ -249,23 +249,18 @@ class PartitionStates:
         published: dict[str, set[str]] = {}
         dirty, self.dirty = self.dirty, {}
         log, self.log = self.log, []
-        names = self.processor.names
-        counts = self.processor.counts
         new: dict[str, list[EncodedChange]] = {}
-        last: dict[str, dict[str, Change]] = {}  # customer -> segment -> its last change
-        trait_values: dict[tuple[str, str], bytes] = {}  # the last value of each trait
+        encoded_log: list[tuple[str, EncodedChange]] = []
+        last: dict[tuple[str, str], Change] = {}  # (customer, segment) -> its last change
         for customer_id, change in log:
             encoded = change.to_dict()
             new.setdefault(customer_id, []).append(encoded)
-            value = orjson.dumps(encoded)
+            encoded_log.append((customer_id, encoded))
             if type(change) is Change:
-                messages.append((names.segment_changes, customer_id.encode(), value))
-                last.setdefault(customer_id, {})[change.segment] = change
-                counts["changes"] += 1
-            else:
-                messages.append((names.trait_changes, customer_id.encode(), value))
-                trait_values[customer_id, encoded["trait"]] = value
-                counts["trait_changes"] += 1
+                last[customer_id, change.segment] = change
+        # None: a tombstone
+        records = {key: MembershipRecord.of_change(change) for key, change in last.items()}
+        self._messages(encoded_log, records, messages)
         for customer_id, item in dirty.items():
             record = item.record
             outbox = record.outbox if record is not None else []
@@ -289,14 +284,6 @@ class PartitionStates:
             self._keep(customer_id, written, item.state)
             if changes:
                 published[customer_id] = {change["change_id"] for change in changes}
-        for customer_id, segments in last.items():
-            for segment, change in segments.items():
-                membership = MembershipRecord.of_change(change)  # None: a tombstone
-                encoded_record = membership.to_json() if membership is not None else None
-                key = membership_key(customer_id, segment)
-                messages.append((names.segment_memberships, key, encoded_record))
-        for (customer_id, trait), value in trait_values.items():
-            messages.append((names.trait_values, trait_value_key(customer_id, trait), value))
         clock = self.clock
         if clock is not None and (
             clock != self.persisted_clock or self.offset != self.persisted_offset
@@ -344,54 +331,48 @@ class PartitionStates:
         """Queue an outbox again, with the membership records of the current `state`, so an
         old change sent again never overwrites a newer membership in the compacted topic."""
         segments = dict.fromkeys(change["segment"] for change in outbox if "segment" in change)
-        records = {segment: MembershipRecord.of_state(state, segment) for segment in segments}
-        self._publish(customer_id, outbox, records)
-
-    def _publish(
-        self,
-        customer_id: str,
-        changes: list[EncodedChange],
-        records: dict[str, MembershipRecord | None],
-    ) -> None:
-        """Queue changes and membership records (None: a tombstone); once Kafka has all,
-        mark the changes acked."""
+        records = {
+            (customer_id, segment): MembershipRecord.of_state(state, segment)
+            for segment in segments
+        }
         messages: Messages = []
-        self._messages(customer_id, changes, records, messages)
-        ids = {change["change_id"] for change in changes}
+        self._messages([(customer_id, change) for change in outbox], records, messages)
+        ids = {change["change_id"] for change in outbox}
         self.outgoing.append(Publish(messages, self.acker({customer_id: ids})))
 
     def _messages(
         self,
-        customer_id: str,
-        changes: list[EncodedChange],
-        records: dict[str, MembershipRecord | None],
+        changes: list[tuple[str, EncodedChange]],
+        records: dict[tuple[str, str], MembershipRecord | None],
         messages: Messages,
     ) -> None:
+        """Add to `messages` the changes (customer, encoded change) in their order, then the
+        membership records by (customer, segment) (None: a tombstone), then each
+        customer's trait-values records."""
         names = self.processor.names
-        key = customer_id.encode()
-        # a trait's last change in the outbox is its newest (later ones are appended): its
-        # compacted trait-values record, never a tombstone (SPEC section 3, traits)
-        trait_values: dict[str, bytes] = {}
+        # a trait's last change is its newest (later ones come after it): its compacted
+        # trait-values record, never a tombstone (SPEC section 3, traits)
+        trait_values: dict[tuple[str, str], bytes] = {}
         trait_changes = 0
-        for change in changes:
+        for customer_id, change in changes:
             value = orjson.dumps(change)
             trait = change.get("trait")
             if trait is None:
-                messages.append((names.segment_changes, key, value))
+                messages.append((names.segment_changes, customer_id.encode(), value))
             else:
-                messages.append((names.trait_changes, key, value))
-                trait_values[trait] = value
+                messages.append((names.trait_changes, customer_id.encode(), value))
+                trait_values[customer_id, trait] = value
                 trait_changes += 1
         counts = self.processor.counts
         counts["changes"] += len(changes) - trait_changes
-        for segment, record in records.items():
+        for (customer_id, segment), record in records.items():
             encoded = record.to_json() if record is not None else None
             messages.append(
                 (names.segment_memberships, membership_key(customer_id, segment), encoded)
             )
         if trait_changes:
             counts["trait_changes"] += trait_changes
-            for trait, value in trait_values.items():
+            for (customer_id, trait), value in trait_values.items():
                 messages.append((names.trait_values, trait_value_key(customer_id, trait), value))
 
     def acker(self, published: dict[str, set[str]]) -> Callable[[], None]:
